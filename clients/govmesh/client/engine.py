@@ -1,0 +1,212 @@
+"""The engine client: async first, with a thin synchronous wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.protobuf import json_format
+from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
+
+DEFAULT_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class AuthorizationResult:
+    """The engine's answer, or a DENY standing in for no answer."""
+
+    decision: str  # "ALLOW" or "DENY"
+    reason: str  # a DenyReason name; "DENY_REASON_UNSPECIFIED" with ALLOW
+    decision_id: str = ""
+    failed_checks: tuple[str, ...] = ()
+    grant: str = ""
+    lineage: common_pb2.LineageReceipt | None = None
+    message: str = ""
+    request_digest: str = ""
+    answered: bool = field(default=True)  # False when the engine gave no answer
+
+    @property
+    def allowed(self) -> bool:
+        """True only for an answered ALLOW that carries a grant and a lineage receipt."""
+        return (
+            self.answered
+            and self.decision == "ALLOW"
+            and bool(self.grant)
+            and bool(self.decision_id)
+            and self.lineage is not None
+        )
+
+    @classmethod
+    def from_response(cls, response: engine_pb2.AuthorizeResponse) -> AuthorizationResult:
+        """Translate the wire answer; an unknown decision reads as DENY."""
+        decision = "ALLOW" if response.decision == common_pb2.ALLOW else "DENY"
+        try:
+            reason = common_pb2.DenyReason.Name(response.reason)
+        except ValueError:
+            reason = "INTERNAL_ERROR"
+        if decision == "DENY" and reason == "DENY_REASON_UNSPECIFIED":
+            reason = "INTERNAL_ERROR"
+        return cls(
+            decision=decision,
+            reason=reason,
+            decision_id=response.decision_id,
+            failed_checks=tuple(response.failed_checks),
+            grant=response.grant if decision == "ALLOW" else "",
+            lineage=response.lineage if response.HasField("lineage") else None,
+            message=response.message,
+            request_digest=response.request_digest,
+        )
+
+    @classmethod
+    def no_answer(cls, error: grpc.aio.AioRpcError) -> AuthorizationResult:
+        """The DENY a caller gets when the engine did not answer."""
+        code = error.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            reason = "PEER_TIMEOUT"
+        elif code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            reason = "MALFORMED_REQUEST"
+        else:
+            reason = "PEER_UNAVAILABLE"
+        return cls(
+            decision="DENY",
+            reason=reason,
+            message=f"no answer from the engine: {code.name} {error.details() or ''}".strip(),
+            answered=False,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view (the CLI prints it)."""
+        doc: dict[str, Any] = {
+            "decision": self.decision,
+            "reason": self.reason,
+            "decision_id": self.decision_id,
+            "failed_checks": list(self.failed_checks),
+            "message": self.message,
+            "request_digest": self.request_digest,
+        }
+        if self.grant:
+            doc["grant"] = self.grant
+        if self.lineage is not None:
+            doc["lineage"] = {
+                "index": self.lineage.index,
+                "leaf_hash": self.lineage.leaf_hash.hex(),
+                "tree_size": self.lineage.tree_size,
+                "checkpoint": self.lineage.checkpoint,
+            }
+        if not self.answered:
+            doc["answered"] = False
+        return doc
+
+
+class EngineClient:
+    """An async client of the AuthorizationEngine API."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float) -> None:
+        self._channel = channel
+        self._stub = engine_pb2_grpc.AuthorizationEngineStub(channel)
+        self._timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> Self:
+        """Open a channel to the engine at `target` ("host:port")."""
+        options = [("grpc.max_reconnect_backoff_ms", 1000)]
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            channel = grpc.aio.secure_channel(target, credentials, options=options)
+        return cls(channel, timeout=timeout)
+
+    async def authorize(
+        self,
+        *,
+        action: str,
+        resource: str,
+        mandate: str,
+        proof: str,
+        context: Mapping[str, Any] | None = None,
+        attestation: str = "",
+        timeout: float | None = None,
+    ) -> AuthorizationResult:
+        """Ask the engine; any failure to get an answer returns a DENY."""
+        request = engine_pb2.AuthorizeRequest(
+            action=action,
+            resource=resource,
+            mandate=mandate,
+            proof=proof,
+            attestation=attestation,
+        )
+        try:
+            json_format.ParseDict(dict(context or {}), request.context)
+        except (json_format.ParseError, TypeError, ValueError) as exc:
+            return AuthorizationResult(
+                decision="DENY",
+                reason="MALFORMED_REQUEST",
+                message=f"context is not JSON: {exc}",
+                answered=False,
+            )
+        return await self.authorize_request(request, timeout=timeout)
+
+    async def authorize_request(
+        self, request: engine_pb2.AuthorizeRequest, *, timeout: float | None = None
+    ) -> AuthorizationResult:
+        """Send a prepared AuthorizeRequest; any failure returns a DENY."""
+        try:
+            response = await self._stub.Authorize(request, timeout=timeout or self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            return AuthorizationResult.no_answer(exc)
+        return AuthorizationResult.from_response(response)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class SyncEngineClient:
+    """A blocking wrapper over EngineClient, for code without an event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: EngineClient) -> None:
+        self._loop = loop
+        self._client = client
+
+    @classmethod
+    def connect(cls, target: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> SyncEngineClient:
+        """Open a channel on a private event loop."""
+        loop = asyncio.new_event_loop()
+        client = loop.run_until_complete(EngineClient.connect(target, timeout=timeout))
+        return cls(loop, client)
+
+    def authorize(self, **kwargs: Any) -> AuthorizationResult:
+        """Same arguments as EngineClient.authorize."""
+        return self._loop.run_until_complete(self._client.authorize(**kwargs))
+
+    def close(self) -> None:
+        """Close the channel and the private loop."""
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
+
+    def __enter__(self) -> SyncEngineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

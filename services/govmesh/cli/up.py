@@ -1,0 +1,256 @@
+"""`govmesh up`: the whole mesh on one machine.
+
+Starts an embedded Postgres when GOVMESH_DATABASE_URL is unset, runs the
+migrations, starts lineage, verification and policy, then the engine pointed
+at them, waits until every service reports SERVING, and prints the engine's
+address. Ctrl-C or SIGTERM stops the engine first, then its peers, then
+Postgres. The children die with this process even if it is killed outright
+(PR_SET_PDEATHSIG), so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from govmesh.cli.devsetup import write_dev_setup
+from govmesh.cli.paths import data_dir, dev_setup
+from govmesh.runtime.db import upgrade_database
+from govmesh.runtime.errors import ConfigurationError
+from govmesh.runtime.logs import configure_logging
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+logger = logging.getLogger("govmesh.up")
+
+PEERS = ("lineage", "verification", "policy")
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM the
+    # child when the supervisor dies, however it dies.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass
+class Child:
+    """One service process."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    port_file: Path
+
+    async def address(self, deadline: float) -> str:
+        """Wait for the service to write its address, or fail if it exits first."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            if self.process.returncode is not None:
+                raise ConfigurationError(
+                    f"{self.name} exited with code {self.process.returncode} while starting"
+                )
+            if self.port_file.is_file():
+                return self.port_file.read_text().strip()
+            await asyncio.sleep(0.05)
+        raise ConfigurationError(f"{self.name} did not start within {START_TIMEOUT_S:.0f} s")
+
+
+async def _wait_serving(child: Child, address: str, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while loop.time() < deadline:
+            if child.process.returncode is not None:
+                raise ConfigurationError(
+                    f"{child.name} exited with code {child.process.returncode} while starting"
+                )
+            try:
+                answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise ConfigurationError(f"{child.name} did not report SERVING within {START_TIMEOUT_S:.0f} s")
+
+
+class Mesh:
+    """The supervisor's state: children, embedded Postgres, run directory."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.run_dir = data / "run"
+        self.children: list[Child] = []
+        self._postgres: Any = None
+
+    def database_url(self) -> str:
+        """GOVMESH_DATABASE_URL, or an embedded Postgres in the data directory."""
+        url = os.environ.get("GOVMESH_DATABASE_URL")
+        if url:
+            return url
+        import pgserver
+
+        logger.info("starting embedded Postgres in %s", self.data / "pg")
+        self._postgres = pgserver.get_server(self.data / "pg", cleanup_mode="stop")
+        return str(self._postgres.get_uri())
+
+    async def spawn(self, name: str, env: dict[str, str]) -> Child:
+        """Start `python -m govmesh.<name>` with GOVMESH_* settings in `env`."""
+        port_file = self.run_dir / f"{name}.addr"
+        port_file.unlink(missing_ok=True)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            f"govmesh.{name}",
+            env={**os.environ, **env, "GOVMESH_PORT_FILE": str(port_file)},
+            preexec_fn=_die_with_parent,
+            # Own process group: a terminal's Ctrl-C reaches only the
+            # supervisor, which then stops the children in order.
+            start_new_session=True,
+        )
+        child = Child(name, process, port_file)
+        self.children.append(child)
+        return child
+
+    async def stop(self) -> None:
+        """Stop the engine, then its peers, then Postgres; kill what does not stop."""
+        engine = [c for c in self.children if c.name == "engine"]
+        peers = [c for c in self.children if c.name != "engine"]
+        for group in (engine, peers):
+            await asyncio.gather(*(self._stop_child(c) for c in group))
+        if self._postgres is not None:
+            logger.info("stopping embedded Postgres")
+            await asyncio.to_thread(self._postgres.cleanup)
+
+    @staticmethod
+    async def _stop_child(child: Child) -> None:
+        if child.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            child.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("%s did not stop in time; killing it", child.name)
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+            await child.process.wait()
+
+
+async def _up(args: argparse.Namespace) -> int:
+    data = data_dir(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    trust = args.trust or os.environ.get("GOVMESH_TRUST_FILE")
+    keys = os.environ.get("GOVMESH_KEYS_DIR")
+    policies = args.policies or os.environ.get("GOVMESH_POLICY_PATH")
+    if not trust:
+        setup = dev_setup(data)
+        if not setup.exists():
+            write_dev_setup(setup.root)
+            logger.info("created a development trust setup in %s", setup.root)
+        trust, keys = str(setup.trust_file), keys or str(setup.keys_dir)
+        policies = policies or str(setup.policies)
+    if not keys:
+        raise ConfigurationError("with --trust, set GOVMESH_KEYS_DIR to govmesh's signing keys")
+    if not policies:
+        raise ConfigurationError("with --trust, pass --policies (a .cedar file or folder)")
+
+    mesh = Mesh(data)
+    mesh.run_dir.mkdir(exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    exit_code = 0
+    try:
+        url = mesh.database_url()
+        await asyncio.to_thread(upgrade_database, url)
+        common = {
+            "GOVMESH_DATABASE_URL": url,
+            "GOVMESH_TRUST_FILE": str(Path(trust).resolve()),
+            "GOVMESH_KEYS_DIR": str(Path(keys).resolve()),
+            "GOVMESH_POLICY_PATH": str(Path(policies).resolve()),
+            "GOVMESH_SPOOL_DIR": str(data / "spool"),
+            "GOVMESH_LOG_FORMAT": os.environ.get("GOVMESH_LOG_FORMAT", "text"),
+        }
+        deadline = loop.time() + START_TIMEOUT_S
+        peers = [
+            await mesh.spawn(name, {**common, "GOVMESH_LISTEN": "127.0.0.1:0"}) for name in PEERS
+        ]
+        addresses = {c.name: await c.address(deadline) for c in peers}
+        await asyncio.gather(*(_wait_serving(c, addresses[c.name], deadline) for c in peers))
+        engine_address = f"127.0.0.1:{args.engine_port}"
+        engine = await mesh.spawn(
+            "engine",
+            {
+                **common,
+                "GOVMESH_LISTEN": engine_address,
+                "GOVMESH_VERIFICATION_TARGET": addresses["verification"],
+                "GOVMESH_POLICY_TARGET": addresses["policy"],
+                "GOVMESH_LINEAGE_TARGET": addresses["lineage"],
+            },
+        )
+        await _wait_serving(engine, await engine.address(deadline), deadline)
+        print(f"govmesh is up: engine at {engine_address}", flush=True)
+        print(f"  data directory: {data}", flush=True)
+        print("  try: govmesh mandate issue > mandate.jwt", flush=True)
+        print(
+            "       govmesh authorize --action payments.transfer "
+            "--resource account:acme/treasury --context '{\"amount\": 250}' --mandate mandate.jwt",
+            flush=True,
+        )
+
+        exited = asyncio.ensure_future(
+            asyncio.wait(
+                [asyncio.ensure_future(c.process.wait()) for c in mesh.children],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        )
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            dead = [c for c in mesh.children if c.process.returncode is not None]
+            for child in dead:
+                logger.error("%s exited with code %s", child.name, child.process.returncode)
+            exit_code = 1
+        exited.cancel()
+        stopping.cancel()
+    except ConfigurationError:
+        exit_code = 2
+        raise
+    finally:
+        logger.info("stopping the mesh")
+        await mesh.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    configure_logging(service="up", fmt="text")
+    return asyncio.run(_up(args))
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "up", help="run the whole mesh on this machine"
+    )
+    parser.add_argument(
+        "--data-dir", help="where Postgres, keys and spools live (GOVMESH_DATA_DIR)"
+    )
+    parser.add_argument("--trust", help="trust TOML (GOVMESH_TRUST_FILE); default: a dev setup")
+    parser.add_argument("--policies", help="a .cedar file or a folder of them, activated at start")
+    parser.add_argument("--engine-port", type=int, default=50051, help="default 50051")
+    parser.set_defaults(func=_run)

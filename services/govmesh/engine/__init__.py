@@ -1,0 +1,1 @@
+"""The authorization engine: the execution gateway every caller asks first."""

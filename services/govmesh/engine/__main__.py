@@ -1,0 +1,5 @@
+"""`python -m govmesh.engine`."""
+
+from govmesh.engine.server import main
+
+raise SystemExit(main())

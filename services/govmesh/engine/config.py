@@ -1,0 +1,53 @@
+"""Settings of the authorization engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from govmesh.runtime.settings import ServerSettings
+from pydantic import Field, model_validator
+
+
+def _default_spool() -> Path:
+    return platformdirs.user_state_path("govmesh") / "engine-spool"
+
+
+class EngineSettings(ServerSettings):
+    """GOVMESH_* settings read by `govmesh serve engine`.
+
+    The defaults keep a decision under 80 ms even when a peer hangs: each peer
+    gets its own deadline, and the whole decision, lineage append included,
+    never runs past the budget.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    verification_target: str = "127.0.0.1:50053"
+    policy_target: str = "127.0.0.1:50052"
+    lineage_target: str = "127.0.0.1:50054"
+
+    verification_timeout_ms: float = Field(default=30.0, gt=0, le=60_000)
+    policy_timeout_ms: float = Field(default=30.0, gt=0, le=60_000)
+    lineage_timeout_ms: float = Field(default=40.0, gt=0, le=60_000)
+    decision_budget_ms: float = Field(default=80.0, gt=0, le=120_000)
+
+    keys_dir: Path = Field(description="govmesh's signing keys; the engine reads engine.jwk.json")
+    grant_ttl_s: int = Field(default=30, ge=1, le=60)
+    grant_issuer: str = "govmesh"
+    grant_audience: str = "govmesh-executor"
+
+    spool_dir: Path = Field(default_factory=_default_spool)
+    spool_retry_s: float = Field(default=1.0, gt=0, le=300)
+    engine_id: str | None = Field(
+        default=None, description="defaults to host name and a random suffix"
+    )
+
+    lineage_batch_max: int = Field(default=256, ge=1, le=4096)
+    lineage_linger_ms: float = Field(default=1.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _budget_covers_a_peer(self) -> EngineSettings:
+        shortest = min(self.verification_timeout_ms, self.policy_timeout_ms)
+        if self.decision_budget_ms < shortest:
+            raise ValueError("decision_budget_ms is shorter than every peer timeout")
+        return self

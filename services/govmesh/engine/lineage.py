@@ -1,0 +1,256 @@
+"""Recording decisions: batched appends to lineage, and the durable deny spool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from govmesh.artifacts.canonical import canonical_json
+from govmesh.engine.core import PeerError, PeerUnavailable
+from govmesh.lineage.core import leaf_hash
+from govmesh.v1 import common_pb2, lineage_pb2
+
+logger = logging.getLogger(__name__)
+
+
+class LineageTransport(Protocol):
+    """What the batcher and the spool need from the lineage service."""
+
+    async def append_batch(
+        self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
+    ) -> list[lineage_pb2.AppendResponse]: ...
+
+    async def get_entry(self, decision_id: str, *, timeout: float) -> bytes | None: ...
+
+
+def check_receipt(entry: bytes, response: lineage_pb2.AppendResponse) -> common_pb2.LineageReceipt:
+    """Accept a receipt only if it is for these exact bytes, in a tree that holds them."""
+    if response.error or not response.HasField("receipt"):
+        raise PeerUnavailable(f"lineage refused the entry: {response.error or 'no receipt'}")
+    receipt = response.receipt
+    if receipt.leaf_hash != leaf_hash(entry) or receipt.tree_size <= receipt.index:
+        raise PeerUnavailable("lineage answered with a receipt for something else")
+    return receipt
+
+
+@dataclass
+class _Pending:
+    request: lineage_pb2.AppendRequest
+    future: asyncio.Future[common_pb2.LineageReceipt]
+    deadline: float
+
+
+class BatchingLineage:
+    """Coalesces concurrent appends into AppendBatch calls.
+
+    An append waits at most `linger` for company, and a batch holds at most
+    `max_batch` entries; several batches may be in flight at once. Each caller
+    gets its own receipt, checked against the bytes it asked to append.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: LineageTransport,
+        max_batch: int = 256,
+        linger: float = 0.001,
+        max_in_flight: int = 8,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transport = transport
+        self._max_batch = max_batch
+        self._linger = linger
+        self._monotonic = monotonic
+        self._queue: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background flusher."""
+        self._flusher = asyncio.create_task(self._flush_forever(), name="lineage-flusher")
+
+    async def close(self) -> None:
+        """Stop flushing; pending appends fail (their callers spool or deny)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for task in list(self._tasks):
+            task.cancel()
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(PeerUnavailable("engine stopping"))
+        self._queue.clear()
+
+    async def append(
+        self, entry: bytes, decision_id: str, *, timeout: float
+    ) -> common_pb2.LineageReceipt:
+        """Append one entry; returns its receipt once lineage committed it."""
+        future: asyncio.Future[common_pb2.LineageReceipt] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(
+            _Pending(
+                lineage_pb2.AppendRequest(entry=entry, decision_id=decision_id),
+                future,
+                self._monotonic() + timeout,
+            )
+        )
+        self._wake.set()
+        return await future
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            if len(self._queue) < self._max_batch and self._linger > 0:
+                await asyncio.sleep(self._linger)
+            self._wake.clear()
+            while self._queue:
+                # Callers that gave up are not sent: their decision is already a DENY.
+                live = [p for p in self._queue[: self._max_batch] if not p.future.done()]
+                del self._queue[: self._max_batch]
+                if live:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._send(live))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            timeout = max(p.deadline for p in batch) - self._monotonic()
+            if timeout <= 0:
+                raise PeerUnavailable("no time left to append")
+            responses = await self._transport.append_batch(
+                [p.request for p in batch], timeout=timeout
+            )
+            if len(responses) != len(batch):
+                raise PeerUnavailable("lineage answered a batch with the wrong number of results")
+            for pending, response in zip(batch, responses, strict=True):
+                if pending.future.done():
+                    continue
+                try:
+                    pending.future.set_result(check_receipt(pending.request.entry, response))
+                except PeerError as exc:
+                    pending.future.set_exception(exc)
+        except PeerError as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+        except Exception as exc:
+            logger.exception("lineage batch failed")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(PeerUnavailable(repr(exc)))
+        finally:
+            self._slots.release()
+
+
+class FileSpool:
+    """Denies that lineage could not take, kept on local disk until it can.
+
+    One file per entry, written to a temporary name, fsynced and renamed, so
+    a crash leaves either the whole entry or nothing. Files drain in the
+    order they were written.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def put(self, entry: bytes, decision_id: str) -> None:
+        """Store an entry durably; raises OSError when the disk refuses."""
+        name = f"{time.time_ns():020d}-{decision_id}.json"
+        tmp = self._dir / (name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, entry)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.rename(self._dir / name)
+        dir_fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        logger.warning("deny spooled", extra={"decision_id": decision_id})
+
+    def pending(self) -> list[Path]:
+        """Spooled entries, oldest first."""
+        return sorted(self._dir.glob("*.json"))
+
+    async def drain(self, transport: LineageTransport, *, timeout: float = 5.0) -> int:
+        """Append every spooled entry; returns how many left the spool.
+
+        An entry whose decision id is already logged with other bytes (an
+        ALLOW committed after the engine had given up on it and answered
+        DENY) is recorded as an amendment that names the logged decision.
+        """
+        drained = 0
+        for path in self.pending():
+            decision_id = path.stem.split("-", 1)[1]
+            entry = path.read_bytes()
+            append: Awaitable[list[lineage_pb2.AppendResponse]] = transport.append_batch(
+                [lineage_pb2.AppendRequest(entry=entry, decision_id=decision_id)], timeout=timeout
+            )
+            [response] = await append
+            if response.error:
+                logged = await transport.get_entry(decision_id, timeout=timeout)
+                if logged is None:
+                    logger.error(
+                        "spooled deny refused",
+                        extra={"decision_id": decision_id, "error": response.error},
+                    )
+                    continue
+                if logged != entry:
+                    await self._amend(transport, decision_id, entry, timeout)
+            path.unlink()
+            drained += 1
+        return drained
+
+    @staticmethod
+    async def _amend(
+        transport: LineageTransport, decision_id: str, entry: bytes, timeout: float
+    ) -> None:
+        answered = json.loads(entry)
+        amendment_id = str(uuid.uuid4())
+        amendment = canonical_json(
+            {
+                "v": 1,
+                "type": "amendment",
+                "decision_id": amendment_id,
+                "amends": decision_id,
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "decision": answered.get("decision"),
+                "reason": answered.get("reason"),
+                "failed_checks": answered.get("failed_checks"),
+            }
+        )
+        [response] = await transport.append_batch(
+            [lineage_pb2.AppendRequest(entry=amendment, decision_id=amendment_id)], timeout=timeout
+        )
+        check_receipt(amendment, response)
+
+    async def run(self, transport: LineageTransport, *, interval: float) -> None:
+        """Drain forever, every `interval` seconds."""
+        while True:
+            if self.pending():
+                try:
+                    drained = await self.drain(transport)
+                    if drained:
+                        logger.info("spool drained", extra={"entries": drained})
+                except (PeerError, OSError) as exc:
+                    logger.info("spool waits for lineage", extra={"error": str(exc)})
+            await asyncio.sleep(interval)

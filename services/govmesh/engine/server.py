@@ -1,0 +1,110 @@
+"""The engine process: `govmesh serve engine`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+
+import grpc
+from govmesh.artifacts.keys import load_private_jwk
+from govmesh.engine.config import EngineSettings
+from govmesh.engine.core import DecisionConfig, Engine
+from govmesh.engine.grants import Ed25519GrantSigner
+from govmesh.engine.lineage import BatchingLineage, FileSpool
+from govmesh.engine.peers import GrpcLineage, GrpcPolicy, GrpcVerification, open_channel
+from govmesh.engine.servicer import EngineServicer
+from govmesh.runtime.entry import run_service
+from govmesh.runtime.server import Health, serve
+from govmesh.v1 import engine_pb2, engine_pb2_grpc
+
+SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["AuthorizationEngine"].full_name
+
+ENGINE_KEY_FILE = "engine.jwk.json"
+
+
+class EngineService:
+    """Lifecycle of the engine: channels to its peers, the batcher, the spool."""
+
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._channels: list[grpc.aio.Channel] = []
+        self._batcher: BatchingLineage | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self._servicer: EngineServicer | None = None
+
+    async def start(self, health: Health) -> None:
+        s = self._settings
+        key = load_private_jwk(s.keys_dir / ENGINE_KEY_FILE)
+        spool = FileSpool(s.spool_dir)
+        verification, policy, lineage = (
+            open_channel(t) for t in (s.verification_target, s.policy_target, s.lineage_target)
+        )
+        self._channels = [verification, policy, lineage]
+        transport = GrpcLineage(lineage)
+        self._batcher = BatchingLineage(
+            transport=transport,
+            max_batch=s.lineage_batch_max,
+            linger=s.lineage_linger_ms / 1000,
+        )
+        self._batcher.start()
+        self._drainer = asyncio.create_task(
+            spool.run(transport, interval=s.spool_retry_s), name="spool-drainer"
+        )
+        engine = Engine(
+            verification=GrpcVerification(verification),
+            policy=GrpcPolicy(policy),
+            lineage=self._batcher,
+            spool=spool,
+            grants=Ed25519GrantSigner(
+                key=key,
+                issuer=s.grant_issuer,
+                audience=s.grant_audience,
+                ttl_s=s.grant_ttl_s,
+                clock=time.time,
+            ),
+            config=DecisionConfig(
+                verification_timeout=s.verification_timeout_ms / 1000,
+                policy_timeout=s.policy_timeout_ms / 1000,
+                lineage_timeout=s.lineage_timeout_ms / 1000,
+                budget=s.decision_budget_ms / 1000,
+            ),
+            engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
+        )
+        self._servicer = EngineServicer(engine=engine)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        assert self._servicer is not None
+        engine_pb2_grpc.add_AuthorizationEngineServicer_to_server(self._servicer, server)
+
+    def ready(self) -> bool:
+        return self._servicer is not None
+
+    async def close(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+        if self._batcher is not None:
+            await self._batcher.close()
+        for channel in self._channels:
+            await channel.close()
+
+
+async def run(settings: EngineSettings) -> None:
+    """Serve until stopped."""
+    await serve(
+        EngineService(settings),
+        listen=settings.listen,
+        grace_period_s=settings.grace_period_s,
+        port_file=settings.port_file,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m govmesh.engine`."""
+    return run_service("engine", EngineSettings, run, argv)

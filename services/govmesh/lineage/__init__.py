@@ -1,0 +1,1 @@
+"""The lineage service: the append-only, tamper-evident decision log."""

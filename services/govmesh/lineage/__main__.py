@@ -1,0 +1,5 @@
+"""`python -m govmesh.lineage`."""
+
+from govmesh.lineage.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The policy authority: Cedar policies, evaluated default-deny and fail-closed."""

@@ -1,0 +1,1 @@
+"""The shared runtime every govmesh service starts on."""

@@ -1,0 +1,134 @@
+"""One serve loop for every govmesh service.
+
+A service supplies a `Service` object; `serve()` gives it a grpc.aio server
+with the standard health service and reflection, starts it, and on SIGTERM or
+SIGINT marks it NOT_SERVING, stops it with a grace period and closes the
+service. The process then exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Health:
+    """Sets the health status of the overall server and of each named service."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, names: Sequence[str]) -> None:
+        self._servicer = servicer
+        self._names = ("", *names)
+        self.serving = False
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for every name this server answers for."""
+        self.serving = serving
+        status = _SERVING if serving else _NOT_SERVING
+        for name in self._names:
+            await self._servicer.set(name, status)
+
+
+class Service(Protocol):
+    """What a govmesh service gives the runtime."""
+
+    @property
+    def service_names(self) -> Sequence[str]:
+        """Fully-qualified gRPC service names, e.g. "govmesh.v1.Verification"."""
+
+    async def start(self, health: Health) -> None:
+        """Open resources (database, keys) before the server accepts calls.
+
+        Called with health NOT_SERVING; the runtime reports SERVING afterwards
+        unless `ready()` says otherwise.
+        """
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the service's servicers to the server."""
+
+    def ready(self) -> bool:
+        """Whether the service can answer now (e.g. the policy authority has a bundle)."""
+
+    async def close(self) -> None:
+        """Release resources after the server stopped."""
+
+
+def _interceptors() -> list[grpc.aio.ServerInterceptor]:
+    return []
+
+
+async def serve(
+    service: Service,
+    *,
+    listen: str,
+    grace_period_s: float,
+    port_file: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run `service` until SIGTERM/SIGINT (or `stop` is set), then stop gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    server = grpc.aio.server(
+        interceptors=_interceptors(),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    status = Health(health_servicer, service.service_names)
+    await status.set_serving(False)
+    reflection.enable_server_reflection(
+        (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    try:
+        await service.start(status)
+        service.register(server)
+        port = server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        host = listen.rpartition(":")[0]
+        address = f"{host}:{port}"
+        await server.start()
+        await status.set_serving(service.ready())
+        if port_file:
+            _write_atomically(Path(port_file), address)
+        logger.info("serving", extra={"address": address, "services": list(service.service_names)})
+
+        await stop.wait()
+
+        logger.info("stopping", extra={"grace_period_s": grace_period_s})
+        await status.set_serving(False)
+        await server.stop(grace_period_s)
+    finally:
+        await service.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    logger.info("stopped")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

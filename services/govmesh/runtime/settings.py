@@ -1,0 +1,66 @@
+"""Settings shared by every govmesh service, read from GOVMESH_* variables."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+from govmesh.runtime.errors import ConfigurationError
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ConfigurationError):
+    """Settings that cannot be used; the message names every offending variable."""
+
+
+class CommonSettings(BaseSettings):
+    """What every govmesh process reads."""
+
+    model_config = SettingsConfigDict(env_prefix="GOVMESH_", extra="ignore", frozen=True)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ServerSettings(CommonSettings):
+    """What every govmesh gRPC server reads."""
+
+    listen: str = Field(default="127.0.0.1:0", description="host:port to serve gRPC on")
+    grace_period_s: float = Field(default=5.0, ge=0.0, le=300.0)
+    port_file: str | None = Field(
+        default=None, description="write the bound host:port here once serving (for supervisors)"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build settings from the environment plus explicit overrides.
+
+    Raises SettingsError with one line per invalid setting, naming the
+    environment variable, so that start-up fails with a message, not a traceback.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return cls(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            lines.append(f"  {prefix}{field.upper()}: {error['msg']}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""The verification service: cryptographic verification of a request's artifacts."""
