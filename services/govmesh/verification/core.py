@@ -586,9 +586,12 @@ class Verifier:
             party = parties.get(iss) if isinstance(iss, str) else None
             if party is None:
                 raise TokenError(f"no key to verify with: {iss!r} is not trusted")
-            key = party.key_for(jws.header.get("kid"))
+            kid = jws.header.get("kid")
+            key = party.key_for(kid)
+            if key is None and kid is None:
+                raise TokenError(f"no kid, and {iss} does not have exactly one key without kid")
             if key is None:
-                raise TokenError(f"{iss} has no key {jws.header.get('kid')!r}")
+                raise TokenError(f"{iss} has no key {kid!r}")
             verify_signature(jws, alg=alg, pinned=key.alg, key=key.key)
         except TokenError as exc:
             findings.fail(check, INVALID, f"{artifact.kind}: {exc}")
@@ -686,13 +689,18 @@ class Verifier:
         if jws is None:
             findings.fail(Check.POP, INVALID, f"proof malformed: {proof.error}")
             return
+        key = None
         try:
-            alg = check_header(jws, PROOF_TYP)
             pinned, key, jwk = header_key(jws)
             exam.proof_jkt = jwk_thumbprint(jwk)
-            verify_signature(jws, alg=alg, pinned=pinned, key=key)
-            proof.authentic = True
         except (TokenError, ValueError) as exc:
+            findings.fail(Check.POP, INVALID, f"proof: {exc}")
+        try:
+            alg = check_header(jws, PROOF_TYP)
+            if key is not None:
+                verify_signature(jws, alg=alg, pinned=pinned, key=key)
+                proof.authentic = True
+        except TokenError as exc:
             findings.fail(Check.POP, INVALID, f"proof: {exc}")
         problems = proof_claim_problems(jws.payload)
         if problems:

@@ -98,11 +98,13 @@ def parse_compact(token: str) -> CompactJWS:
     if len(parts) != 3:
         raise TokenError(f"{len(parts)} segments, a compact JWS has 3")
     header_b64, payload_b64, signature_b64 = parts
-    if not header_b64 or not payload_b64 or not signature_b64:
-        raise TokenError("empty segment (unsigned or detached tokens are refused)")
+    if not header_b64 or not payload_b64:
+        raise TokenError("empty header or payload (detached payloads are refused)")
     header_raw = _segment(header_b64, "header")
     payload_raw = _segment(payload_b64, "payload")
-    signature = _segment(signature_b64, "signature")
+    # An empty signature (an unsecured JWS) parses, so that its header can be
+    # refused by name; it never verifies.
+    signature = _segment(signature_b64, "signature") if signature_b64 else b""
     try:
         header = strict_json_object(header_raw)
     except (ValueError, UnicodeDecodeError) as exc:
