@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from google.protobuf import json_format
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest
 from govmesh.artifacts.keys import generate_ed25519, public_jwk
 from govmesh.client.artifacts import Initiator, SigningKey, mandate_hash, sign
+from govmesh.v1 import common_pb2, verification_pb2
 from govmesh.verification.core import (
     ReplayStoreUnavailable,
     VerificationConfig,
@@ -75,13 +77,19 @@ def decode_payload(token: str) -> dict[str, Any]:
 
 
 class Clock:
-    """A clock that only moves when told to."""
+    """A clock that only moves when told to; `Clock.live()` follows time.time()."""
 
     def __init__(self, now: float = NOW) -> None:
-        self.now = now
+        self.now: float | None = now
+
+    @classmethod
+    def live(cls) -> Clock:
+        clock = cls()
+        clock.now = None
+        return clock
 
     def __call__(self) -> float:
-        return self.now
+        return time.time() if self.now is None else self.now
 
 
 class MemoryReplayStore:
@@ -364,3 +372,27 @@ def make_world(root: Path, *, clock: Clock | None = None) -> World:
     )
     world.write_trust()
     return world
+
+
+def verify_request(request: VerificationInput) -> verification_pb2.VerifyRequest:
+    """The wire form of `request`."""
+    message = verification_pb2.VerifyRequest(
+        request_digest=request.request_digest,
+        action=request.action,
+        resource=request.resource,
+        mandate=request.mandate,
+        proof=request.proof,
+        attestation=request.attestation,
+    )
+    if request.context is not None:
+        json_format.ParseDict(dict(request.context), message.context)
+    return message
+
+
+def failed_checks(answer: verification_pb2.VerifyResponse) -> list[str]:
+    """The names of the failed checks of an answer, in its order."""
+    return [c.name for c in answer.checks if c.verdict != common_pb2.CHECK_PASSED]
+
+
+def reason(answer: verification_pb2.VerifyResponse) -> str:
+    return common_pb2.DenyReason.Name(answer.reason)
