@@ -84,7 +84,10 @@ class TrustSource:
         """The state in force now: reloaded first if a file changed since it was read."""
         state = self._state
         if state.error is not None:
-            if self._monotonic() - state.loaded_at >= RETRY_INTERVAL_S:
+            if (
+                file_state(state.files) != state.stat
+                or self._monotonic() - state.loaded_at >= RETRY_INTERVAL_S
+            ):
                 return self.refresh("retry")
             return state
         if file_state(state.files) != state.stat:
@@ -100,7 +103,10 @@ class TrustSource:
             if old.error == str(exc):
                 self._state = self._replace_time(old)
                 return self._state
-            self._state = self._new_state(old.generation + 1, None, str(exc), (self._path,), ())
+            files = (self._path,)
+            self._state = self._new_state(
+                old.generation + 1, None, str(exc), files, file_state(files)
+            )
             self.reloads += 1
             logger.error(
                 "trust configuration unusable; every verification is denied until it loads",
@@ -161,7 +167,7 @@ class TrustSource:
             error=state.error,
             cache=state.cache,
             files=state.files,
-            stat=state.stat,
+            stat=file_state(state.files),
             loaded_at=self._monotonic(),
         )
 
