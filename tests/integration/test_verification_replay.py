@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
-from govmesh.runtime.db import create_db_engine, libpq_database_url
+from govmesh.runtime.db import libpq_database_url
 from govmesh.verification.core import ReplayStoreTimeout, ReplayStoreUnavailable
 from govmesh.verification.replay import PostgresReplayStore
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.database import DatabaseFactory, fetch
 
@@ -27,19 +26,17 @@ def key(n: int | str) -> bytes:
 @pytest.fixture
 async def open_store(database_url: str) -> AsyncIterator[OpenStore]:
     """Opens replay stores (each with its own connection pool); all closed afterwards."""
-    opened: list[tuple[PostgresReplayStore, AsyncEngine]] = []
+    opened: list[PostgresReplayStore] = []
 
     async def open_(url: str = database_url, **kwargs: object) -> PostgresReplayStore:
-        engine = create_db_engine(url)
-        store = PostgresReplayStore(engine=engine, **kwargs)  # type: ignore[arg-type]
+        store = PostgresReplayStore(database_url=url, **kwargs)  # type: ignore[arg-type]
         await store.start()
-        opened.append((store, engine))
+        opened.append(store)
         return store
 
     yield open_
-    for store, engine in opened:
+    for store in opened:
         await store.close()
-        await engine.dispose()
 
 
 async def test_a_key_is_fresh_once(open_store: OpenStore) -> None:

@@ -21,7 +21,9 @@ the overall verdict agrees with the parts. The rules every check follows:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,7 +37,7 @@ from govmesh.artifacts.canonical import (
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check, Reason, primary_reason
 from govmesh.artifacts.keys import jwk_thumbprint
-from govmesh.artifacts.trust import Trust, TrustedParty
+from govmesh.artifacts.trust import Trust, TrustedParty, VerifyingKey
 from govmesh.v1 import common_pb2
 from govmesh.verification.cache import token_key
 from govmesh.verification.jose import (
@@ -65,6 +67,8 @@ INTERNAL: Reason = common_pb2.INTERNAL_ERROR
 
 #: The longest proof jti accepted.
 MAX_JTI_CHARS = 256
+#: Distinct proof keys whose import and thumbprint are remembered.
+PROOF_KEY_CACHE_SIZE = 1024
 
 
 # --- collaborators -------------------------------------------------------------
@@ -318,6 +322,8 @@ def glob_match(pattern: str, text: str) -> bool:
 
 def json_equal(a: object, b: object) -> bool:
     """Equality of JSON values as JSON (1 == 1.0, True != 1); unrepresentable is unequal."""
+    if type(a) is str and type(b) is str:
+        return a == b  # the common case, without serializing
     try:
         return canonical_json(a) == canonical_json(b)
     except CanonicalizationError:
@@ -336,7 +342,8 @@ def replay_key(jkt: str, jti: str) -> bytes:
 
     Keyed by the proof key too, so that nobody can burn another key's nonces.
     """
-    return hashlib.sha256(canonical_json([jkt, jti])).digest()
+    # A thumbprint is base64url, never a newline: the encoding is unambiguous.
+    return hashlib.sha256(f"{jkt}\n{jti}".encode()).digest()
 
 
 # --- one verification ------------------------------------------------------------
@@ -420,6 +427,7 @@ class Verifier:
         self._replay = replay
         self._clock = clock
         self._config = config
+        self._proof_keys: OrderedDict[str, tuple[str, VerifyingKey, str]] = OrderedDict()
 
     async def verify(
         self, request: VerificationInput, *, timeout: float | None = None
@@ -679,8 +687,29 @@ class Verifier:
             findings.fail(Check.WINDOW, reason, detail)
         findings.ok(Check.WINDOW)
 
-    @staticmethod
-    def _check_proof(exam: _Examination, request: VerificationInput) -> None:
+    def _proof_key(self, jws: CompactJWS) -> tuple[str, VerifyingKey, str]:
+        """The proof's header key: (pinned alg, key, thumbprint), imported once per distinct jwk.
+
+        An initiator signs every proof with the same key; importing it and
+        computing its thumbprint again for each request would be wasted work.
+        The cache is keyed by the jwk's full content, so a hit is the same key.
+        """
+        jwk = jws.header.get("jwk")
+        cache_key = json.dumps(jwk, sort_keys=True) if isinstance(jwk, dict) else None
+        if cache_key is not None:
+            known = self._proof_keys.get(cache_key)
+            if known is not None:
+                self._proof_keys.move_to_end(cache_key)
+                return known
+        pinned, key, params = header_key(jws)
+        entry = (pinned, key, jwk_thumbprint(params))
+        if cache_key is not None:
+            self._proof_keys[cache_key] = entry
+            if len(self._proof_keys) > PROOF_KEY_CACHE_SIZE:
+                self._proof_keys.popitem(last=False)
+        return entry
+
+    def _check_proof(self, exam: _Examination, request: VerificationInput) -> None:
         proof, mandate, findings = exam.proof, exam.mandate, exam.findings
         if proof.absent:
             findings.fail(Check.POP, *proof.unavailable())
@@ -691,8 +720,7 @@ class Verifier:
             return
         key = None
         try:
-            pinned, key, jwk = header_key(jws)
-            exam.proof_jkt = jwk_thumbprint(jwk)
+            pinned, key, exam.proof_jkt = self._proof_key(jws)
         except (TokenError, ValueError) as exc:
             findings.fail(Check.POP, INVALID, f"proof: {exc}")
         try:

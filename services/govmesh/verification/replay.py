@@ -14,6 +14,11 @@ committed; any error, or no answer in time, fails every nonce of the batch
 (the caller denies: an unreachable store never means "fresh").
 
 Expired rows are deleted in the background, in bounded chunks.
+
+The store talks to Postgres through an asyncpg pool directly rather than
+through SQLAlchemy: the insert is one fixed statement on the hot path of
+every request, and the pool is created lazily, so a database that is down at
+some moment fails the requests of that moment, not the process.
 """
 
 from __future__ import annotations
@@ -25,31 +30,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import asyncpg
+from govmesh.runtime.db import libpq_database_url
 from govmesh.verification.core import ReplayStoreTimeout, ReplayStoreUnavailable
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger(__name__)
 
-_INSERT = text(
-    """
+_INSERT = """
     INSERT INTO verification_replay (proof_key, expires_at)
-    SELECT k, to_timestamp(e)
-    FROM unnest(CAST(:keys AS bytea[]), CAST(:expires AS float8[])) AS t(k, e)
+    SELECT k, to_timestamp(e) FROM unnest($1::bytea[], $2::float8[]) AS t(k, e)
     ON CONFLICT (proof_key) DO NOTHING
     RETURNING proof_key
-    """
-)
-_SEEN = text("SELECT 1 FROM verification_replay WHERE proof_key = :key")
-_CLEANUP = text(
-    """
+"""
+_SEEN = "SELECT 1 FROM verification_replay WHERE proof_key = $1"
+_CLEANUP = """
     DELETE FROM verification_replay WHERE proof_key IN (
         SELECT proof_key FROM verification_replay
-        WHERE expires_at < to_timestamp(:cutoff)
-        LIMIT :chunk
+        WHERE expires_at < to_timestamp($1)
+        LIMIT $2
     )
-    """
-)
+"""
 
 
 @dataclass
@@ -65,7 +65,8 @@ class PostgresReplayStore:
     def __init__(
         self,
         *,
-        engine: AsyncEngine,
+        database_url: str,
+        pool_size: int = 4,
         max_batch: int = 1024,
         linger_s: float = 0.0,
         flush_timeout_s: float = 1.0,
@@ -76,7 +77,11 @@ class PostgresReplayStore:
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
-        self._engine = engine
+        self._dsn = libpq_database_url(database_url)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._committer: asyncpg.Connection | None = None
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._flush_timeout_s = flush_timeout_s
@@ -109,13 +114,45 @@ class PostgresReplayStore:
                 await task
         self._fail(self._pending, ReplayStoreUnavailable("verification is stopping"))
         self._pending = []
+        await self._drop_committer()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self.batches:
+            logger.info(
+                "replay store: %d nonces committed in %d batches (%.1f per commit)",
+                self.inserted,
+                self.batches,
+                self.inserted / self.batches,
+            )
+
+    async def _connections(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=1, max_size=self._pool_size
+                    )
+        return self._pool
+
+    async def _committer_connection(self) -> asyncpg.Connection:
+        # The committer keeps one connection of its own: checking one out of
+        # the pool for every batch would double the CPU cost of a commit.
+        if self._committer is None or self._committer.is_closed():
+            self._committer = await asyncpg.connect(self._dsn)
+        return self._committer
+
+    async def _drop_committer(self) -> None:
+        connection, self._committer = self._committer, None
+        if connection is not None and not connection.is_closed():
+            connection.terminate()
 
     async def check(self) -> None:
         """Raise ReplayStoreUnavailable unless the table can be read (start-up check)."""
         try:
             async with asyncio.timeout(self._flush_timeout_s * 5):
-                async with self._engine.connect() as conn:
-                    await conn.execute(text("SELECT count(*) FROM verification_replay LIMIT 1"))
+                pool = await self._connections()
+                await pool.fetchval("SELECT count(*) FROM verification_replay LIMIT 1")
         except Exception as exc:
             raise ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}") from None
 
@@ -136,8 +173,8 @@ class PostgresReplayStore:
         """Whether `key` is recorded (a read only: nothing is burned)."""
         try:
             async with asyncio.timeout(timeout):
-                async with self._engine.connect() as conn:
-                    row = (await conn.execute(_SEEN, {"key": key})).first()
+                pool = await self._connections()
+                row = await pool.fetchval(_SEEN, key)
         except TimeoutError:
             raise ReplayStoreTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
         except Exception as exc:
@@ -149,11 +186,9 @@ class PostgresReplayStore:
         cutoff = self._clock() - self._cleanup_margin_s
         deleted = 0
         while True:
-            async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    _CLEANUP, {"cutoff": cutoff, "chunk": self._cleanup_chunk}
-                )
-            count = int(result.rowcount or 0)
+            pool = await self._connections()
+            status = await pool.execute(_CLEANUP, cutoff, self._cleanup_chunk)
+            count = int(status.split()[-1])  # "DELETE <n>"
             deleted += count
             if count < self._cleanup_chunk:
                 return deleted
@@ -180,15 +215,15 @@ class PostgresReplayStore:
             unique.setdefault(item.key, item.expires_at)
         try:
             async with asyncio.timeout(self._flush_timeout_s):
-                async with self._engine.begin() as conn:
-                    result = await conn.execute(
-                        _INSERT, {"keys": list(unique), "expires": list(unique.values())}
-                    )
-                    inserted = {bytes(row[0]) for row in result}
+                connection = await self._committer_connection()
+                rows = await connection.fetch(_INSERT, list(unique), list(unique.values()))
+                inserted = {bytes(row[0]) for row in rows}
         except TimeoutError:
+            await self._drop_committer()  # its state is unknown after a cancelled statement
             self._fail(waiting, ReplayStoreTimeout("the commit did not finish in time"))
             return
         except Exception as exc:
+            await self._drop_committer()
             logger.warning("replay store commit failed", extra={"error": repr(exc)})
             self._fail(waiting, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
             return

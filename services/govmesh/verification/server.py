@@ -16,7 +16,7 @@ import signal
 import time
 
 import grpc
-from govmesh.runtime.db import create_db_engine
+from govmesh.runtime.db import async_database_url
 from govmesh.runtime.entry import run_service
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.runtime.server import Health, serve
@@ -26,7 +26,6 @@ from govmesh.verification.core import ReplayStoreUnavailable, VerificationConfig
 from govmesh.verification.replay import PostgresReplayStore
 from govmesh.verification.servicer import VerificationServicer
 from govmesh.verification.trustsource import TrustSource
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,6 @@ class VerificationService:
     def __init__(self, settings: VerificationSettings) -> None:
         self._settings = settings
         self._servicer: VerificationServicer | None = None
-        self._engine: AsyncEngine | None = None
         self._store: PostgresReplayStore | None = None
         self._trust: TrustSource | None = None
         self._poll: asyncio.Task[None] | None = None
@@ -49,11 +47,12 @@ class VerificationService:
 
     async def start(self, health: Health) -> None:
         s = self._settings
+        async_database_url(s.database_url)  # a URL that names no Postgres stops start-up here
         self._trust = TrustSource(s.trust_file, cache_size=s.token_cache_size)
-        self._engine = create_db_engine(s.database_url, pool_size=s.database_pool_size)
         replay_timeout_s = s.replay_timeout_ms / 1000
         self._store = PostgresReplayStore(
-            engine=self._engine,
+            database_url=s.database_url,
+            pool_size=s.database_pool_size,
             max_batch=s.replay_batch_max,
             linger_s=s.replay_linger_ms / 1000,
             flush_timeout_s=replay_timeout_s,
@@ -114,8 +113,6 @@ class VerificationService:
                 await self._poll
         if self._store is not None:
             await self._store.close()
-        if self._engine is not None:
-            await self._engine.dispose()
 
 
 async def run(settings: VerificationSettings) -> None:

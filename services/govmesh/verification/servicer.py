@@ -15,7 +15,7 @@ DEADLINE_MARGIN_S = 0.002
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
-    json_format.ParseDict(value, message)
+    message.update(value)
     return message
 
 
@@ -44,15 +44,17 @@ def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
         reason=result.reason,
         trust_version=result.trust_version,
     )
+    checks = response.checks
     for outcome in result.outcomes:
-        response.checks.append(
-            common_pb2.CheckResult(
+        if outcome.passed:
+            checks.add(name=outcome.check.value, verdict=common_pb2.CHECK_PASSED)
+        else:
+            checks.add(
                 name=outcome.check.value,
-                verdict=common_pb2.CHECK_PASSED if outcome.passed else common_pb2.CHECK_FAILED,
+                verdict=common_pb2.CHECK_FAILED,
                 reason=outcome.reason,
                 detail=outcome.detail,
             )
-        )
     claims = result.claims
     if claims is not None:
         response.claims.CopyFrom(
