@@ -204,7 +204,11 @@ class PostgresReplayStore:
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                await self._commit(batch)
+                try:
+                    await self._commit(batch)
+                except Exception as exc:  # the committer must outlive any one batch
+                    logger.exception("replay store commit crashed")
+                    self._fail(batch, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
 
     async def _commit(self, batch: list[_Waiting]) -> None:
         waiting = [w for w in batch if not w.future.done()]
