@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import cedarpy
+
 from govmesh.runtime.errors import ConfigurationError
 
 
