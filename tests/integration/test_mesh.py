@@ -278,3 +278,82 @@ def test_govmesh_serve_runs_a_service(
     )
     assert lineage.health() == 1  # SERVING
     assert lineage.terminate() == 0
+
+
+def test_every_service_answers_health_and_reflection(start_mesh: Callable[..., Mesh]) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    mesh = start_mesh()
+    expected = {
+        "engine": "govmesh.v1.AuthorizationEngine",
+        "verification": "govmesh.v1.Verification",
+        "policy": "govmesh.v1.PolicyAuthority",
+        "lineage": "govmesh.v1.Lineage",
+    }
+    for name, service_name in expected.items():
+        process: ServiceProcess = getattr(mesh, name)
+        assert process.health() == 1
+        assert process.health(service_name) == 1
+        with grpc.insecure_channel(process.address) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            [answer] = list(
+                stub.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+                )
+            )
+        listed = {s.name for s in answer.list_services_response.service}
+        assert {service_name, "grpc.health.v1.Health"} <= listed
+
+
+def test_sigterm_reports_not_serving_before_the_server_stops(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    mesh = start_mesh()
+    seen: list[int] = []
+    with grpc.insecure_channel(mesh.policy.address) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30
+        )
+        seen.append(next(stream).status)
+        mesh.policy.process.send_signal(signal.SIGTERM)
+        try:
+            for update in stream:
+                seen.append(update.status)
+        except grpc.RpcError:
+            pass  # the server went away after announcing it
+    assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen[1:]
+    assert mesh.policy.process.wait(20) == 0
+
+
+def test_service_logs_are_one_json_object_per_line(
+    services: Callable[..., ServiceProcess], database_url: str
+) -> None:
+    lineage = services(
+        "lineage", {"GOVMESH_DATABASE_URL": database_url, "GOVMESH_LOG_FORMAT": "json"}
+    )
+    assert lineage.terminate() == 0
+    records = [json.loads(line) for line in lineage.log().splitlines() if line.strip()]
+    serving = next(r for r in records if r["msg"] == "serving")
+    assert serving["service"] == "lineage"
+    assert serving["address"] == lineage.address
+    assert {r["level"] for r in records} <= {"debug", "info", "warning", "error"}
+
+
+def test_the_sync_client_gets_the_same_answers(start_mesh: Callable[..., Mesh]) -> None:
+    from govmesh.client import SyncEngineClient
+
+    mesh = start_mesh()
+    with SyncEngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        allowed = engine.authorize(**mesh.request())
+        denied = engine.authorize(**mesh.request(resource="account:acme/frozen"))
+    assert allowed.allowed
+    assert denied.reason == "POLICY_MISMATCH"
+    assert "frozen-accounts" in denied.message
+    with SyncEngineClient.connect("127.0.0.1:1", timeout=1) as nowhere:
+        unanswered = nowhere.authorize(**mesh.request())
+    assert not unanswered.answered
+    assert unanswered.decision == "DENY"
+    assert unanswered.reason in {"PEER_UNAVAILABLE", "PEER_TIMEOUT"}
