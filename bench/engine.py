@@ -43,7 +43,10 @@ def _start_mesh(data: Path, port: int, database_url: str | None) -> subprocess.P
         env["GOVMESH_DATABASE_URL"] = database_url
     log = (data / "up.log").open("wb")
     up = subprocess.Popen(
-        ["govmesh", "up", "--engine-port", str(port)], env=env, stdout=log, stderr=log
+        [str(Path(sys.executable).parent / "govmesh"), "up", "--engine-port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     deadline = time.monotonic() + 120
     while "govmesh is up" not in (data / "up.log").read_text():

@@ -19,6 +19,7 @@ import pytest
 from govmesh.client import EngineClient
 from govmesh.v1 import common_pb2, engine_pb2
 from tests.integration.conftest import Mesh
+from tests.support.commands import GOVMESH
 from tests.support.database import fetch
 from tests.support.processes import ServiceProcess
 
@@ -256,7 +257,7 @@ def test_unusable_settings_stop_the_start_with_a_message_not_a_traceback(
 def test_a_missing_trust_file_stops_the_start_with_a_message(tmp_path: Path) -> None:
     env = {**os.environ, "GOVMESH_TRUST_FILE": str(tmp_path / "nope.toml")}
     result = subprocess.run(
-        ["govmesh", "serve", "verification"],
+        [GOVMESH, "serve", "verification"],
         env=env,
         capture_output=True,
         text=True,
@@ -274,7 +275,7 @@ def test_govmesh_serve_runs_a_service(
     lineage = services(
         "lineage",
         {"GOVMESH_DATABASE_URL": database_url},
-        command=["govmesh", "serve", "lineage"],
+        command=[GOVMESH, "serve", "lineage"],
     )
     assert lineage.health() == 1  # SERVING
     assert lineage.terminate() == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support.commands import GOVMESH
 from tests.support.database import DatabaseFactory, fetch, run_sync
 
 
@@ -26,7 +27,7 @@ def _govmesh(
     *args: str, env: dict[str, str], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["govmesh", *args], env=env, capture_output=True, text=True, timeout=60, check=check
+        [GOVMESH, *args], env=env, capture_output=True, text=True, timeout=60, check=check
     )
 
 
@@ -40,7 +41,7 @@ def up_env(tmp_path: Path) -> dict[str, str]:
 def _start_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         up = subprocess.Popen(
-            ["govmesh", "up", "--engine-port", str(port)], env=env, stdout=out, stderr=out
+            [GOVMESH, "up", "--engine-port", str(port)], env=env, stdout=out, stderr=out
         )
     deadline = time.monotonic() + 120
     while "govmesh is up" not in log.read_text():
