@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from govmesh.cli.devsetup import write_dev_setup
 from govmesh.cli.paths import data_dir, dev_setup
 from govmesh.runtime.db import upgrade_database
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.runtime.logs import configure_logging
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 logger = logging.getLogger("govmesh.up")
 
