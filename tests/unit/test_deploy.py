@@ -26,6 +26,7 @@ from unittest import mock
 import kubernetes_validate
 import pytest
 import yaml
+
 from govmesh.engine.config import EngineSettings
 from govmesh.lineage.config import LineageSettings
 from govmesh.policy.config import PolicySettings
