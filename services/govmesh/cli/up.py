@@ -101,8 +101,13 @@ class Mesh:
         url = os.environ.get("GOVMESH_DATABASE_URL")
         if url:
             return url
-        import pgserver
-
+        try:
+            import pgserver
+        except ImportError:
+            raise ConfigurationError(
+                "GOVMESH_DATABASE_URL is not set and the embedded Postgres is not installed:"
+                " pip install 'govmesh[embedded]', or point GOVMESH_DATABASE_URL at a Postgres"
+            ) from None
         logger.info("starting embedded Postgres in %s", self.data / "pg")
         self._postgres = pgserver.get_server(self.data / "pg", cleanup_mode="stop")
         return str(self._postgres.get_uri())
