@@ -34,6 +34,9 @@ from pathlib import Path
 import asyncpg
 import grpc
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy.engine import make_url
+
 from govmesh.artifacts.canonical import request_digest
 from govmesh.cli.devsetup import (
     DEV_ATTESTOR,
@@ -46,8 +49,6 @@ from govmesh.cli.devsetup import (
 from govmesh.client import Initiator, issue_attestation, issue_mandate
 from govmesh.runtime.db import libpq_database_url, upgrade_database
 from govmesh.v1 import verification_pb2, verification_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy.engine import make_url
 
 
 def prepare(root: Path, count: int, mandates: int) -> list[verification_pb2.VerifyRequest]:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from govmesh.cli.devsetup import DEV_ATTESTOR, DEV_ENV, DEV_MEASUREMENT, DEV_SUBJECT
 from govmesh.cli.main import main as govmesh
 from govmesh.client import EngineClient, issue_attestation
-
 from tests.integration.conftest import Mesh
 from tests.support.database import fetch
 from tests.support.verification import decode_payload

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
+
 from govmesh.runtime.db import libpq_database_url
 from govmesh.verification.core import ReplayStoreTimeout, ReplayStoreUnavailable
 from govmesh.verification.replay import PostgresReplayStore
-
 from tests.support.database import DatabaseFactory, fetch
 
 OpenStore = Callable[..., Awaitable[PostgresReplayStore]]

@@ -11,11 +11,11 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
+
 from govmesh.artifacts.keys import generate_ed25519
 from govmesh.runtime.db import libpq_database_url
 from govmesh.v1 import verification_pb2_grpc
-from sqlalchemy.engine import make_url
-
 from tests.support.database import DatabaseFactory
 from tests.support.processes import ServiceProcess
 from tests.support.verification import (

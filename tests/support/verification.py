@@ -21,6 +21,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest
 from govmesh.artifacts.keys import generate_ed25519, public_jwk
@@ -33,7 +35,6 @@ from govmesh.verification.core import (
     Verifier,
 )
 from govmesh.verification.trustsource import TrustSource
-from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 ISSUER = "https://idp.test"
 SINGLE_KEY_ISSUER = "https://single.test"

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
 from govmesh.artifacts import PROOF_TYP
 from govmesh.artifacts.canonical import request_digest, sha256_b64url
 from govmesh.artifacts.keys import jwk_thumbprint
@@ -14,8 +16,6 @@ from govmesh.cli.devsetup import DEV_ISSUER, write_dev_setup
 from govmesh.cli.main import main as govmesh
 from govmesh.client import Initiator, mandate_hash, thumbprint
 from govmesh.client.artifacts import signing_alg
-from joserfc.jwk import ECKey, OKPKey, RSAKey
-
 from tests.support.verification import World, decode_payload, make_world
 
 # RFC 7638 section 3.1: the example RSA key and its SHA-256 thumbprint.

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
+
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check
 from govmesh.engine.core import check_verification, claimed_inputs
 from govmesh.runtime.settings import SettingsError, load_settings
@@ -21,7 +22,6 @@ from govmesh.verification.core import (
     Verifier,
 )
 from govmesh.verification.servicer import VerificationServicer, to_input, to_response
-
 from tests.support.verification import (
     MemoryReplayStore,
     World,

@@ -16,11 +16,11 @@ from typing import Any, cast
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest
 from govmesh.client.artifacts import mandate_hash
 from govmesh.verification.core import VerificationInput
-
 from tests.support.verification import (
     ACTION,
     ATTESTOR,

@@ -10,6 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
 from govmesh.artifacts import ATTESTATION_TYP, MANDATE_TYP, PROOF_TYP
 from govmesh.verification.core import (
     VerificationInput,
@@ -17,9 +20,6 @@ from govmesh.verification.core import (
     glob_match,
 )
 from govmesh.verification.jose import TokenError, parse_compact
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-
 from tests.support.verification import DROP, World, make_world, raw_token
 
 SETTINGS = settings(

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
+from joserfc.jwk import ECKey
+
 from govmesh.artifacts import ATTESTATION_TYP, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest
 from govmesh.artifacts.checks import REQUIRED_CHECKS
@@ -24,8 +26,6 @@ from govmesh.engine.core import check_verification, claimed_inputs
 from govmesh.v1 import common_pb2, engine_pb2
 from govmesh.verification.core import VerificationInput
 from govmesh.verification.servicer import to_response
-from joserfc.jwk import ECKey
-
 from tests.support.verification import (
     ACTION,
     ATTESTOR,

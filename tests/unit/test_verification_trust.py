@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from joserfc.jwk import ECKey, RSAKey
+
 from govmesh.artifacts.keys import generate_ed25519
 from govmesh.artifacts.trust import TrustFileError, load_trust, usable_key
 from govmesh.verification.cache import VerifiedTokenCache, token_key
 from govmesh.verification.core import VerificationConfig, Verifier
 from govmesh.verification.trustsource import TrustSource
-from joserfc.jwk import ECKey, RSAKey
-
 from tests.support.verification import (
     GOOD_MEASUREMENT,
     ISSUER,

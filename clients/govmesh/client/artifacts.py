@@ -21,11 +21,12 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from joserfc import jwt
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest, sha256_b64url
 from govmesh.artifacts.keys import generate_ed25519, jwk_thumbprint, public_jwk
-from joserfc import jwt
-from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 SigningKey = OKPKey | ECKey | RSAKey
 

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from govmesh.runtime.errors import ConfigurationError
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
+
+from govmesh.runtime.errors import ConfigurationError
 
 #: The JWS algorithms govmesh verifies.
 SIGNATURE_ALGS = frozenset({"EdDSA", "ES256", "RS256"})

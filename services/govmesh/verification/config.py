@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from govmesh.runtime.settings import ServerSettings
 from pydantic import Field
+
+from govmesh.runtime.settings import ServerSettings
 
 
 class VerificationSettings(ServerSettings):
@@ -13,7 +14,11 @@ class VerificationSettings(ServerSettings):
 
     listen: str = "127.0.0.1:50053"
     trust_file: Path = Field(description="the trust TOML (GOVMESH_TRUST_FILE)")
-    database_url: str = Field(description="the Postgres of the replay store (GOVMESH_DATABASE_URL)")
+    # Checked at start-up after the trust file, so that the first thing an
+    # operator is told about is the first thing the service needs.
+    database_url: str | None = Field(
+        default=None, description="the Postgres of the replay store (GOVMESH_DATABASE_URL)"
+    )
 
     clock_skew_s: float = Field(
         default=5.0, ge=0.0, le=300.0, description="tolerance on exp, nbf and iat"

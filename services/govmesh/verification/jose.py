@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from joserfc.jws import JWSRegistry
+
 from govmesh.artifacts.canonical import b64url, b64url_decode
 from govmesh.artifacts.trust import VerifyingKey, usable_key
-from joserfc.jws import JWSRegistry
 
 #: The longest artifact accepted, in characters (the engine's own limit).
 MAX_TOKEN_CHARS = 16 * 1024

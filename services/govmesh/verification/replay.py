@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+
 from govmesh.runtime.db import libpq_database_url
 from govmesh.verification.core import ReplayStoreTimeout, ReplayStoreUnavailable
 
