@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -302,3 +304,36 @@ def test_cache_entries_expire() -> None:
 
 def test_cache_keys_separate_artifact_kinds() -> None:
     assert token_key("mandate", "t") != token_key("attestation", "t")
+
+
+def test_a_configmap_style_symlink_swap_is_picked_up(tmp_path: Path) -> None:
+    # Kubernetes mounts a ConfigMap as NAME -> ..data/NAME, ..data -> ..<version>,
+    # and updates it by pointing ..data at a new version and deleting the old one.
+    staging = make_world(tmp_path / "staging")
+    mount = tmp_path / "mount"
+    mount.mkdir()
+
+    def publish(version: str) -> None:
+        target = mount / f"..{version}"
+        target.mkdir()
+        for name in ("trust.toml", "issuer.jwks.json", "single.jwks.json", "attestor.jwks.json"):
+            (target / name).write_bytes((staging.root / name).read_bytes())
+        link = mount / "..data_tmp"
+        link.symlink_to(target.name)
+        os.replace(link, mount / "..data")
+
+    publish("v1")
+    for name in ("trust.toml", "issuer.jwks.json", "single.jwks.json", "attestor.jwks.json"):
+        (mount / name).symlink_to(f"..data/{name}")
+    source = TrustSource(mount / "trust.toml", cache_size=10)
+    first = source.current()
+
+    write_json(staging.root / "issuer.jwks.json", jwks(staging.issuer))
+    publish("v2")
+    shutil.rmtree(mount / "..v1")
+    second = source.current()
+
+    assert second.error is None, second.error
+    assert second.generation == first.generation + 1
+    assert second.trust is not None
+    assert [k.kid for k in second.trust.issuers[ISSUER].keys] == ["issuer-ed"]

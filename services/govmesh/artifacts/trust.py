@@ -207,7 +207,9 @@ def _parties(
         unknown = set(entry) - {"iss", "jwks"}
         if unknown:
             notes.append(f"[[{section}]] {iss!r}: unknown keys {sorted(unknown)} ignored")
-        path = (base / jwks).resolve()
+        # Not resolved: a Kubernetes ConfigMap updates by swapping a symlink,
+        # and the path must keep naming the file, not its old target.
+        path = Path(os.path.normpath(base / jwks))
         raw = _read_bytes(path, "JWKS")
         hashed.update(str(path).encode() + b"\0" + hashlib.sha256(raw).digest())
         files.append(path)
@@ -217,7 +219,7 @@ def _parties(
 
 def load_trust(path: Path) -> Trust:
     """Read and check the trust file and every JWKS it names."""
-    path = path.resolve()
+    path = path.absolute()
     raw = _read_bytes(path, "trust file")
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
@@ -256,6 +258,7 @@ def file_state(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int, int] | Non
     """What stat says about `paths`: changes whenever a file is replaced or rewritten.
 
     (inode, size, mtime, ctime) in nanoseconds; None for a file that is gone.
+    Symlinks are followed, so swapping a link to a new target counts as a change.
     """
     states: list[tuple[int, int, int, int] | None] = []
     for path in paths:

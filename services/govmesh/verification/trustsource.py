@@ -66,7 +66,7 @@ class TrustSource:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """Load `path`; raises TrustFileError when it cannot be used at start-up."""
-        self._path = path.resolve()
+        self._path = path.absolute()  # never resolved: see load_trust
         self._cache_size = cache_size
         self._loader = loader
         self._monotonic = monotonic
