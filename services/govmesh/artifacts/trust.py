@@ -158,7 +158,7 @@ def usable_key(params: Mapping[str, Any]) -> tuple[str, VerifyingKey]:
 def _read_jwks(path: Path, raw: bytes, notes: list[str]) -> tuple[TrustedKey, ...]:
     try:
         document = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise TrustFileError(f"JWKS {path} is not JSON") from exc
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not all(isinstance(k, dict) for k in entries):

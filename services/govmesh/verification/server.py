@@ -91,7 +91,11 @@ class VerificationService:
 
     def _reload(self) -> None:
         assert self._trust is not None
-        state = self._trust.refresh("SIGHUP")
+        try:
+            state = self._trust.refresh("SIGHUP")
+        except Exception:
+            logger.exception("trust reload on SIGHUP failed")
+            return
         logger.info(
             "trust configuration checked on SIGHUP",
             extra={"generation": state.generation, "usable": state.error is None},
@@ -101,7 +105,10 @@ class VerificationService:
         assert self._trust is not None
         while True:
             await asyncio.sleep(self._settings.trust_poll_interval_s)
-            self._trust.refresh("poll")
+            try:
+                self._trust.refresh("poll")
+            except Exception:  # the poll is a backstop; it must keep running
+                logger.exception("trust poll failed")
 
     def register(self, server: grpc.aio.Server) -> None:
         assert self._servicer is not None

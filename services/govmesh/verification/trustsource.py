@@ -99,7 +99,9 @@ class TrustSource:
         old = self._state
         try:
             trust, stat = self._load_stable()
-        except TrustFileError as exc:
+        except Exception as exc:  # whatever stops the load, nothing verifies until it loads
+            if not isinstance(exc, TrustFileError):
+                exc = TrustFileError(f"{exc.__class__.__name__}: {exc}")
             if old.error == str(exc):
                 self._state = self._replace_time(old)
                 return self._state
