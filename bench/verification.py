@@ -15,7 +15,9 @@ verified: a deny is counted and reported as an error.
 Each request costs the service one Ed25519 proof verification, the checks,
 and one replay-store insert (group-committed); mandate and attestation
 signatures come from the verified-token cache after their first use. Note
-that this client shares the machine with the service.
+that this client shares the machine with the service. A last line runs the
+same handler, Postgres store included, in this process without gRPC, to show
+what the transport costs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -49,6 +52,10 @@ from govmesh.cli.devsetup import (
 from govmesh.client import Initiator, issue_attestation, issue_mandate
 from govmesh.runtime.db import libpq_database_url, upgrade_database
 from govmesh.v1 import verification_pb2, verification_pb2_grpc
+from govmesh.verification.core import VerificationConfig, Verifier
+from govmesh.verification.replay import PostgresReplayStore
+from govmesh.verification.servicer import VerificationServicer
+from govmesh.verification.trustsource import TrustSource
 
 
 def prepare(root: Path, count: int, mandates: int) -> list[verification_pb2.VerifyRequest]:
@@ -175,6 +182,43 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _NoDeadline:
+    def time_remaining(self) -> float | None:
+        return None
+
+
+async def drive_in_process(
+    trust_file: Path,
+    database_url: str,
+    requests: list[verification_pb2.VerifyRequest],
+    concurrency: int,
+) -> tuple[float, float]:
+    """The same handler, Postgres store included, called directly: (wall s, CPU s).
+
+    What is left when gRPC is taken away: the measure of what the transport costs.
+    """
+    source = TrustSource(trust_file, cache_size=10_000)
+    store = PostgresReplayStore(database_url=database_url)
+    await store.start()
+    servicer = VerificationServicer(
+        verifier=Verifier(trust=source, replay=store, clock=time.time, config=VerificationConfig())
+    )
+    queue = iter(requests)
+    context: Any = _NoDeadline()
+
+    async def worker() -> None:
+        for request in queue:
+            answer = await servicer.Verify(request, context)
+            if not answer.verified:
+                raise SystemExit(f"in-process deny: {answer.message}")
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await store.close()
+    return wall, cpu
+
+
 async def admin(server_url: str, statement: str) -> None:
     conn = await asyncpg.connect(libpq_database_url(server_url))
     try:
@@ -228,6 +272,10 @@ def main() -> int:
             process.terminate()
             process.wait(20)
             stats = [line for line in log.read_text().splitlines() if "replay store" in line]
+            direct = prepare(root / "direct", args.requests // 2, args.mandates)
+            direct_wall, direct_cpu = asyncio.run(
+                drive_in_process(root / "direct" / "trust.toml", url, direct, args.concurrency)
+            )
     finally:
         if process is not None and process.poll() is None:
             process.kill()
@@ -246,6 +294,11 @@ def main() -> int:
     )
     for line in stats:
         print(f"  {line.split(': ', 1)[-1]}")
+    print(
+        f"the same handler in-process, without gRPC ({len(direct)} requests): "
+        f"{len(direct) / direct_wall:,.0f} verifications/s, "
+        f"CPU {direct_cpu / len(direct) * 1e6:.0f} us each"
+    )
     if denied:
         print(f"  ERROR: {denied} requests were denied", file=sys.stderr)
         return 1
