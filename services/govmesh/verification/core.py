@@ -37,7 +37,7 @@ from govmesh.artifacts.canonical import (
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check, Reason, primary_reason
 from govmesh.artifacts.keys import jwk_thumbprint
-from govmesh.artifacts.trust import Trust, TrustedParty, VerifyingKey
+from govmesh.artifacts.trust import TrustedParty, VerifyingKey
 from govmesh.v1 import common_pb2
 from govmesh.verification.cache import token_key
 from govmesh.verification.jose import (
@@ -456,8 +456,9 @@ class Verifier:
         10. Scope: action and resource match one of the mandate's scope entries.
         11. Replay: a proof that passed 3, 4 and 6 inside its window is
             recorded in the shared store, and fails if it was there already;
-            any other proof is only looked up. A store that does not answer
-            fails the check.
+            any other proof is only looked up. A store that cannot be reached
+            fails the check with PEER_UNAVAILABLE, one that does not answer in
+            time with PEER_TIMEOUT: never "assume fresh".
         12. If the trust configuration changed while 11 waited, 3-10 are
             evaluated again under the new one, so no answer relies on a key
             that was removed in the meantime.
@@ -925,10 +926,3 @@ class Verifier:
             attestor=attestor,
             measurements=measurements,
         )
-
-
-def trust_summary(trust: Trust | None) -> str:
-    """One line naming what a trust configuration trusts (for logs)."""
-    if trust is None:
-        return "no usable trust configuration"
-    return f"{len(trust.issuers)} issuers, {len(trust.attestors)} attestors"
