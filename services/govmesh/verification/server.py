@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 
@@ -73,6 +74,7 @@ class VerificationService:
                 "\n  (is GOVMESH_DATABASE_URL right, and did `govmesh db upgrade` run?)"
             ) from None
         await self._store.start()
+        await self._warm_up(self._store)
         verifier = Verifier(
             trust=self._trust,
             replay=self._store,
@@ -88,6 +90,17 @@ class VerificationService:
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._sighup = True
         self._poll = asyncio.create_task(self._poll_trust(), name="trust-poll")
+
+    @staticmethod
+    async def _warm_up(store: PostgresReplayStore) -> None:
+        # Open the committer connection and prepare the insert before the
+        # first caller pays for it under its own deadline: a random key no
+        # proof can ever hash to, expiring in a second.
+        try:
+            await store.remember(os.urandom(32), time.time() + 1, timeout=5.0)
+            await store.seen(os.urandom(32), timeout=5.0)
+        except ReplayStoreUnavailable as exc:
+            raise ConfigurationError(f"cannot write to the replay store: {exc}") from None
 
     def _reload(self) -> None:
         assert self._trust is not None
