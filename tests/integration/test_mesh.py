@@ -255,7 +255,11 @@ def test_unusable_settings_stop_the_start_with_a_message_not_a_traceback(
 
 
 def test_a_missing_trust_file_stops_the_start_with_a_message(tmp_path: Path) -> None:
-    env = {**os.environ, "GOVMESH_TRUST_FILE": str(tmp_path / "nope.toml")}
+    env = {
+        **os.environ,
+        "GOVMESH_TRUST_FILE": str(tmp_path / "nope.toml"),
+        "GOVMESH_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+    }
     result = subprocess.run(
         [GOVMESH, "serve", "verification"],
         env=env,

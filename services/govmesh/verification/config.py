@@ -14,10 +14,9 @@ class VerificationSettings(ServerSettings):
 
     listen: str = "127.0.0.1:50053"
     trust_file: Path = Field(description="the trust TOML (GOVMESH_TRUST_FILE)")
-    # Checked at start-up after the trust file, so that the first thing an
-    # operator is told about is the first thing the service needs.
-    database_url: str | None = Field(
-        default=None, description="the Postgres of the replay store (GOVMESH_DATABASE_URL)"
+    database_url: str = Field(
+        description="the Postgres of the replay store, shared by every replica"
+        " (GOVMESH_DATABASE_URL)"
     )
 
     clock_skew_s: float = Field(

@@ -50,11 +50,6 @@ class VerificationService:
     async def start(self, health: Health) -> None:
         s = self._settings
         self._trust = TrustSource(s.trust_file, cache_size=s.token_cache_size)
-        if not s.database_url:
-            raise ConfigurationError(
-                "GOVMESH_DATABASE_URL is not set: verification keeps the proof nonces of every"
-                " replica in Postgres, and without it cannot tell a replayed proof from a fresh one"
-            )
         async_database_url(s.database_url)  # a URL that names no Postgres stops start-up here
         replay_timeout_s = s.replay_timeout_ms / 1000
         self._store = PostgresReplayStore(
