@@ -310,7 +310,7 @@ class PolicyStore:
         1. Take the epoch lock (one state change at a time, across replicas).
         2. Insert the bundle unless that version is already stored (same
            content by construction: the version is its hash).
-        3. The statement's epoch must be exactly the next one.
+        3. The statement's epoch must be exactly the next one, and change the state.
         4. Every version it names must be stored.
         5. Insert the epoch and notify the replicas, at commit.
 
@@ -326,15 +326,21 @@ class PolicyStore:
                     created = await self._insert_bundle(conn, bundle)
                 if activation is None:
                     return created, None
-                # 3. Next epoch.
-                current = int(
-                    (
-                        await conn.execute(select(func.coalesce(func.max(epochs_table.c.epoch), 0)))
-                    ).scalar_one()
-                )
+                # 3. Next epoch, and a change.
+                latest = (
+                    await conn.execute(
+                        select(epochs_table).order_by(epochs_table.c.epoch.desc()).limit(1)
+                    )
+                ).first()
+                current = int(latest.epoch) if latest is not None else 0
                 wanted = activation.activation.epoch
                 if wanted != current + 1:
                     raise EpochConflict(wanted, current)
+                if latest is not None and (latest.active_version, latest.shadow_version) == (
+                    activation.activation.active,
+                    activation.activation.shadow,
+                ):
+                    raise StoreError(f"epoch {current} already has exactly this state")
                 # 4. Known versions.
                 named = [activation.activation.active]
                 if activation.activation.shadow is not None:
