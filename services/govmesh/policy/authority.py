@@ -27,7 +27,7 @@ from govmesh.policy.bundle import (
     is_version,
     parse_bundle_content,
 )
-from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate
+from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate, plain_json
 from govmesh.policy.shadow import ShadowRecorder
 from govmesh.policy.signing import (
     ACTIVATION_MAX_AGE_S,
@@ -180,7 +180,7 @@ class Authority:
             principal=request.principal,
             action=request.action,
             resource=request.resource,
-            context=dict(request.context),
+            context=plain_json(request.context),
             active_decision=_decision_name(active),
             active_determining=active.determining,
             active_errors=active.errors,

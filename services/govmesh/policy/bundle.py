@@ -30,7 +30,13 @@ from typing import Any
 
 import cedarpy
 from govmesh.artifacts.canonical import CanonicalizationError, canonical_json
-from govmesh.policy.index import EntityUid, ScopeIndex, action_ancestors, policy_scope
+from govmesh.policy.index import (
+    EntityUid,
+    PolicyScope,
+    ScopeIndex,
+    action_ancestors,
+    policy_scope,
+)
 
 BUNDLE_FORMAT = "govmesh.policy-bundle/1"
 
@@ -232,7 +238,8 @@ class CompiledPolicy:
     id: str
     effect: str  # "permit" or "forbid"
     file: str
-    est: Mapping[str, Any]  # Cedar's JSON form of the policy
+    est: str  # Cedar's JSON form of the policy, serialized (strings cost the GC nothing)
+    scope: PolicyScope
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,13 +263,12 @@ class CompiledBundle:
         return tuple(p.id for p in self.policies)
 
 
-def _policy_json(policies: Mapping[str, Mapping[str, Any]]) -> str:
-    return json.dumps({"staticPolicies": policies, "templates": {}, "templateLinks": []})
-
-
-def policy_set_of(policies: Mapping[str, Mapping[str, Any]]) -> Any:
-    """A cedarpy PolicySet of `policies` (id → Cedar JSON form), ids kept."""
-    return cedarpy.PolicySet.from_json_str(_policy_json(policies))
+def policy_set_of(policies: Mapping[str, str]) -> Any:
+    """A cedarpy PolicySet of `policies` (id → serialized Cedar JSON form), ids kept."""
+    members = ",".join(f"{json.dumps(policy_id)}:{est}" for policy_id, est in policies.items())
+    return cedarpy.PolicySet.from_json_str(
+        '{"staticPolicies":{' + members + '},"templates":{},"templateLinks":[]}'
+    )
 
 
 def _positional(policy_id: str) -> int:
@@ -310,7 +316,15 @@ def compile_bundle(source: BundleSource) -> CompiledBundle:
             annotated = est.get("annotations", {}).get("id")
             # 2. Stable ids.
             policy_id = annotated if annotated else f"{policy_file.name}:{positional}"
-            policies.append(CompiledPolicy(policy_id, est["effect"], policy_file.name, est))
+            policies.append(
+                CompiledPolicy(
+                    policy_id,
+                    est["effect"],
+                    policy_file.name,
+                    json.dumps(est, separators=(",", ":")),
+                    policy_scope(est),
+                )
+            )
     ids = [p.id for p in policies]
     duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
     if duplicates:
@@ -342,7 +356,7 @@ def compile_bundle(source: BundleSource) -> CompiledBundle:
         action_ancestors(schema) if schema is not None else {}
     )
     index = ScopeIndex(
-        [(p.id, p.est, policy_scope(p.est)) for p in policies],
+        [(p.id, p.est, p.scope) for p in policies],
         action_ancestors=ancestors,
         build=policy_set_of,
         full_set=full_set,

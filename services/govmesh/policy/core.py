@@ -22,7 +22,7 @@ and `__extn` as escapes that would let a caller forge entity references.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,44 +66,117 @@ class PolicyDecision:
     errors: tuple[str, ...] = ()
 
 
-def _convert(value: Any, path: str, depth: int) -> Any:
-    if depth > MAX_CONTEXT_DEPTH:
-        raise ContextError(f"{path}: nested deeper than {MAX_CONTEXT_DEPTH}")
-    if isinstance(value, bool | str):
+class _Refused(Exception):
+    """A context value refused; `path` is filled in on the way out (free when nothing fails)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str] = []
+
+
+_STR, _BOOL, _INT, _FLOAT, _MAP, _SEQ, _NULL, _OTHER = range(8)
+#: The kind of each value type met so far (the ABC checks run once per type).
+_KINDS: dict[type, int] = {
+    str: _STR,
+    bool: _BOOL,
+    int: _INT,
+    float: _FLOAT,
+    dict: _MAP,
+    list: _SEQ,
+    tuple: _SEQ,
+    type(None): _NULL,
+}
+
+
+def _kind(value_type: type) -> int:
+    kind = _KINDS.get(value_type)
+    if kind is None:
+        if issubclass(value_type, bool):
+            kind = _BOOL
+        elif issubclass(value_type, str):
+            kind = _STR
+        elif issubclass(value_type, int):
+            kind = _INT
+        elif issubclass(value_type, float):
+            kind = _FLOAT
+        elif issubclass(value_type, Mapping):
+            kind = _MAP
+        elif issubclass(value_type, Sequence) and not issubclass(value_type, bytes | bytearray):
+            kind = _SEQ
+        else:
+            kind = _OTHER
+        _KINDS[value_type] = kind
+    return kind
+
+
+def _convert(value: Any, depth: int) -> Any:
+    kind = _kind(type(value))
+    if kind in (_STR, _BOOL):
         return value
-    if isinstance(value, int):
-        if not _LONG_MIN <= value <= _LONG_MAX:
-            raise ContextError(f"{path}: {value} is outside Cedar's 64-bit integer range")
-        return value
-    if isinstance(value, float):
+    if kind == _FLOAT:
         if not math.isfinite(value) or not value.is_integer():
-            raise ContextError(
-                f"{path}: {value!r} is not a whole number; Cedar has no fractional numbers"
-            )
+            raise _Refused(f"{value!r} is not a whole number; Cedar has no fractional numbers")
         if abs(value) > MAX_EXACT_INTEGER:
-            raise ContextError(f"{path}: {value!r} is beyond 2^53 and may have been rounded")
+            raise _Refused(f"{value!r} is beyond 2^53 and may have been rounded")
         return int(value)
-    if isinstance(value, Mapping):
+    if depth > MAX_CONTEXT_DEPTH:
+        raise _Refused(f"nested deeper than {MAX_CONTEXT_DEPTH}")
+    if kind == _MAP:
         record = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise ContextError(f"{path}: key {key!r} is not a string")
+            if type(key) is not str:
+                raise _Refused(f"key {key!r} is not a string")
             if key.startswith("__"):
-                raise ContextError(f"{path}: key {key!r} is reserved (Cedar reads it as an escape)")
-            record[key] = _convert(item, f"{path}.{key}", depth + 1)
+                raise _Refused(f"key {key!r} is reserved (Cedar reads it as an escape)")
+            try:
+                record[key] = _convert(item, depth + 1)
+            except _Refused as exc:
+                exc.path.append(f".{key}")
+                raise
         return record
-    if isinstance(value, list | tuple):
-        return [_convert(item, f"{path}[{n}]", depth + 1) for n, item in enumerate(value)]
-    if value is None:
-        raise ContextError(f"{path}: null has no Cedar value")
-    raise ContextError(f"{path}: a {type(value).__name__} has no Cedar value")
+    if kind == _SEQ:
+        items = []
+        for n, item in enumerate(value):
+            try:
+                items.append(_convert(item, depth + 1))
+            except _Refused as exc:
+                exc.path.append(f"[{n}]")
+                raise
+        return items
+    if kind == _INT:
+        if not _LONG_MIN <= value <= _LONG_MAX:
+            raise _Refused(f"{value} is outside Cedar's 64-bit integer range")
+        return int(value)
+    if kind == _NULL:
+        raise _Refused("null has no Cedar value")
+    raise _Refused(f"a {type(value).__name__} has no Cedar value")
 
 
 def cedar_context(context: Mapping[str, Any]) -> dict[str, Any]:
-    """The context as Cedar receives it; raises ContextError naming the offending path."""
-    converted = _convert(context, "context", 1)
+    """The context as Cedar receives it; raises ContextError naming the offending path.
+
+    Any Mapping and Sequence will do, a protobuf Struct and ListValue included,
+    so that the engine's Struct is read once, straight into Cedar's values.
+    """
+    try:
+        if _kind(type(context)) != _MAP:
+            raise _Refused("not a record")
+        converted = _convert(context, 1)
+    except _Refused as exc:
+        path = "context" + "".join(reversed(exc.path))
+        raise ContextError(f"{path}: {exc.problem}") from None
     assert isinstance(converted, dict)
     return converted
+
+
+def plain_json(value: Any) -> Any:
+    """`value` with every Mapping a dict and every Sequence a list (for storing as JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [plain_json(v) for v in value]
+    return value
 
 
 def _uid(entity_type: str, entity_id: str) -> dict[str, str]:
@@ -122,7 +195,7 @@ def evaluate(
     1. Principal, action and resource must be non-empty strings.
     2. The context must convert to Cedar values (see the module docstring).
     3. Take the policies that can apply (the scope index), or all of them.
-    4. Ask Cedar; an exception is a deny.
+    4. Ask Cedar, once per policy set the index hands out; an exception is a deny.
     5. Any error is a deny, whatever Cedar decided: skip-on-error is closed.
     6. NoDecision, or a decision Cedar does not document, is a deny.
     7. Allow needs a determining permit; Deny names its forbids.
@@ -137,45 +210,60 @@ def evaluate(
         context = cedar_context(request.context)
     except ContextError as exc:
         return _deny(str(exc))
-    # 3. The policies.
+    # 3. The policies: the index's sets together hold exactly the candidates.
     principal = (PRINCIPAL_TYPE, request.principal)
     action = (ACTION_TYPE, request.action)
     resource = (RESOURCE_TYPE, request.resource)
+    cedar_request = {
+        "principal": _uid(*principal),
+        "action": _uid(*action),
+        "resource": _uid(*resource),
+        "context": context,
+    }
     try:
-        policy_set = (
-            bundle.index.policy_set(principal, action, resource) if indexed else bundle.full_set
+        policy_sets = (
+            bundle.index.policy_sets(principal, action, resource) if indexed else (bundle.full_set,)
         )
-        # 4. Cedar.
-        result = cedarpy.is_authorized(
-            {
-                "principal": _uid(*principal),
-                "action": _uid(*action),
-                "resource": _uid(*resource),
-                "context": context,
-            },
-            policy_set,
-            [],
-            schema=bundle.schema,
-        )
-        decision = result.decision
-        reasons = tuple(sorted(str(r) for r in result.diagnostics.reasons))
-        errors = tuple(sorted(str(e) for e in result.diagnostics.errors))
+        # 4. Cedar, once per set.
+        results = [
+            cedarpy.is_authorized(cedar_request, policy_set, [], schema=bundle.schema)
+            for policy_set in policy_sets
+        ]
+        decisions = {result.decision for result in results}
+        errors = tuple(sorted({str(e) for r in results for e in r.diagnostics.errors}))
+        # Cedar names the satisfied forbids when it denies, the satisfied permits when it allows.
+        forbids = _reasons(results, cedarpy.Decision.Deny)
+        permits = _reasons(results, cedarpy.Decision.Allow)
     except Exception as exc:  # cedarpy surfaces bad input and Rust panics as several types
         return _deny(f"evaluation failed: {type(exc).__name__}: {exc}")
     # 5. Errors deny. The forbids Cedar found satisfied still determine the deny.
     if errors:
-        forbids = reasons if decision == cedarpy.Decision.Deny else ()
         return _deny(*errors, determining=forbids)
     # 6. NoDecision and the unknown.
-    if decision == cedarpy.Decision.NoDecision:
+    if cedarpy.Decision.NoDecision in decisions:
         return _deny("Cedar reached no decision")
-    if decision == cedarpy.Decision.Allow:
-        # 7. An Allow stands only on permits of this bundle.
-        if not reasons or any(bundle.effects.get(r) != "permit" for r in reasons):
-            return _deny(f"Cedar allowed without a determining permit of this bundle: {reasons}")
-        return PolicyDecision(True, reasons)
-    if decision == cedarpy.Decision.Deny:
-        if any(bundle.effects.get(r) != "forbid" for r in reasons):
-            return _deny(f"Cedar denied citing policies that are not forbids: {reasons}")
-        return PolicyDecision(False, reasons)
-    return _deny(f"Cedar answered {decision!r}")
+    if not decisions <= {cedarpy.Decision.Allow, cedarpy.Decision.Deny}:
+        return _deny(f"Cedar answered {sorted(str(d) for d in decisions)}")
+    # 7. Forbid overrides permit; an Allow stands only on permits of this bundle.
+    if forbids:
+        if any(bundle.effects.get(r) != "forbid" for r in forbids):
+            return _deny(f"Cedar denied citing policies that are not forbids: {forbids}")
+        return PolicyDecision(False, forbids)
+    if cedarpy.Decision.Allow in decisions:
+        if not permits or any(bundle.effects.get(r) != "permit" for r in permits):
+            return _deny(f"Cedar allowed without a determining permit of this bundle: {permits}")
+        return PolicyDecision(True, permits)
+    return PolicyDecision(False)
+
+
+def _reasons(results: list[Any], decision: Any) -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            {
+                str(r)
+                for result in results
+                if result.decision == decision
+                for r in result.diagnostics.reasons
+            }
+        )
+    )

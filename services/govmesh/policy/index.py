@@ -21,6 +21,7 @@ as unscoped: evaluated for every request, never skipped.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -37,8 +38,26 @@ _BucketKey = tuple[ScopeKey, ScopeKey, ScopeKey]
 
 _ANY: tuple[ScopeKey, ...] = (None,)
 
-#: How many policies the cache of subset policy sets may hold in all.
+#: How many policies the cache of merged policy sets may hold in all.
 DEFAULT_CACHE_WEIGHT = 200_000
+#: Roughly how many bucket combinations not yet merged are remembered.
+MAX_SEEN = 16_384
+#: General buckets up to this size are folded into the sets of their specific buckets.
+FOLD_LIMIT = 16
+
+
+def _generalizations(key: _BucketKey) -> list[_BucketKey]:
+    """The keys a request reaching `key` also reaches: some of its keys replaced by "any"."""
+    p, a, r = key
+    out: list[_BucketKey] = []
+    for general in itertools.product((p, None), (a, None), (r, None)):
+        if general != key and general not in out:
+            out.append(general)
+    return out
+
+
+def _generality(key: _BucketKey) -> int:
+    return sum(part is None for part in key)
 
 
 @dataclass(frozen=True)
@@ -129,20 +148,28 @@ def action_ancestors(schema: Any) -> dict[EntityUid, frozenset[EntityUid]]:
 
 
 class ScopeIndex:
-    """Policies filed by scope; hands out the policy set a request needs.
+    """Policies filed by scope; hands out the policy sets a request needs.
 
-    The subset policy sets are built on first use and cached (least recently
-    used first out, bounded by the number of policies they hold in all).
+    Each bucket (policies sharing one principal, action and resource key) is
+    a policy set built with the bundle. A request usually hits a few buckets
+    (its own scope keys and the unscoped ones). Small general buckets are
+    folded into the sets of the specific buckets that imply them, so one set
+    usually holds every candidate; when a request still needs several sets,
+    they are evaluated one by one, and a combination that keeps coming back
+    gets one merged set, cached (least recently used first out, bounded by
+    the number of policies the merged sets hold in all).
     """
 
     def __init__(
         self,
-        policies: Sequence[tuple[str, Mapping[str, Any], PolicyScope]],
+        policies: Sequence[tuple[str, str, PolicyScope]],
         *,
         action_ancestors: Mapping[EntityUid, frozenset[EntityUid]],
-        build: Callable[[Mapping[str, Mapping[str, Any]]], Any],
+        build: Callable[[Mapping[str, str]], Any],
         full_set: Any = None,
         cache_weight: int = DEFAULT_CACHE_WEIGHT,
+        merge_after: int = 16,
+        fold_limit: int = FOLD_LIMIT,
     ) -> None:
         self._est = {policy_id: est for policy_id, est, _ in policies}
         self._order = {policy_id: n for n, (policy_id, _, _) in enumerate(policies)}
@@ -156,9 +183,28 @@ class ScopeIndex:
         self._ancestors = action_ancestors
         self._build = build
         self._full_set = full_set
-        self._cache: OrderedDict[tuple[_BucketKey, ...], tuple[Any, int]] = OrderedDict()
+        # A request that reaches a bucket also reaches each of its generalizations
+        # (the same keys with some replaced by "any"): small ones are folded into
+        # the bucket's own set, so that most requests need one evaluation.
+        self._covers: dict[_BucketKey, frozenset[_BucketKey]] = {}
+        self._sets: dict[_BucketKey, Any] = {}
+        for key, ids in self._buckets.items():
+            folded = [
+                general
+                for general in _generalizations(key)
+                if general in self._buckets and len(self._buckets[general]) <= fold_limit
+            ]
+            self._covers[key] = frozenset((key, *folded))
+            members = dict.fromkeys(ids)
+            for general in folded:
+                members.update(dict.fromkeys(self._buckets[general]))
+            self._sets[key] = build({i: self._est[i] for i in members})
+        self._empty = build({})
+        self._merged: OrderedDict[tuple[_BucketKey, ...], tuple[Any, int]] = OrderedDict()
+        self._seen: OrderedDict[tuple[_BucketKey, ...], int] = OrderedDict()
         self._cache_weight = cache_weight
         self._weight = 0
+        self._merge_after = merge_after
         self.unscoped = len(self._buckets.get((None, None, None), ()))
 
     @property
@@ -185,21 +231,56 @@ class ScopeIndex:
         ids = {i for key in self._hits(principal, action, resource) for i in self._buckets[key]}
         return tuple(sorted(ids, key=self._order.__getitem__))
 
-    def policy_set(self, principal: EntityUid, action: EntityUid, resource: EntityUid) -> Any:
-        """The cedarpy PolicySet holding exactly the candidates of the request."""
+    def policy_sets(
+        self, principal: EntityUid, action: EntityUid, resource: EntityUid
+    ) -> tuple[Any, ...]:
+        """cedarpy PolicySets whose policies together are exactly the request's candidates.
+
+        Never empty: with no candidate, an empty set, so that Cedar still
+        checks the request itself (against the schema).
+        """
         hits = self._hits(principal, action, resource)
-        cached = self._cache.get(hits)
-        if cached is not None:
-            self._cache.move_to_end(hits)
-            return cached[0]
+        if not hits:
+            return (self._empty,)
+        if len(hits) == 1:
+            return (self._sets[hits[0]],)
+        merged = self._merged.get(hits)
+        if merged is not None:
+            self._merged.move_to_end(hits)
+            return (merged[0],)
+        # Most specific first: its set covers the general buckets folded into it.
+        covered: set[_BucketKey] = set()
+        needed = []
+        for key in sorted(hits, key=_generality):
+            if key not in covered:
+                needed.append(self._sets[key])
+                covered |= self._covers[key]
+        if len(needed) == 1:
+            return (needed[0],)
+        seen = self._seen.pop(hits, 0) + 1
+        if seen < self._merge_after:
+            self._seen[hits] = seen
+            if len(self._seen) > 2 * MAX_SEEN:
+                for _ in range(MAX_SEEN):
+                    self._seen.popitem(last=False)
+            return tuple(needed)
+        return (self._merge(hits, principal, action, resource),)
+
+    def _merge(
+        self,
+        hits: tuple[_BucketKey, ...],
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+    ) -> Any:
         ids = self.candidates(principal, action, resource)
         if len(ids) == len(self._est) and self._full_set is not None:
             policy_set, weight = self._full_set, 0
         else:
             policy_set, weight = self._build({i: self._est[i] for i in ids}), len(ids)
-        self._cache[hits] = (policy_set, weight)
+        self._merged[hits] = (policy_set, weight)
         self._weight += weight
-        while self._weight > self._cache_weight and len(self._cache) > 1:
-            _, (_, evicted) = self._cache.popitem(last=False)
+        while self._weight > self._cache_weight and len(self._merged) > 1:
+            _, (_, evicted) = self._merged.popitem(last=False)
             self._weight -= evicted
         return policy_set
