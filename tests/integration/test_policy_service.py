@@ -406,3 +406,33 @@ def test_policies_given_at_start_that_do_not_compile_stop_the_process(
     assert "exited with 2" in str(failed.value)
     assert "does not parse" in str(failed.value)
     assert "Traceback" not in str(failed.value)
+
+
+def test_a_replica_that_cannot_verify_the_newest_epoch_stops_answering(
+    services: Callable[..., ServiceProcess],
+    policy_env: dict[str, str],
+    dev_setup: DevSetup,
+    database_url: str,
+) -> None:
+    replica = services("policy", {**policy_env, "GOVMESH_POLICY_PATH": str(dev_setup.policies)})
+    version = evaluate(replica).bundle.version
+    intruder = generate_ed25519()
+    # An epoch written straight into the store, signed by a key no admin holds.
+    run_sync(
+        fetch(
+            database_url,
+            "INSERT INTO policy_epochs (epoch, active_version, statement, signer_kid) "
+            "VALUES (2, $1, $2, 'intruder')",
+            version,
+            sign_activation(Activation(2, version), intruder),
+        )
+    )
+    run_sync(fetch(database_url, "SELECT pg_notify('govmesh_policy', '2')"))
+
+    wait_for(lambda: _health(replica) == NOT_SERVING, "NOT_SERVING")
+
+    with pytest.raises(grpc.RpcError) as refused:
+        evaluate(replica)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "epoch 2" in str(refused.value.details())
+    assert "not a trusted policy admin" in str(refused.value.details())

@@ -264,10 +264,17 @@ class CompiledBundle:
 
 
 def policy_set_of(policies: Mapping[str, str]) -> Any:
-    """A cedarpy PolicySet of `policies` (id → serialized Cedar JSON form), ids kept."""
+    """A cedarpy PolicySet of `policies` (id → serialized Cedar JSON form), ids kept.
+
+    A large set is parsed without the GIL, so that a replica compiling a new
+    bundle keeps answering meanwhile. Small ones keep it: taking the GIL back
+    costs up to a switch interval (5 ms) when the event loop is busy, which
+    would make the thousands of small bucket sets of a big bundle crawl.
+    """
     members = ",".join(f"{json.dumps(policy_id)}:{est}" for policy_id, est in policies.items())
     return cedarpy.PolicySet.from_json_str(
-        '{"staticPolicies":{' + members + '},"templates":{},"templateLinks":[]}'
+        '{"staticPolicies":{' + members + '},"templates":{},"templateLinks":[]}',
+        release_gil=len(policies) > 256,
     )
 
 
@@ -337,7 +344,7 @@ def compile_bundle(source: BundleSource) -> CompiledBundle:
     if schema is not None:
         problems = []
         for policy_file in sorted(source.policies, key=_by_name):
-            result = cedarpy.validate_policies(policy_file.text, schema)
+            result = cedarpy.validate_policies(policy_file.text, schema, release_gil=True)
             if not result.validation_passed:
                 annotations = result.id_annotations_by_policy_id
                 for error in result.errors:
