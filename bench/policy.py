@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 import cedarpy
 from google.protobuf import json_format
+
 from govmesh.policy.bundle import BundleSource, CompiledBundle, PolicyFile, compile_bundle
 from govmesh.policy.core import PolicyRequest, evaluate
 from govmesh.policy.servicer import PolicyServicer

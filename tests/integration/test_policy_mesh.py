@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from govmesh.cli.devsetup import SAMPLE_POLICY
 from govmesh.cli.main import main as govmesh
 from govmesh.client import EngineClient
 from govmesh.policy.bundle import read_bundle_source
-
 from tests.integration.conftest import Mesh
 from tests.support.database import fetch
 

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from joserfc.jwk import OKPKey
+
 from govmesh.artifacts.keys import generate_ed25519, load_private_jwk
 from govmesh.cli.devsetup import SAMPLE_POLICY, DevSetup
 from govmesh.policy.authority import Authority, NotReady, Published
@@ -23,8 +25,6 @@ from govmesh.policy.signing import (
 )
 from govmesh.policy.store import EpochConflict, PolicyStore, StoreError, UnknownBundle
 from govmesh.runtime.db import create_db_engine
-from joserfc.jwk import OKPKey
-
 from tests.support.database import fetch
 
 STRICT = SAMPLE_POLICY.replace("<= 1000", "<= 100")

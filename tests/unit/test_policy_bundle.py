@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from joserfc.jwk import OKPKey
+
 from govmesh.artifacts.canonical import b64url
 from govmesh.artifacts.keys import generate_ed25519, public_jwks
 from govmesh.cli.devsetup import write_dev_setup
@@ -34,7 +36,6 @@ from govmesh.policy.signing import (
     verify_activation,
     verify_bundle_signature,
 )
-from joserfc.jwk import OKPKey
 
 PERMIT = '@id("all") permit (principal, action, resource);'
 

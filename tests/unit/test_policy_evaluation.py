@@ -6,6 +6,7 @@ from typing import Any
 
 import cedarpy
 import pytest
+
 from govmesh.policy import core
 from govmesh.policy.bundle import (
     BundleSource,

@@ -13,6 +13,9 @@ import dataclasses
 from typing import Any
 
 import cedarpy
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
 from govmesh.policy.bundle import (
     BundleRejected,
     BundleSource,
@@ -24,8 +27,6 @@ from govmesh.policy.bundle import (
 )
 from govmesh.policy.core import PolicyRequest, evaluate
 from govmesh.policy.index import ScopeIndex, action_ancestors
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
 
 AGENTS = ["a0", "a1", "a2"]
 RESOURCES = ["r0", "r1", "r2"]

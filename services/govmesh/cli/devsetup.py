@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from joserfc.jwk import OKPKey
+
 from govmesh.artifacts.keys import (
     generate_ed25519,
     load_private_jwk,
@@ -26,7 +28,6 @@ from govmesh.artifacts.keys import (
     write_private_jwk,
 )
 from govmesh.runtime.errors import ConfigurationError
-from joserfc.jwk import OKPKey
 
 DEV_ISSUER = "https://issuer.govmesh.dev"
 DEV_ATTESTOR = "https://attestor.govmesh.dev"

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from joserfc.jwk import OKPKey
+
 from govmesh.artifacts.keys import load_private_jwk
 from govmesh.cli.paths import add_data_dir_argument, data_dir, dev_setup
 from govmesh.policy.bundle import (
@@ -46,7 +48,6 @@ from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate
 from govmesh.policy.signing import Activation, sign_activation, sign_bundle
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
-from joserfc.jwk import OKPKey
 
 T = TypeVar("T")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from govmesh.runtime.settings import ServerSettings
 from pydantic import Field
+
+from govmesh.runtime.settings import ServerSettings
 
 
 class LineageSettings(ServerSettings):

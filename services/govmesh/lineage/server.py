@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import grpc
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from govmesh.lineage.config import LineageSettings
 from govmesh.lineage.servicer import LineageServicer
 from govmesh.lineage.store import LineageStore
@@ -11,9 +15,6 @@ from govmesh.runtime.entry import run_service
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.runtime.server import Health, serve
 from govmesh.v1 import lineage_pb2, lineage_pb2_grpc
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 SERVICE_NAME = lineage_pb2.DESCRIPTOR.services_by_name["Lineage"].full_name
 

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from sqlalchemy.exc import SQLAlchemyError
+
 from govmesh.lineage.core import EntryRejected, Receipt, check_entry
 from govmesh.lineage.store import LineageStore
 from govmesh.v1 import common_pb2, lineage_pb2, lineage_pb2_grpc
-from sqlalchemy.exc import SQLAlchemyError
 
 logger = logging.getLogger(__name__)
 

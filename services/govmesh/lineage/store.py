@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from govmesh.lineage.core import Entry, EntryRejected, Receipt
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from govmesh.lineage.core import Entry, EntryRejected, Receipt
 
 
 class LineageStore:

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from joserfc.jwk import OKPKey
+
 from govmesh.policy.bundle import (
     BundleRejected,
     BundleSource,
@@ -52,7 +54,6 @@ from govmesh.policy.store import (
     UnknownBundle,
 )
 from govmesh.runtime.errors import ConfigurationError
-from joserfc.jwk import OKPKey
 
 logger = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import cedarpy
+
 from govmesh.artifacts.canonical import CanonicalizationError, canonical_json
 from govmesh.policy.index import (
     EntityUid,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import cedarpy
+
 from govmesh.policy.bundle import CompiledBundle
 
 PRINCIPAL_TYPE = "Agent"

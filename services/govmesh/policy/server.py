@@ -14,6 +14,10 @@ import contextlib
 import logging
 
 import grpc
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from govmesh.artifacts.keys import load_private_jwk
 from govmesh.policy.authority import Authority
 from govmesh.policy.bundle import BundleRejected, read_bundle_source
@@ -27,9 +31,6 @@ from govmesh.runtime.entry import run_service
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.runtime.server import Health, serve
 from govmesh.v1 import policy_pb2, policy_pb2_grpc
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ from typing import Any, NoReturn, TypeVar, cast
 import asyncpg
 import grpc
 from google.protobuf import json_format, timestamp_pb2
+from sqlalchemy.exc import SQLAlchemyError
+
 from govmesh.policy.authority import Authority, NotReady
 from govmesh.policy.bundle import BundleRejected, CompiledBundle
 from govmesh.policy.core import PolicyDecision, PolicyRequest
@@ -24,7 +26,6 @@ from govmesh.policy.store import (
     UnknownBundle,
 )
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
-from sqlalchemy.exc import SQLAlchemyError
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from govmesh.artifacts.canonical import canonical_json
-from govmesh.artifacts.keys import PRIVATE_MEMBERS, jwk_thumbprint
-from govmesh.runtime.errors import ConfigurationError
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
+
+from govmesh.artifacts.canonical import canonical_json
+from govmesh.artifacts.keys import PRIVATE_MEMBERS, jwk_thumbprint
+from govmesh.runtime.errors import ConfigurationError
 
 BUNDLE_TYP = "govmesh-policy-bundle+jwt"
 ACTIVATION_TYP = "govmesh-policy-activation+jwt"

@@ -17,8 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from govmesh.policy.signing import SignedActivation
-from govmesh.runtime.db import libpq_database_url
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -35,6 +33,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from govmesh.policy.signing import SignedActivation
+from govmesh.runtime.db import libpq_database_url
 
 logger = logging.getLogger(__name__)
 
