@@ -1,17 +1,28 @@
 """Policy evaluation latency inside the authority, indexed and unindexed.
 
-    python bench/policy.py [--sizes 10,1000,10000] [--requests 5000] [--seed 7]
+    python bench/policy.py [--sizes 10,1000,10000] [--requests 5000] [--rounds 3]
 
 For each policy-set size, generates a realistic bundle (policies scoped by
-action and resource, by principal and action, a few forbids over action
-groups, and a handful of unscoped guard rails), compiles it as the authority
-does, and measures per request what the Evaluate handler runs: the Struct
-context read into Python, the closed evaluation through the scope index, and
-the answer built. Beside it, in the same run, the unindexed baseline:
-cedarpy.is_authorized over the whole pre-parsed policy set, as Cedar alone
-would evaluate it. Prints p50/p99 latency and evaluations per second.
+action and resource, by principal and action, a few forbids over pairs of
+actions, and a handful of unscoped guard rails) and requests (four in five
+about something a policy names), compiles the bundle as the authority does,
+and measures per request, in the same run:
 
-Latencies are wall-clock on a shared machine: run it on a quiet one.
+- govmesh evaluate, indexed: the closed evaluation through the scope index,
+  from the request as the service holds it (context already read);
+- govmesh Evaluate handler, indexed: the same plus reading the Struct context
+  and building the answer, i.e. everything Evaluate does but the transport;
+- govmesh evaluate, unindexed: the closed evaluation over every policy;
+- cedarpy alone, unindexed: cedarpy.is_authorized over the whole pre-parsed
+  policy set, from the same request: the baseline.
+
+Prints p50/p99 latency and evaluations per second, and the speed-up of the
+first path over the baseline.
+
+Latencies are wall-clock. On a shared machine other processes' bursts land
+on whichever path runs at that moment, so the paths run interleaved in rounds
+and each keeps its quietest round (lowest p50); run it on a quiet machine for
+figures to quote.
 """
 
 from __future__ import annotations
@@ -221,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline-requests", type=int, default=1000, help="fewer: the baseline is slow"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3, help="each path keeps its best round")
     args = parser.parse_args(argv)
 
     print(f"{'policies':>8}  {'path':<34}{'p50 µs':>9}{'p99 µs':>9}{'eval/s':>10}")
@@ -233,12 +245,21 @@ def main(argv: list[str] | None = None) -> int:
         wire = requests(load, args.requests, rng)
         held = [as_held(r) for r in wire]
         few = held[: args.baseline_requests]
-        rows = [
-            ("govmesh evaluate, indexed", measure(indexed, bundle, held)),
-            ("govmesh Evaluate handler, indexed", measure(handler, bundle, wire)),
-            ("govmesh evaluate, unindexed", measure(unindexed, bundle, few)),
-            ("cedarpy alone, unindexed", measure(cedar_alone, bundle, few)),
+        paths: list[tuple[str, Callable[[CompiledBundle, Any], bool], list[Any]]] = [
+            ("govmesh evaluate, indexed", indexed, held),
+            ("govmesh Evaluate handler, indexed", handler, wire),
+            ("govmesh evaluate, unindexed", unindexed, few),
+            ("cedarpy alone, unindexed", cedar_alone, few),
         ]
+        # Rounds interleave the paths; each path keeps its quietest round (lowest p50),
+        # so that another process's burst does not land on one path only.
+        best: dict[str, Figures] = {}
+        for _ in range(args.rounds):
+            for name, run, cases in paths:
+                figures = measure(run, bundle, cases)
+                if name not in best or figures.p50_us < best[name].p50_us:
+                    best[name] = figures
+        rows = [(name, best[name]) for name, _, _ in paths]
         for n, (name, figures) in enumerate(rows):
             print(
                 f"{size if n == 0 else '':>8}  {name:<34}{figures.p50_us:>9.1f}"
