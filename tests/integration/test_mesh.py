@@ -299,6 +299,7 @@ def test_every_service_answers_health_and_reflection(start_mesh: Callable[..., M
         process: ServiceProcess = getattr(mesh, name)
         assert process.health() == 1
         assert process.health(service_name) == 1
+        assert process.health("govmesh.liveness") == 1
         with grpc.insecure_channel(process.address) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             [answer] = list(

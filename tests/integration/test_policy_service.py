@@ -104,6 +104,7 @@ def test_no_bundle_means_not_serving_and_no_answer_then_a_push_serves(
 ) -> None:
     replica = services("policy", policy_env, wait_serving=False)
     wait_for(lambda: _health(replica) == NOT_SERVING, "NOT_SERVING")
+    assert _health(replica, "govmesh.liveness") == SERVING  # alive, not ready: no restart
 
     with pytest.raises(grpc.RpcError) as refused:
         evaluate(replica, 1)
