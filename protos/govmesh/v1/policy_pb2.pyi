@@ -63,6 +63,48 @@ class EvaluateRequest(_message.Message):
 Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
 
 @_typing.final
+class EvaluateBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluateRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___EvaluateRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateBatchRequest: _TypeAlias = EvaluateBatchRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluateResponse]:
+        """one per request, in request order"""
+
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___EvaluateResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateBatchResponse: _TypeAlias = EvaluateBatchResponse  # noqa: Y015
+
+@_typing.final
 class EvaluateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -39,6 +39,11 @@ class PolicyAuthorityStub:
                 request_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.EvaluateBatch = channel.unary_unary(
+                '/govmesh.v1.PolicyAuthority/EvaluateBatch',
+                request_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.FromString,
+                _registered_method=True)
         self.PublishBundle = channel.unary_unary(
                 '/govmesh.v1.PolicyAuthority/PublishBundle',
                 request_serializer=govmesh_dot_v1_dot_policy__pb2.PublishBundleRequest.SerializeToString,
@@ -76,6 +81,14 @@ class PolicyAuthorityServicer:
 
     def Evaluate(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateBatch(self, request, context):
+        """Many independent requests in one call, all under one snapshot, answered
+        in order: how the engine sends the evaluations of concurrent decisions.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -129,6 +142,11 @@ def add_PolicyAuthorityServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateRequest.FromString,
                     response_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'EvaluateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateBatch,
+                    request_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.SerializeToString,
             ),
             'PublishBundle': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishBundle,
@@ -188,6 +206,33 @@ class PolicyAuthority:
             '/govmesh.v1.PolicyAuthority/Evaluate',
             govmesh_dot_v1_dot_policy__pb2.EvaluateRequest.SerializeToString,
             govmesh_dot_v1_dot_policy__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.PolicyAuthority/EvaluateBatch',
+            govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.SerializeToString,
+            govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

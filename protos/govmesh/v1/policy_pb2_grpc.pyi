@@ -32,6 +32,10 @@ class PolicyAuthorityStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PolicyAuthorityAsyncStub: ...
     Evaluate: _grpc.UnaryUnaryMultiCallable[_policy_pb2.EvaluateRequest, _policy_pb2.EvaluateResponse]
+    EvaluateBatch: _grpc.UnaryUnaryMultiCallable[_policy_pb2.EvaluateBatchRequest, _policy_pb2.EvaluateBatchResponse]
+    """Many independent requests in one call, all under one snapshot, answered
+    in order: how the engine sends the evaluations of concurrent decisions.
+    """
     PublishBundle: _grpc.UnaryUnaryMultiCallable[_policy_pb2.PublishBundleRequest, _policy_pb2.PublishBundleResponse]
     """Bundle administration. Bundles are signed by a policy-admin key, and so
     is every change of the active state (an activation statement naming the
@@ -50,6 +54,10 @@ class PolicyAuthorityStub:
 class PolicyAuthorityAsyncStub(PolicyAuthorityStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Evaluate: _aio.UnaryUnaryMultiCallable[_policy_pb2.EvaluateRequest, _policy_pb2.EvaluateResponse]  # type: ignore[assignment]
+    EvaluateBatch: _aio.UnaryUnaryMultiCallable[_policy_pb2.EvaluateBatchRequest, _policy_pb2.EvaluateBatchResponse]  # type: ignore[assignment]
+    """Many independent requests in one call, all under one snapshot, answered
+    in order: how the engine sends the evaluations of concurrent decisions.
+    """
     PublishBundle: _aio.UnaryUnaryMultiCallable[_policy_pb2.PublishBundleRequest, _policy_pb2.PublishBundleResponse]  # type: ignore[assignment]
     """Bundle administration. Bundles are signed by a policy-admin key, and so
     is every change of the active state (an activation statement naming the
@@ -71,6 +79,16 @@ class PolicyAuthorityServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.EvaluateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.EvaluateResponse, _abc.Awaitable[_policy_pb2.EvaluateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def EvaluateBatch(
+        self,
+        request: _policy_pb2.EvaluateBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.EvaluateBatchResponse, _abc.Awaitable[_policy_pb2.EvaluateBatchResponse]]:
+        """Many independent requests in one call, all under one snapshot, answered
+        in order: how the engine sends the evaluations of concurrent decisions.
+        """
 
     @_abc_1.abstractmethod
     def PublishBundle(

@@ -39,6 +39,11 @@ class VerificationStub:
                 request_serializer=govmesh_dot_v1_dot_verification__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=govmesh_dot_v1_dot_verification__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.VerifyBatch = channel.unary_unary(
+                '/govmesh.v1.Verification/VerifyBatch',
+                request_serializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
+                _registered_method=True)
 
 
 class VerificationServicer:
@@ -50,6 +55,15 @@ class VerificationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyBatch(self, request, context):
+        """Many independent requests in one call, answered in order: how the engine
+        sends the verifications of concurrent decisions. Each answer echoes its
+        own request digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerificationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_VerificationServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=govmesh_dot_v1_dot_verification__pb2.VerifyRequest.FromString,
                     response_serializer=govmesh_dot_v1_dot_verification__pb2.VerifyResponse.SerializeToString,
+            ),
+            'VerifyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyBatch,
+                    request_deserializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class Verification:
             '/govmesh.v1.Verification/Verify',
             govmesh_dot_v1_dot_verification__pb2.VerifyRequest.SerializeToString,
             govmesh_dot_v1_dot_verification__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.Verification/VerifyBatch',
+            govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
+            govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

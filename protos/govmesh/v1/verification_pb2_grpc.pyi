@@ -32,11 +32,21 @@ class VerificationStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VerificationAsyncStub: ...
     Verify: _grpc.UnaryUnaryMultiCallable[_verification_pb2.VerifyRequest, _verification_pb2.VerifyResponse]
+    VerifyBatch: _grpc.UnaryUnaryMultiCallable[_verification_pb2.VerifyBatchRequest, _verification_pb2.VerifyBatchResponse]
+    """Many independent requests in one call, answered in order: how the engine
+    sends the verifications of concurrent decisions. Each answer echoes its
+    own request digest.
+    """
 
 @_typing.type_check_only
 class VerificationAsyncStub(VerificationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Verify: _aio.UnaryUnaryMultiCallable[_verification_pb2.VerifyRequest, _verification_pb2.VerifyResponse]  # type: ignore[assignment]
+    VerifyBatch: _aio.UnaryUnaryMultiCallable[_verification_pb2.VerifyBatchRequest, _verification_pb2.VerifyBatchResponse]  # type: ignore[assignment]
+    """Many independent requests in one call, answered in order: how the engine
+    sends the verifications of concurrent decisions. Each answer echoes its
+    own request digest.
+    """
 
 class VerificationServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,5 +55,16 @@ class VerificationServicer(metaclass=_abc_1.ABCMeta):
         request: _verification_pb2.VerifyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verification_pb2.VerifyResponse, _abc.Awaitable[_verification_pb2.VerifyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyBatch(
+        self,
+        request: _verification_pb2.VerifyBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verification_pb2.VerifyBatchResponse, _abc.Awaitable[_verification_pb2.VerifyBatchResponse]]:
+        """Many independent requests in one call, answered in order: how the engine
+        sends the verifications of concurrent decisions. Each answer echoes its
+        own request digest.
+        """
 
 def add_VerificationServicer_to_server(servicer: VerificationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -43,8 +43,13 @@ class EngineSettings(ServerSettings):
         default=None, description="defaults to host name and a random suffix"
     )
 
+    # Concurrent decisions share peer calls: at most this many requests per
+    # batch call, and this many batch calls in flight per peer.
+    peer_batch_max: int = Field(default=128, ge=1, le=1024)
+    peer_max_in_flight: int = Field(default=4, ge=1, le=64)
     lineage_batch_max: int = Field(default=256, ge=1, le=4096)
-    lineage_linger_ms: float = Field(default=1.0, ge=0, le=100)
+    lineage_max_in_flight: int = Field(default=8, ge=1, le=64)
+    lineage_linger_ms: float = Field(default=0.0, ge=0, le=100)
 
     @model_validator(mode="after")
     def _budget_covers_a_peer(self) -> EngineSettings:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from govmesh.artifacts.canonical import canonical_json
+from govmesh.engine.batching import Batcher
 from govmesh.engine.core import PeerError, PeerUnavailable
 from govmesh.lineage.core import leaf_hash
 from govmesh.v1 import common_pb2, lineage_pb2
@@ -43,19 +42,11 @@ def check_receipt(entry: bytes, response: lineage_pb2.AppendResponse) -> common_
     return receipt
 
 
-@dataclass
-class _Pending:
-    request: lineage_pb2.AppendRequest
-    future: asyncio.Future[common_pb2.LineageReceipt]
-    deadline: float
-
-
 class BatchingLineage:
-    """Coalesces concurrent appends into AppendBatch calls.
+    """Appends through AppendBatch calls shared by concurrent decisions.
 
-    An append waits at most `linger` for company, and a batch holds at most
-    `max_batch` entries; several batches may be in flight at once. Each caller
-    gets its own receipt, checked against the bytes it asked to append.
+    Each caller gets its own receipt, checked against the bytes it asked to
+    append.
     """
 
     def __init__(
@@ -63,98 +54,31 @@ class BatchingLineage:
         *,
         transport: LineageTransport,
         max_batch: int = 256,
-        linger: float = 0.001,
+        linger: float = 0.0,
         max_in_flight: int = 8,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._transport = transport
-        self._max_batch = max_batch
-        self._linger = linger
-        self._monotonic = monotonic
-        self._queue: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._flusher: asyncio.Task[None] | None = None
+        self._batcher: Batcher[lineage_pb2.AppendRequest, lineage_pb2.AppendResponse] = Batcher(
+            name="lineage",
+            send=lambda requests, timeout: transport.append_batch(requests, timeout=timeout),
+            max_batch=max_batch,
+            linger=linger,
+            max_in_flight=max_in_flight,
+        )
 
     def start(self) -> None:
-        """Start the background flusher."""
-        self._flusher = asyncio.create_task(self._flush_forever(), name="lineage-flusher")
+        """Start sending."""
+        self._batcher.start()
 
     async def close(self) -> None:
-        """Stop flushing; pending appends fail (their callers spool or deny)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        for task in list(self._tasks):
-            task.cancel()
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(PeerUnavailable("engine stopping"))
-        self._queue.clear()
+        """Stop; pending appends fail (their callers spool or deny)."""
+        await self._batcher.close()
 
     async def append(
         self, entry: bytes, decision_id: str, *, timeout: float
     ) -> common_pb2.LineageReceipt:
         """Append one entry; returns its receipt once lineage committed it."""
-        future: asyncio.Future[common_pb2.LineageReceipt] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._queue.append(
-            _Pending(
-                lineage_pb2.AppendRequest(entry=entry, decision_id=decision_id),
-                future,
-                self._monotonic() + timeout,
-            )
-        )
-        self._wake.set()
-        return await future
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            if len(self._queue) < self._max_batch and self._linger > 0:
-                await asyncio.sleep(self._linger)
-            self._wake.clear()
-            while self._queue:
-                # Callers that gave up are not sent: their decision is already a DENY.
-                live = [p for p in self._queue[: self._max_batch] if not p.future.done()]
-                del self._queue[: self._max_batch]
-                if live:
-                    await self._slots.acquire()
-                    task = asyncio.create_task(self._send(live))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[_Pending]) -> None:
-        try:
-            timeout = max(p.deadline for p in batch) - self._monotonic()
-            if timeout <= 0:
-                raise PeerUnavailable("no time left to append")
-            responses = await self._transport.append_batch(
-                [p.request for p in batch], timeout=timeout
-            )
-            if len(responses) != len(batch):
-                raise PeerUnavailable("lineage answered a batch with the wrong number of results")
-            for pending, response in zip(batch, responses, strict=True):
-                if pending.future.done():
-                    continue
-                try:
-                    pending.future.set_result(check_receipt(pending.request.entry, response))
-                except PeerError as exc:
-                    pending.future.set_exception(exc)
-        except PeerError as exc:
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-        except Exception as exc:
-            logger.exception("lineage batch failed")
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(PeerUnavailable(repr(exc)))
-        finally:
-            self._slots.release()
+        request = lineage_pb2.AppendRequest(entry=entry, decision_id=decision_id)
+        return check_receipt(entry, await self._batcher.submit(request, timeout=timeout))
 
 
 class FileSpool:

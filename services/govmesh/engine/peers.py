@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from govmesh.engine.batching import Batcher
 from govmesh.engine.core import PeerError, PeerTimeout, PeerUnavailable
 from govmesh.v1 import (
     lineage_pb2,
@@ -55,6 +56,17 @@ class GrpcVerification:
         except grpc.aio.AioRpcError as exc:
             raise peer_error("verification", exc) from None
 
+    async def verify_batch(
+        self, requests: list[verification_pb2.VerifyRequest], *, timeout: float
+    ) -> list[verification_pb2.VerifyResponse]:
+        try:
+            answer = await self._stub.VerifyBatch(
+                verification_pb2.VerifyBatchRequest(requests=requests), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise peer_error("verification", exc) from None
+        return list(answer.responses)
+
 
 class GrpcPolicy:
     """The policy authority over gRPC."""
@@ -69,6 +81,65 @@ class GrpcPolicy:
             return await self._stub.Evaluate(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise peer_error("policy", exc) from None
+
+    async def evaluate_batch(
+        self, requests: list[policy_pb2.EvaluateRequest], *, timeout: float
+    ) -> list[policy_pb2.EvaluateResponse]:
+        try:
+            answer = await self._stub.EvaluateBatch(
+                policy_pb2.EvaluateBatchRequest(requests=requests), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise peer_error("policy", exc) from None
+        return list(answer.responses)
+
+
+class BatchedVerification:
+    """The verification peer, its calls from concurrent decisions sent as VerifyBatch."""
+
+    def __init__(self, peer: GrpcVerification, *, max_batch: int, max_in_flight: int) -> None:
+        self._batcher: Batcher[verification_pb2.VerifyRequest, verification_pb2.VerifyResponse]
+        self._batcher = Batcher(
+            name="verification",
+            send=lambda requests, timeout: peer.verify_batch(requests, timeout=timeout),
+            max_batch=max_batch,
+            max_in_flight=max_in_flight,
+        )
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    async def verify(
+        self, request: verification_pb2.VerifyRequest, *, timeout: float
+    ) -> verification_pb2.VerifyResponse:
+        return await self._batcher.submit(request, timeout=timeout)
+
+
+class BatchedPolicy:
+    """The policy peer, its calls from concurrent decisions sent as EvaluateBatch."""
+
+    def __init__(self, peer: GrpcPolicy, *, max_batch: int, max_in_flight: int) -> None:
+        self._batcher: Batcher[policy_pb2.EvaluateRequest, policy_pb2.EvaluateResponse]
+        self._batcher = Batcher(
+            name="policy",
+            send=lambda requests, timeout: peer.evaluate_batch(requests, timeout=timeout),
+            max_batch=max_batch,
+            max_in_flight=max_in_flight,
+        )
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    async def evaluate(
+        self, request: policy_pb2.EvaluateRequest, *, timeout: float
+    ) -> policy_pb2.EvaluateResponse:
+        return await self._batcher.submit(request, timeout=timeout)
 
 
 class GrpcLineage:

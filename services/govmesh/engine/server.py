@@ -16,7 +16,14 @@ from govmesh.engine.config import EngineSettings
 from govmesh.engine.core import DecisionConfig, Engine
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.engine.lineage import BatchingLineage, FileSpool
-from govmesh.engine.peers import GrpcLineage, GrpcPolicy, GrpcVerification, open_channel
+from govmesh.engine.peers import (
+    BatchedPolicy,
+    BatchedVerification,
+    GrpcLineage,
+    GrpcPolicy,
+    GrpcVerification,
+    open_channel,
+)
 from govmesh.engine.servicer import SERVICE_NAME, EngineServicer, add_to_server
 from govmesh.runtime.entry import run_service
 from govmesh.runtime.server import Health, serve
@@ -36,6 +43,8 @@ class EngineService:
         self._settings = settings
         self._channels: list[grpc.aio.Channel] = []
         self._batcher: BatchingLineage | None = None
+        self._verification: BatchedVerification | None = None
+        self._policy: BatchedPolicy | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._servicer: EngineServicer | None = None
 
@@ -53,14 +62,25 @@ class EngineService:
             transport=transport,
             max_batch=s.lineage_batch_max,
             linger=s.lineage_linger_ms / 1000,
+            max_in_flight=s.lineage_max_in_flight,
         )
         self._batcher.start()
+        self._verification = BatchedVerification(
+            GrpcVerification(verification),
+            max_batch=s.peer_batch_max,
+            max_in_flight=s.peer_max_in_flight,
+        )
+        self._verification.start()
+        self._policy = BatchedPolicy(
+            GrpcPolicy(policy), max_batch=s.peer_batch_max, max_in_flight=s.peer_max_in_flight
+        )
+        self._policy.start()
         self._drainer = asyncio.create_task(
             spool.run(transport, interval=s.spool_retry_s), name="spool-drainer"
         )
         engine = Engine(
-            verification=GrpcVerification(verification),
-            policy=GrpcPolicy(policy),
+            verification=self._verification,
+            policy=self._policy,
             lineage=self._batcher,
             spool=spool,
             grants=Ed25519GrantSigner(
@@ -103,8 +123,9 @@ class EngineService:
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer
-        if self._batcher is not None:
-            await self._batcher.close()
+        for batcher in (self._batcher, self._verification, self._policy):
+            if batcher is not None:
+                await batcher.close()
         for channel in self._channels:
             await channel.close()
 

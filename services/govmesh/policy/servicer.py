@@ -130,6 +130,10 @@ def _limit(requested: int) -> int:
     return min(requested or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
 
 
+#: The most requests one EvaluateBatch may carry.
+MAX_BATCH = 1024
+
+
 class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
     """Answers Evaluate under the current snapshot, and the bundle administration calls."""
 
@@ -140,27 +144,47 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
     async def Evaluate(
         self, request: policy_pb2.EvaluateRequest, context: Context
     ) -> policy_pb2.EvaluateResponse:
-        snapshot = self._authority.snapshot
-        if snapshot is None:
+        await self._require_bundle(context)
+        try:
+            return self._evaluate(request)
+        except NotReady as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no valid policy bundle: {exc}")
+
+    async def EvaluateBatch(
+        self, request: policy_pb2.EvaluateBatchRequest, context: Context
+    ) -> policy_pb2.EvaluateBatchResponse:
+        if not 0 < len(request.requests) <= MAX_BATCH:
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds 1..{MAX_BATCH} requests"
+            )
+        await self._require_bundle(context)
+        try:
+            # No await between the evaluations: the whole batch sees one snapshot.
+            answers = [self._evaluate(r) for r in request.requests]
+        except NotReady as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no valid policy bundle: {exc}")
+        return policy_pb2.EvaluateBatchResponse(responses=answers)
+
+    async def _require_bundle(self, context: Context) -> None:
+        if self._authority.snapshot is None:
             await _abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
                 f"no valid policy bundle loaded: {self._authority.problem}",
             )
-        try:
-            answer = self._authority.evaluate(
-                PolicyRequest(
-                    principal=request.principal,
-                    action=request.action,
-                    resource=request.resource,
-                    # Read straight from the Struct (a Mapping): numbers arrive as doubles.
-                    context=cast(Mapping[str, Any], request.context),
-                ),
-                request_digest=request.request_digest,
-                decision_id=request.decision_id,
-            )
-        except NotReady as exc:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no valid policy bundle: {exc}")
+
+    def _evaluate(self, request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        answer = self._authority.evaluate(
+            PolicyRequest(
+                principal=request.principal,
+                action=request.action,
+                resource=request.resource,
+                # Read straight from the Struct (a Mapping): numbers arrive as doubles.
+                context=cast(Mapping[str, Any], request.context),
+            ),
+            request_digest=request.request_digest,
+            decision_id=request.decision_id,
+        )
         response = self._response(
             request, answer.snapshot.epoch, answer.snapshot.active.version, answer.active
         )

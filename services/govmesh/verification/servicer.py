@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -12,6 +13,13 @@ from govmesh.verification.core import VerificationInput, VerificationResult, Ver
 
 #: Kept back from the caller's deadline to send the answer.
 DEADLINE_MARGIN_S = 0.002
+#: The most requests one VerifyBatch may carry.
+MAX_BATCH = 1024
+
+
+def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - DEADLINE_MARGIN_S)
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -91,8 +99,27 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             verification_pb2.VerifyRequest, verification_pb2.VerifyResponse
         ],
     ) -> verification_pb2.VerifyResponse:
-        remaining = context.time_remaining()
-        timeout = None if remaining is None else max(0.0, remaining - DEADLINE_MARGIN_S)
+        return await self._verify(request, _timeout(context))
+
+    async def VerifyBatch(
+        self,
+        request: verification_pb2.VerifyBatchRequest,
+        context: grpc.aio.ServicerContext[
+            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
+        ],
+    ) -> verification_pb2.VerifyBatchResponse:
+        if not 0 < len(request.requests) <= MAX_BATCH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds 1..{MAX_BATCH} requests"
+            )
+        timeout = _timeout(context)
+        # Concurrently, so that the batch's replay nonces share commits.
+        answers = await asyncio.gather(*(self._verify(r, timeout) for r in request.requests))
+        return verification_pb2.VerifyBatchResponse(responses=answers)
+
+    async def _verify(
+        self, request: verification_pb2.VerifyRequest, timeout: float | None
+    ) -> verification_pb2.VerifyResponse:
         result = await self._verifier.verify(to_input(request), timeout=timeout)
         try:
             return to_response(result)

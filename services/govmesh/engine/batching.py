@@ -1,0 +1,142 @@
+"""Coalescing concurrent peer calls into batch calls.
+
+Python gRPC spends about as much CPU on one unary call as a peer spends on
+the work it carries, so the engine sends the verifications, evaluations and
+appends of concurrent decisions together. There is no Nagle delay by
+default: a request waits only while earlier batches occupy every in-flight
+slot, so at low load each call travels alone and at high load batches grow
+by themselves.
+
+A batch is answered in order, one answer per request; a batch answered with
+the wrong count fails every member. Answers are still checked one by one by
+the caller (each echoes its own request digest), so a batch that mixed up
+its answers could only deny.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from govmesh.engine.core import PeerError, PeerUnavailable
+
+logger = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+#: Sends one batch within `timeout` seconds; returns one answer per request.
+SendBatch = Callable[[list[Req], float], Awaitable[Sequence[Resp]]]
+
+
+@dataclass
+class _Pending(Generic[Req, Resp]):
+    request: Req
+    future: asyncio.Future[Resp]
+    deadline: float
+
+
+class Batcher(Generic[Req, Resp]):
+    """Collects requests from concurrent callers and sends them in batches."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        send: SendBatch[Req, Resp],
+        max_batch: int = 256,
+        linger: float = 0.0,
+        max_in_flight: int = 4,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch < 1 or max_in_flight < 1:
+            raise ValueError("a batcher needs room for one request and one batch")
+        self._name = name
+        self._send_batch = send
+        self._max_batch = max_batch
+        self._linger = linger
+        self._monotonic = monotonic
+        self._queue: list[_Pending[Req, Resp]] = []
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background flusher."""
+        self._flusher = asyncio.create_task(self._flush_forever(), name=f"{self._name}-batcher")
+
+    async def close(self) -> None:
+        """Stop; whatever is still queued or in flight fails (its callers deny)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for task in list(self._tasks):
+            task.cancel()
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(PeerUnavailable("engine stopping"))
+        self._queue.clear()
+
+    async def submit(self, request: Req, *, timeout: float) -> Resp:
+        """Queue `request`; returns its answer, or raises PeerError for the batch's failure."""
+        if self._flusher is None or self._flusher.done():
+            raise PeerUnavailable(f"{self._name} batcher is not running")
+        future: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(request, future, self._monotonic() + timeout))
+        self._wake.set()
+        return await future
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self._linger > 0 and len(self._queue) < self._max_batch:
+                await asyncio.sleep(self._linger)
+            # Wait for a slot before taking the batch: requests that arrive
+            # meanwhile join it.
+            await self._slots.acquire()
+            self._wake.clear()
+            # Callers that gave up are not sent: their decision is already a DENY.
+            batch = [p for p in self._queue[: self._max_batch] if not p.future.done()]
+            del self._queue[: self._max_batch]
+            if self._queue:
+                self._wake.set()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[_Pending[Req, Resp]]) -> None:
+        try:
+            timeout = max(p.deadline for p in batch) - self._monotonic()
+            if timeout <= 0:
+                raise PeerUnavailable(f"{self._name}: no time left to send")
+            answers = await self._send_batch([p.request for p in batch], timeout)
+            if len(answers) != len(batch):
+                raise PeerUnavailable(
+                    f"{self._name} answered {len(answers)} of a batch of {len(batch)}"
+                )
+            for pending, answer in zip(batch, answers, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(answer)
+        except PeerError as exc:
+            _fail(batch, exc)
+        except Exception as exc:
+            logger.exception("%s batch failed", self._name)
+            _fail(batch, PeerUnavailable(repr(exc)))
+        finally:
+            self._slots.release()
+
+
+def _fail(batch: Sequence[_Pending[Req, Resp]], error: PeerError) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)

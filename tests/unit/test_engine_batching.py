@@ -1,0 +1,115 @@
+"""Peer calls of concurrent decisions travel in batches, and a batch cannot mix up answers."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from govmesh.engine.batching import Batcher
+from govmesh.engine.core import PeerUnavailable
+from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
+from tests.unit.engine_fakes import (
+    FakeVerification,
+    authorize_request,
+    build_engine,
+    passing_verification,
+)
+
+
+@dataclass
+class BatchVerification:
+    """A verification peer reached through a Batcher, as the engine's server wires it."""
+
+    reverse: bool = False
+    batches: list[int] = field(default_factory=list)
+
+    async def send(
+        self, requests: list[verification_pb2.VerifyRequest], timeout: float
+    ) -> list[verification_pb2.VerifyResponse]:
+        self.batches.append(len(requests))
+        await asyncio.sleep(0.005)  # a round trip, during which more decisions queue up
+        answers = [passing_verification(r) for r in requests]
+        return answers[::-1] if self.reverse else answers
+
+
+async def _decide_concurrently(
+    peer: BatchVerification, count: int
+) -> list[engine_pb2.AuthorizeResponse]:
+    batcher: Batcher[verification_pb2.VerifyRequest, verification_pb2.VerifyResponse] = Batcher(
+        name="verification", send=peer.send, max_batch=64, max_in_flight=2
+    )
+    batcher.start()
+
+    class Adapter(FakeVerification):
+        async def verify(
+            self, request: verification_pb2.VerifyRequest, *, timeout: float
+        ) -> verification_pb2.VerifyResponse:
+            return await batcher.submit(request, timeout=timeout)
+
+    h = build_engine(verification=Adapter())
+    try:
+        requests = [authorize_request(context={"amount": n}) for n in range(count)]
+        responses = await asyncio.gather(*(h.engine.authorize(r) for r in requests))
+    finally:
+        await batcher.close()
+    return list(responses)
+
+
+async def test_concurrent_decisions_share_verification_calls() -> None:
+    peer = BatchVerification()
+    responses = await _decide_concurrently(peer, 100)
+
+    assert [r.decision for r in responses] == [common_pb2.ALLOW] * 100
+    assert sum(peer.batches) == 100
+    assert len(peer.batches) < 20
+    assert max(peer.batches) > 1
+
+
+async def test_a_batch_answered_out_of_order_never_allows_anyone() -> None:
+    peer = BatchVerification(reverse=True)
+    responses = await _decide_concurrently(peer, 40)
+
+    # Reversed, a batch hands each member another's answer, except the middle
+    # one of an odd-sized batch, which gets its own.
+    own_answers = sum(size % 2 for size in peer.batches)
+    allowed = [r for r in responses if r.decision == common_pb2.ALLOW]
+    refused = [r for r in responses if r.reason == common_pb2.INCONSISTENT_ANSWERS]
+    assert max(peer.batches) > 1
+    assert len(allowed) == own_answers
+    assert len(refused) == 40 - own_answers
+
+
+async def test_a_batcher_that_is_not_running_refuses_at_once() -> None:
+    async def send(requests: list[int], timeout: float) -> list[int]:
+        return requests
+
+    batcher: Batcher[int, int] = Batcher(name="test", send=send)
+    with pytest.raises(PeerUnavailable, match="not running"):
+        await batcher.submit(1, timeout=1)
+
+
+async def test_requests_wait_for_a_slot_and_join_the_next_batch() -> None:
+    sizes: list[int] = []
+    release = asyncio.Event()
+
+    async def send(requests: list[int], timeout: float) -> list[int]:
+        sizes.append(len(requests))
+        await release.wait()
+        return [r * 2 for r in requests]
+
+    batcher: Batcher[int, int] = Batcher(name="test", send=send, max_in_flight=1)
+    batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(1, timeout=5))
+        await asyncio.sleep(0.01)  # the first batch is in flight, holding the only slot
+        rest = [asyncio.ensure_future(batcher.submit(n, timeout=5)) for n in range(2, 12)]
+        await asyncio.sleep(0.01)
+        release.set()
+        answers = await asyncio.gather(first, *rest)
+    finally:
+        await batcher.close()
+
+    assert answers == [n * 2 for n in range(1, 12)]
+    assert sizes == [1, 10]
