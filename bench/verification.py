@@ -50,6 +50,7 @@ from govmesh.cli.devsetup import (
     write_dev_setup,
 )
 from govmesh.client import Initiator, issue_attestation, issue_mandate
+from govmesh.engine.peers import BatchedVerification, GrpcVerification, open_channel
 from govmesh.runtime.db import libpq_database_url, upgrade_database
 from govmesh.v1 import verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationConfig, Verifier
@@ -176,6 +177,57 @@ async def drive(
     return latencies, wall, denied
 
 
+async def drive_batched(
+    address: str,
+    requests: list[verification_pb2.VerifyRequest],
+    concurrency: int,
+    max_batch: int,
+    max_in_flight: int,
+) -> tuple[list[float], float, int]:
+    """The same load sent as the engine sends it: VerifyBatch calls through its batcher."""
+    channel = open_channel(address)
+    peer = BatchedVerification(
+        GrpcVerification(channel), max_batch=max_batch, max_in_flight=max_in_flight
+    )
+    peer.start()
+    latencies: list[float] = []
+    denied = 0
+    queue = iter(requests)
+
+    async def worker() -> None:
+        nonlocal denied
+        for request in queue:
+            started = time.perf_counter()
+            answer = await peer.verify(request, timeout=30)
+            latencies.append(time.perf_counter() - started)
+            if not answer.verified:
+                denied += 1
+                if denied <= 3:
+                    print(f"  deny: {answer.message}", file=sys.stderr)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    await peer.close()
+    await channel.close()
+    return latencies, wall, denied
+
+
+def report(
+    title: str, latencies: list[float], wall: float, server_cpu: float, client_cpu: float
+) -> None:
+    """Print one transport's figures."""
+    cuts = statistics.quantiles(latencies, n=100)
+    print(title)
+    print(f"  p50 {cuts[49] * 1000:.2f} ms   p99 {cuts[98] * 1000:.2f} ms")
+    print(f"  {len(latencies) / wall:,.0f} verifications/s over {wall:.1f} s")
+    print(
+        f"  CPU per verification: service {server_cpu / len(latencies) * 1e6:.0f} us, "
+        f"this client {client_cpu / len(latencies) * 1e6:.0f} us "
+        f"(service busy {server_cpu / wall:.0%} of one core)"
+    )
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -240,6 +292,14 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--mandates", type=int, default=16, help="distinct mandates in the mix")
+    parser.add_argument(
+        "--transport",
+        choices=["unary", "batched", "both"],
+        default="both",
+        help="one Verify call per request, the engine's VerifyBatch batching, or both",
+    )
+    parser.add_argument("--batch-max", type=int, default=128)
+    parser.add_argument("--in-flight", type=int, default=4)
     args = parser.parse_args()
     if not args.database_url:
         parser.error("set --database-url or GOVMESH_DATABASE_URL")
@@ -254,6 +314,7 @@ def main() -> int:
             .render_as_string(hide_password=False)
         )
     process = None
+    denied = 0
     try:
         upgrade_database(url)
         with tempfile.TemporaryDirectory(prefix="govmesh-bench-") as tmp:
@@ -261,14 +322,39 @@ def main() -> int:
             print(f"preparing {args.warmup + args.requests} requests ...", flush=True)
             requests = prepare(root / "dev", args.warmup + args.requests, args.mandates)
             process, address, log = start_verification(root, root / "dev" / "trust.toml", url)
-            warm, measured = requests[: args.warmup], requests[args.warmup :]
+            warm, rest = requests[: args.warmup], requests[args.warmup :]
             asyncio.run(drive(address, warm, args.concurrency, args.channels))
-            server_cpu, client_cpu = cpu_seconds(process.pid), time.process_time()
-            latencies, wall, denied = asyncio.run(
-                drive(address, measured, args.concurrency, args.channels)
-            )
-            server_cpu = cpu_seconds(process.pid) - server_cpu
-            client_cpu = time.process_time() - client_cpu
+            runs: list[tuple[str, list[float], float, float, float]] = []
+            transports = ["unary", "batched"] if args.transport == "both" else [args.transport]
+            share = len(rest) // len(transports)
+            for n, transport in enumerate(transports):
+                measured = rest[n * share : (n + 1) * share]
+                server_cpu, client_cpu = cpu_seconds(process.pid), time.process_time()
+                if transport == "unary":
+                    latencies, wall, refused = asyncio.run(
+                        drive(address, measured, args.concurrency, args.channels)
+                    )
+                    title = f"verification alone, one Verify call per request: {len(measured)}"
+                else:
+                    latencies, wall, refused = asyncio.run(
+                        drive_batched(
+                            address, measured, args.concurrency, args.batch_max, args.in_flight
+                        )
+                    )
+                    title = (
+                        f"verification alone, VerifyBatch as the engine batches (<= "
+                        f"{args.batch_max} per call, {args.in_flight} in flight): {len(measured)}"
+                    )
+                denied += refused
+                runs.append(
+                    (
+                        f"{title} full requests at concurrency {args.concurrency}",
+                        latencies,
+                        wall,
+                        cpu_seconds(process.pid) - server_cpu,
+                        time.process_time() - client_cpu,
+                    )
+                )
             process.terminate()
             process.wait(20)
             stats = [line for line in log.read_text().splitlines() if "replay store" in line]
@@ -283,15 +369,8 @@ def main() -> int:
             server = args.database_url
             asyncio.run(admin(server, f'DROP DATABASE IF EXISTS "{created}" WITH (FORCE)'))
 
-    cuts = statistics.quantiles(latencies, n=100)
-    print(f"verification alone: {len(latencies)} full requests at concurrency {args.concurrency}")
-    print(f"  p50 {cuts[49] * 1000:.2f} ms   p99 {cuts[98] * 1000:.2f} ms")
-    print(f"  {len(latencies) / wall:,.0f} verifications/s over {wall:.1f} s")
-    print(
-        f"  CPU per verification: service {server_cpu / len(latencies) * 1e6:.0f} us, "
-        f"this client {client_cpu / len(latencies) * 1e6:.0f} us "
-        f"(service busy {server_cpu / wall:.0%} of one core)"
-    )
+    for run in runs:
+        report(*run)
     for line in stats:
         print(f"  {line.split(': ', 1)[-1]}")
     print(
