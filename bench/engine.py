@@ -3,7 +3,8 @@
     python bench/engine.py [--requests 5000] [--concurrency 64] [--database-url URL]
 
 Starts `govmesh up` (the four real processes; an embedded Postgres unless a
-database URL is given), warms it up, then sends Authorize calls with fresh
+database URL is given, in which case a throwaway database is created on that
+server and dropped afterwards), warms it up, then sends Authorize calls with fresh
 proofs from a pool of client tasks and prints p50/p95/p99 latency and
 decisions/s, for an ALLOW-only load and a mixed ALLOW/DENY load. Figures are
 for this machine and this moment; nothing here asserts a target.
@@ -21,12 +22,25 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+from sqlalchemy.engine import make_url
+
 from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT, DevSetup
 from govmesh.client import EngineClient, Initiator, issue_mandate
+from govmesh.runtime.db import libpq_database_url
 from govmesh.v1 import engine_pb2
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(libpq_database_url(server_url))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 def _free_port() -> int:
@@ -109,10 +123,19 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("GOVMESH_DATABASE_URL"))
     args = parser.parse_args()
 
+    server_url, database_url = args.database_url, None
+    if server_url:
+        name = f"govmesh_bench_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+        database_url = (
+            make_url(libpq_database_url(server_url))
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         port = _free_port()
-        up = _start_mesh(data, port, args.database_url)
+        up = _start_mesh(data, port, database_url)
         try:
             setup = DevSetup(data / "dev")
             agent = Initiator(setup.dev_key("agent"))
@@ -140,6 +163,9 @@ def main() -> None:
         finally:
             up.send_signal(signal.SIGTERM)
             up.wait(60)
+            if server_url and database_url:
+                dropped = make_url(database_url).database
+                asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{dropped}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":

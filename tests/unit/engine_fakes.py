@@ -146,9 +146,12 @@ class FakeSpool:
     """Keeps spooled denies in memory; `error` makes put() fail like a full disk."""
 
     error: OSError | None = None
+    delay: float = 0.0
     entries: list[tuple[bytes, str]] = field(default_factory=list)
 
-    def put(self, entry: bytes, decision_id: str) -> None:
+    async def put(self, entry: bytes, decision_id: str) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
         self.entries.append((entry, decision_id))

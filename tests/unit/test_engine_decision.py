@@ -294,6 +294,23 @@ async def test_a_full_spool_disk_still_answers_deny() -> None:
     assert reason(response) == "LINEAGE_UNAVAILABLE"
 
 
+async def test_a_stuck_spool_disk_does_not_hold_the_answer_past_the_budget() -> None:
+    config = DecisionConfig(
+        verification_timeout=0.05, policy_timeout=0.05, lineage_timeout=0.05, budget=0.3
+    )
+    h = build_engine(
+        lineage=FakeLineage(error=PeerUnavailable("down")),
+        spool=FakeSpool(delay=30),
+        config=config,
+    )
+    started = time.monotonic()
+    response = await h.engine.authorize(authorize_request())
+
+    assert time.monotonic() - started < config.budget + 0.5
+    assert response.decision == DENY
+    assert reason(response) == "LINEAGE_UNAVAILABLE"
+
+
 async def test_a_receipt_is_recorded_in_the_response() -> None:
     h = build_engine()
     response = await h.engine.authorize(authorize_request())

@@ -175,7 +175,7 @@ async def test_spooled_denies_survive_a_restart_and_drain_in_order(tmp_path: Pat
     first = [entry(n=n, decision="DENY") for n in range(3)]
     spool = FileSpool(tmp_path / "spool")
     for data, did in first:
-        spool.put(data, did)
+        await spool.put(data, did)
 
     reopened = FileSpool(tmp_path / "spool")  # a new engine process on the same disk
     transport = MemoryTransport()
@@ -188,14 +188,14 @@ async def test_spooled_denies_survive_a_restart_and_drain_in_order(tmp_path: Pat
 
 async def test_an_unfinished_spool_write_is_ignored(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    (tmp_path / f"1-{uuid.uuid4()}.json.tmp").write_bytes(b'{"half')
+    (tmp_path / f"1-{uuid.uuid4().hex[:8]}.spool.tmp").write_bytes(b'{"half')
 
     assert spool.pending() == []
 
 
 async def test_a_spool_that_cannot_reach_lineage_keeps_everything(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
-    spool.put(*entry())
+    await spool.put(*entry())
 
     with pytest.raises(PeerUnavailable):
         await spool.drain(MemoryTransport(fail=PeerUnavailable("down")))
@@ -205,7 +205,7 @@ async def test_a_spool_that_cannot_reach_lineage_keeps_everything(tmp_path: Path
 async def test_an_entry_already_logged_byte_for_byte_leaves_the_spool(tmp_path: Path) -> None:
     spool = FileSpool(tmp_path)
     data, did = entry()
-    spool.put(data, did)
+    await spool.put(data, did)
     transport = MemoryTransport(log={did: data})
 
     assert await spool.drain(transport) == 1
@@ -228,7 +228,7 @@ async def test_an_allow_logged_late_is_amended_by_the_deny_that_was_answered(
         }
     )
     spool = FileSpool(tmp_path)
-    spool.put(deny, did)
+    await spool.put(deny, did)
     transport = MemoryTransport(log={did: allow})
 
     assert await spool.drain(transport) == 1
@@ -238,4 +238,43 @@ async def test_an_allow_logged_late_is_amended_by_the_deny_that_was_answered(
     assert amendment["amends"] == did
     assert amendment["decision"] == "DENY"
     assert amendment["reason"] == "LINEAGE_UNAVAILABLE"
+    assert spool.pending() == []
+
+
+async def test_denies_spooled_together_share_one_durable_write(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    entries = [entry(n=n) for n in range(50)]
+    await asyncio.gather(*(spool.put(data, did) for data, did in entries))
+
+    assert 1 <= len(spool.pending()) < 50
+    transport = MemoryTransport()
+    assert await spool.drain(transport) == 50
+    assert transport.log == {did: data for data, did in entries}
+    assert spool.pending() == []
+
+
+async def test_a_drain_interrupted_midway_repeats_safely(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    entries = [entry(n=n) for n in range(3)]
+    await asyncio.gather(*(spool.put(data, did) for data, did in entries))
+    # The first entry reached lineage before the engine stopped; the group stayed.
+    transport = MemoryTransport(log={entries[0][1]: entries[0][0]})
+
+    assert await spool.drain(transport) == 3
+    assert len(transport.log) == 3
+    assert spool.pending() == []
+
+
+async def test_a_disk_that_refuses_the_spool_fails_every_put_of_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = FileSpool(tmp_path)
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("govmesh.engine.lineage.os.write", full)
+    results = await asyncio.gather(*(spool.put(*entry()) for _ in range(3)), return_exceptions=True)
+
+    assert all(isinstance(r, OSError) and r.errno == 28 for r in results)
     assert spool.pending() == []

@@ -7,6 +7,7 @@ is numbered here and at the place it happens in the code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -88,7 +89,7 @@ class LineageSink(Protocol):
 class DenySpool(Protocol):
     """Durable local storage for denies that lineage could not take in time."""
 
-    def put(self, entry: bytes, decision_id: str) -> None: ...
+    async def put(self, entry: bytes, decision_id: str) -> None: ...
 
 
 class GrantSigner(Protocol):
@@ -161,6 +162,18 @@ class _Decision:
 
 class _Inconsistent(Exception):
     pass
+
+
+def _log_spool_failure(decision_id: str) -> Callable[[asyncio.Future[None]], None]:
+    def report(write: asyncio.Future[None]) -> None:
+        if not write.cancelled() and write.exception() is not None:
+            logger.error(
+                "deny could not be spooled: %s",
+                write.exception(),
+                extra={"decision_id": decision_id},
+            )
+
+    return report
 
 
 def _trace_ids() -> dict[str, str | None]:
@@ -629,12 +642,7 @@ class Engine:
             )
             data = canonical_json(entry)
         if not allowed and receipt is None:
-            try:
-                self._spool.put(data, decision.decision_id)
-            except OSError:
-                logger.exception(
-                    "deny could not be spooled", extra={"decision_id": decision.decision_id}
-                )
+            await self._spool_deny(decision, data)
 
         if not allowed:
             return self._deny_response(decision, receipt)
@@ -652,6 +660,14 @@ class Engine:
             message="allowed",
             request_digest=decision.digest,
         )
+
+    async def _spool_deny(self, decision: _Decision, data: bytes) -> None:
+        # Answer once the deny is durable, but never past the budget: the write
+        # goes on in the background and a failure is logged.
+        write = asyncio.ensure_future(self._spool.put(data, decision.decision_id))
+        write.add_done_callback(_log_spool_failure(decision.decision_id))
+        with contextlib.suppress(TimeoutError, OSError, ValueError):
+            await asyncio.wait_for(asyncio.shield(write), max(self._remaining(decision), 0.0))
 
     async def _finish_safely(
         self, decision: _Decision, action: str, resource: str

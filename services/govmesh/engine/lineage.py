@@ -8,7 +8,6 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -84,22 +83,51 @@ class BatchingLineage:
 class FileSpool:
     """Denies that lineage could not take, kept on local disk until it can.
 
-    One file per entry, written to a temporary name, fsynced and renamed, so
-    a crash leaves either the whole entry or nothing. Files drain in the
-    order they were written.
+    Denies that arrive together are written together (group commit): one
+    file per group, one line per entry ("<decision id> <entry>\\n"; canonical
+    JSON holds no raw newline), written to a temporary name, fsynced and
+    renamed, so a crash leaves a whole group or none of it. The writing runs
+    in a worker thread: an overloaded engine that denies a lot never stalls
+    its event loop on fsync. Groups drain in the order they were written.
     """
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._waiting: list[tuple[bytes, str, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
-    def put(self, entry: bytes, decision_id: str) -> None:
-        """Store an entry durably; raises OSError when the disk refuses."""
-        name = f"{time.time_ns():020d}-{decision_id}.json"
+    async def put(self, entry: bytes, decision_id: str) -> None:
+        """Store an entry durably; returns once it is on disk, raises OSError if it cannot be."""
+        if b"\n" in entry or " " in decision_id or "\n" in decision_id:
+            raise ValueError("a spooled entry is one line of canonical JSON")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entry, decision_id, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_groups(), name="spool-writer")
+        await future
+
+    async def _write_groups(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                await asyncio.to_thread(self._write, [(e, d) for e, d, _ in group])
+            except OSError as exc:
+                for *_, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for *_, future in group:
+                if not future.done():
+                    future.set_result(None)
+            logger.warning("denies spooled", extra={"entries": len(group)})
+
+    def _write(self, group: list[tuple[bytes, str]]) -> None:
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.spool"
         tmp = self._dir / (name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, entry)
+            os.write(fd, b"".join(d.encode() + b" " + e + b"\n" for e, d in group))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -109,39 +137,58 @@ class FileSpool:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        logger.warning("deny spooled", extra={"decision_id": decision_id})
 
     def pending(self) -> list[Path]:
-        """Spooled entries, oldest first."""
-        return sorted(self._dir.glob("*.json"))
+        """Spooled groups, oldest first."""
+        return sorted(self._dir.glob("*.spool"))
+
+    @staticmethod
+    def _read(path: Path) -> list[tuple[str, bytes]]:
+        entries = []
+        for line in path.read_bytes().splitlines():
+            decision_id, _, entry = line.partition(b" ")
+            entries.append((decision_id.decode(), entry))
+        return entries
 
     async def drain(self, transport: LineageTransport, *, timeout: float = 5.0) -> int:
         """Append every spooled entry; returns how many left the spool.
 
-        An entry whose decision id is already logged with other bytes (an
-        ALLOW committed after the engine had given up on it and answered
-        DENY) is recorded as an amendment that names the logged decision.
+        A group leaves the spool once every entry in it is logged. An entry
+        already logged with the same bytes counts as logged (a drain that was
+        interrupted repeats safely). An entry whose decision id is logged with
+        other bytes (an ALLOW committed after the engine had given up on it
+        and answered DENY) is recorded as an amendment naming that decision.
         """
         drained = 0
         for path in self.pending():
-            decision_id = path.stem.split("-", 1)[1]
-            entry = path.read_bytes()
-            append: Awaitable[list[lineage_pb2.AppendResponse]] = transport.append_batch(
-                [lineage_pb2.AppendRequest(entry=entry, decision_id=decision_id)], timeout=timeout
-            )
-            [response] = await append
-            if response.error:
-                logged = await transport.get_entry(decision_id, timeout=timeout)
-                if logged is None:
-                    logger.error(
-                        "spooled deny refused",
-                        extra={"decision_id": decision_id, "error": response.error},
-                    )
-                    continue
-                if logged != entry:
-                    await self._amend(transport, decision_id, entry, timeout)
-            path.unlink()
-            drained += 1
+            entries = self._read(path)
+            settled = 0
+            for start in range(0, len(entries), 256):
+                chunk = entries[start : start + 256]
+                responses = await transport.append_batch(
+                    [lineage_pb2.AppendRequest(entry=e, decision_id=d) for d, e in chunk],
+                    timeout=timeout,
+                )
+                if len(responses) != len(chunk):
+                    raise PeerUnavailable("lineage answered a spool batch with the wrong count")
+                for (decision_id, entry), response in zip(chunk, responses, strict=True):
+                    if not response.error:
+                        check_receipt(entry, response)
+                        settled += 1
+                        continue
+                    logged = await transport.get_entry(decision_id, timeout=timeout)
+                    if logged is None:
+                        logger.error(
+                            "spooled deny refused",
+                            extra={"decision_id": decision_id, "error": response.error},
+                        )
+                        continue
+                    if logged != entry:
+                        await self._amend(transport, decision_id, entry, timeout)
+                    settled += 1
+            if settled == len(entries):
+                path.unlink()
+                drained += settled
         return drained
 
     @staticmethod
