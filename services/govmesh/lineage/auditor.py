@@ -142,6 +142,8 @@ class AuditReport:
     proofs_checked: int = 0
     mismatched_checkpoints: list[int] = field(default_factory=list)
     matched_checkpoints: list[int] = field(default_factory=list)
+    #: Decision ids of the entries after the last matching checkpoint before the first mismatch.
+    decision_ids: dict[int, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -185,7 +187,7 @@ class AuditReport:
                 first=lo,
                 last=max(lo, hi),
                 tree_size=best.tree_size,
-                decision_id=best.decision_id if lo == hi else None,
+                decision_id=(best.decision_id or self.decision_ids.get(lo)) if lo >= hi else None,
             )
         return self.findings[0]
 
@@ -252,6 +254,7 @@ async def audit(
     shifted = False  # after a gap, stored subtree hashes no longer line up with positions
     counters: dict[str, _Counter] = {}
     amendments: list[tuple[int, str, str]] = []
+    unproven: dict[int, str] | None = {}  # decision ids since the last matching checkpoint
     async for entry_page in source.entries():
         for row in entry_page:
             if row.index < expected:
@@ -278,6 +281,8 @@ async def audit(
                 )
                 shifted = True
             expected = row.index + 1
+            if unproven is not None:
+                unproven[row.index] = row.decision_id
             _check_entry(report, row, counters, amendments)
             leaf = merkle.leaf_hash(row.entry)
             if leaf != row.leaf_hash:
@@ -298,8 +303,13 @@ async def audit(
             if frontier.size in signed:
                 if frontier.root() == signed[frontier.size]:
                     report.matched_checkpoints.append(frontier.size)
+                    if unproven is not None:
+                        unproven.clear()
                 else:
                     _mismatch(report, frontier.size)
+                    if unproven is not None:
+                        report.decision_ids.update(unproven)
+                        unproven = None
     report.entries = frontier.size
 
     # 3. Checkpoints beyond the entries: entries were removed from the end.
@@ -398,7 +408,12 @@ def _mismatch(report: AuditReport, size: int) -> None:
         Finding(
             "checkpoint",
             f"the first {size} entries do not hash to the signed checkpoint of size {size}: "
-            f"an entry among {_span(proven, size - 1)} differs from what the log signed",
+            + (
+                f"entry {proven} differs"
+                if proven == size - 1
+                else f"an entry among {proven}..{size - 1} differs"
+            )
+            + " from what the log signed",
             first=proven,
             last=size - 1,
             tree_size=size,
