@@ -145,3 +145,17 @@ def test_the_fast_canonical_check_agrees_with_rfc8785(value: Any) -> None:
         json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(),
     ):
         assert is_canonical(other)[0] == (other == canonical)
+
+
+@pytest.mark.parametrize("code", range(128))
+def test_every_ascii_character_has_exactly_one_accepted_form(code: int) -> None:
+    canonical = rfc8785.dumps({"k": chr(code)})
+    assert is_canonical(canonical)[0]
+    others = {
+        b'{"k":"\\u%04x"}' % code,
+        b'{"k":"\\u%04X"}' % code,
+        json.dumps({"k": chr(code)}).encode(),
+        b'{"k":"\\/"}' if code == ord("/") else b"",
+    } - {canonical, b""}
+    for other in others:
+        assert not is_canonical(other)[0], other

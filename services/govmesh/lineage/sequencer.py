@@ -88,6 +88,9 @@ class Sequencer:
         self._task: asyncio.Task[None] | None = None
         self._trusted: TrustedTree | None = None
         self._listeners: list[Callable[[int], None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
         self.batches = 0
 
     @property
@@ -106,8 +109,11 @@ class Sequencer:
             self._trusted = await self._establish(tx, size, root)
         self._task = asyncio.create_task(self._run(), name="lineage-sequencer")
 
-    async def close(self) -> None:
-        """Stop; queued appends fail (their callers get no receipt)."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop taking appends, let queued ones commit for up to `grace` seconds, then stop."""
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -119,12 +125,13 @@ class Sequencer:
 
     async def append(self, entries: Sequence[Entry]) -> list[Receipt | EntryRejected]:
         """Commit `entries`; in order, a receipt for each one or why it was refused."""
-        if self._task is None or self._task.done():
+        if self._stopping or self._task is None or self._task.done():
             raise SequencerStopped("lineage is not accepting appends")
         future: asyncio.Future[list[Receipt | EntryRejected]] = (
             asyncio.get_running_loop().create_future()
         )
         self._queue.append(_Group(entries, future))
+        self._idle.clear()
         self._wake.set()
         return await future
 
@@ -147,6 +154,7 @@ class Sequencer:
                     count += len(group.entries)
                 if batch:
                     await self._commit_groups(batch)
+            self._idle.set()
 
     async def _commit_groups(self, batch: list[_Group]) -> None:
         entries = [e for g in batch for e in g.entries]
