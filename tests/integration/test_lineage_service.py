@@ -15,7 +15,7 @@ from govmesh.artifacts.canonical import canonical_json
 from govmesh.cli.devsetup import DevSetup
 from govmesh.lineage import merkle
 from govmesh.lineage.auditor import audit
-from govmesh.lineage.client import LineageClient, LineageError
+from govmesh.lineage.client import LineageClient, LineageError, StreamingLineage
 from govmesh.lineage.notes import VerifierKey, open_checkpoint
 from govmesh.lineage.sources import DatabaseSource
 
@@ -242,3 +242,30 @@ async def test_a_killed_service_loses_no_receipted_entry_and_leaves_no_gap(
     # Writers reuse counters on purpose here; only the log's own integrity matters.
     assert [f for f in report.findings if f.kind != "engine"] == []
     assert report.tree_size == size
+
+
+async def test_the_append_stream_answers_each_concurrent_append_after_commit(
+    lineage: ServiceProcess, dev_setup: DevSetup
+) -> None:
+    key = log_key(dev_setup)
+    channel = grpc.aio.insecure_channel(lineage.address)
+    stream = StreamingLineage(channel, max_batch=32, linger=0.002)
+    try:
+        entries = [decision(i) for i in range(300)]
+        receipts = await asyncio.gather(
+            *(stream.append(data, decision_id, timeout=20) for data, decision_id in entries)
+        )
+        assert sorted(r.index for r in receipts) == list(range(300))
+        for (data, _), receipt in zip(entries, receipts, strict=True):
+            assert receipt.leaf_hash == merkle.leaf_hash(data)
+            assert open_checkpoint(receipt.checkpoint, key).size == receipt.tree_size
+        with pytest.raises(LineageError, match="already logged"):
+            await stream.append(*entries[0], timeout=20)
+        with pytest.raises(LineageError, match="canonical"):
+            await stream.append(b'{"a": 1}', str(uuid.uuid4()), timeout=20)
+        # The stream is still usable after refusals.
+        more = await stream.append(*decision(300), timeout=20)
+        assert more.index == 300
+    finally:
+        await stream.close()
+        await channel.close()

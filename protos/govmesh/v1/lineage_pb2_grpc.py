@@ -44,6 +44,11 @@ class LineageStub:
                 request_serializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.SerializeToString,
                 response_deserializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.FromString,
                 _registered_method=True)
+        self.AppendStream = channel.stream_stream(
+                '/govmesh.v1.Lineage/AppendStream',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/govmesh.v1.Lineage/GetCheckpoint',
                 request_serializer=govmesh_dot_v1_dot_lineage__pb2.GetCheckpointRequest.SerializeToString,
@@ -103,6 +108,15 @@ class LineageServicer:
 
     def AppendBatch(self, request, context):
         """Appends many entries in one call; each answer after its entry is committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendStream(self, request_iterator, context):
+        """Appends batches over one long-lived stream (a fraction of a unary call's
+        cost per batch): each response answers the request with the same
+        sequence number, once its entries are committed; order is not promised.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,6 +195,11 @@ def add_LineageServicer_to_server(servicer, server):
             ),
             'AppendBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendBatch,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.SerializeToString,
+            ),
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
                     request_deserializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.FromString,
                     response_serializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.SerializeToString,
             ),
@@ -282,6 +301,33 @@ class Lineage:
             request,
             target,
             '/govmesh.v1.Lineage/AppendBatch',
+            govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/govmesh.v1.Lineage/AppendStream',
             govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.SerializeToString,
             govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.FromString,
             options,

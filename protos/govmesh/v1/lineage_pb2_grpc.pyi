@@ -41,6 +41,11 @@ class LineageStub:
     """Appends one entry; answers only after the entry is committed."""
     AppendBatch: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.AppendBatchRequest, _lineage_pb2.AppendBatchResponse]
     """Appends many entries in one call; each answer after its entry is committed."""
+    AppendStream: _grpc.StreamStreamMultiCallable[_lineage_pb2.AppendBatchRequest, _lineage_pb2.AppendBatchResponse]
+    """Appends batches over one long-lived stream (a fraction of a unary call's
+    cost per batch): each response answers the request with the same
+    sequence number, once its entries are committed; order is not promised.
+    """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.GetCheckpointRequest, _lineage_pb2.GetCheckpointResponse]
     """The newest signed checkpoint (or one of a given size), with its cosignatures."""
     GetEntry: _grpc.UnaryUnaryMultiCallable[_lineage_pb2.GetEntryRequest, _lineage_pb2.GetEntryResponse]
@@ -67,6 +72,11 @@ class LineageAsyncStub(LineageStub):
     """Appends one entry; answers only after the entry is committed."""
     AppendBatch: _aio.UnaryUnaryMultiCallable[_lineage_pb2.AppendBatchRequest, _lineage_pb2.AppendBatchResponse]  # type: ignore[assignment]
     """Appends many entries in one call; each answer after its entry is committed."""
+    AppendStream: _aio.StreamStreamMultiCallable[_lineage_pb2.AppendBatchRequest, _lineage_pb2.AppendBatchResponse]  # type: ignore[assignment]
+    """Appends batches over one long-lived stream (a fraction of a unary call's
+    cost per batch): each response answers the request with the same
+    sequence number, once its entries are committed; order is not promised.
+    """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetCheckpointRequest, _lineage_pb2.GetCheckpointResponse]  # type: ignore[assignment]
     """The newest signed checkpoint (or one of a given size), with its cosignatures."""
     GetEntry: _aio.UnaryUnaryMultiCallable[_lineage_pb2.GetEntryRequest, _lineage_pb2.GetEntryResponse]  # type: ignore[assignment]
@@ -102,6 +112,17 @@ class LineageServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lineage_pb2.AppendBatchResponse, _abc.Awaitable[_lineage_pb2.AppendBatchResponse]]:
         """Appends many entries in one call; each answer after its entry is committed."""
+
+    @_abc_1.abstractmethod
+    def AppendStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_lineage_pb2.AppendBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_lineage_pb2.AppendBatchResponse], _abc.AsyncIterator[_lineage_pb2.AppendBatchResponse]]:
+        """Appends batches over one long-lived stream (a fraction of a unary call's
+        cost per batch): each response answers the request with the same
+        sequence number, once its entries are committed; order is not promised.
+        """
 
     @_abc_1.abstractmethod
     def GetCheckpoint(

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import grpc
-from govmesh.v1 import lineage_pb2, lineage_pb2_grpc
+from govmesh.lineage.merkle import leaf_hash
+from govmesh.v1 import common_pb2, lineage_pb2, lineage_pb2_grpc
 
 #: The largest message the client accepts (a page of entries).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -210,3 +212,132 @@ async def _ready(channel: grpc.aio.Channel, timeout: float) -> None:
         raise LineageError(
             grpc.StatusCode.UNAVAILABLE, f"lineage: no answer within {timeout:.0f} s"
         ) from None
+
+
+@dataclass
+class _Pending:
+    request: lineage_pb2.AppendRequest
+    future: asyncio.Future[common_pb2.LineageReceipt]
+
+
+def checked_receipt(entry: bytes, answer: lineage_pb2.AppendResponse) -> common_pb2.LineageReceipt:
+    """The receipt of `answer`, only if it is for exactly `entry` in a tree that holds it."""
+    if answer.error or not answer.HasField("receipt"):
+        raise LineageError(None, f"lineage refused the entry: {answer.error or 'no receipt'}")
+    receipt = answer.receipt
+    if receipt.leaf_hash != leaf_hash(entry) or receipt.tree_size <= receipt.index:
+        raise LineageError(None, "lineage answered with a receipt for something else")
+    return receipt
+
+
+class StreamingLineage:
+    """Appends entries over one AppendStream, coalescing concurrent appends into batches.
+
+    An append waits at most `linger` for company; a batch holds at most
+    `max_batch` entries; any number of batches are in flight on the stream.
+    Its `append` has the shape of the engine's lineage sink: it returns the
+    entry's receipt once committed, checked against the bytes it sent. A
+    broken stream fails the appends in flight and is reopened by the next one.
+    """
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, max_batch: int = 256, linger: float = 0.001
+    ) -> None:
+        self._stub = lineage_pb2_grpc.LineageStub(channel)
+        self._max_batch = max_batch
+        self._linger = linger
+        self._queue: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._in_flight: dict[int, list[_Pending]] = {}
+        self._sequence = 0
+
+    async def append(
+        self, entry: bytes, decision_id: str, *, timeout: float
+    ) -> common_pb2.LineageReceipt:
+        """Append one entry; its receipt once lineage committed it."""
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_forever(), name="lineage-stream")
+        future: asyncio.Future[common_pb2.LineageReceipt] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(
+            _Pending(lineage_pb2.AppendRequest(entry=entry, decision_id=decision_id), future)
+        )
+        self._wake.set()
+        async with asyncio.timeout(timeout):
+            return await future
+
+    async def close(self) -> None:
+        """Stop; appends still waiting fail."""
+        for task in (self._flusher, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._call is not None:
+            self._call.cancel()
+        self._fail([p for batch in self._in_flight.values() for p in batch] + self._queue)
+        self._in_flight.clear()
+        self._queue.clear()
+
+    @staticmethod
+    def _fail(pendings: list[_Pending], message: str = "lineage stream closed") -> None:
+        for pending in pendings:
+            if not pending.future.done():
+                pending.future.set_exception(LineageError(grpc.StatusCode.UNAVAILABLE, message))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            if len(self._queue) < self._max_batch and self._linger > 0:
+                await asyncio.sleep(self._linger)
+            self._wake.clear()
+            while self._queue:
+                batch = [p for p in self._queue[: self._max_batch] if not p.future.done()]
+                del self._queue[: self._max_batch]
+                if batch:
+                    await self._send(batch)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        if self._call is None:
+            self._call = self._stub.AppendStream()
+            self._reader = asyncio.create_task(self._read(self._call))
+        self._sequence += 1
+        self._in_flight[self._sequence] = batch
+        request = lineage_pb2.AppendBatchRequest(
+            entries=[p.request for p in batch], sequence=self._sequence
+        )
+        try:
+            await self._call.write(request)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+            self._broken(self._call, f"lineage stream failed: {exc}")
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for response in call:
+                batch = self._in_flight.pop(response.sequence, None)
+                if batch is None or len(batch) != len(response.results):
+                    self._broken(call, "lineage answered a batch it was not sent")
+                    return
+                for pending, answer in zip(batch, response.results, strict=True):
+                    if pending.future.done():
+                        continue
+                    try:
+                        pending.future.set_result(checked_receipt(pending.request.entry, answer))
+                    except LineageError as exc:
+                        pending.future.set_exception(exc)
+            self._broken(call, "lineage ended the stream")
+        except grpc.aio.AioRpcError as exc:
+            self._broken(call, f"lineage stream failed: {exc.code().name}: {exc.details()}")
+
+    def _broken(self, call: Any, message: str) -> None:
+        if call is not self._call:
+            return
+        self._call = None
+        call.cancel()
+        in_flight = [p for batch in self._in_flight.values() for p in batch]
+        self._in_flight.clear()
+        self._fail(in_flight, message)

@@ -7,6 +7,7 @@ FAILED_PRECONDITION, an unreachable database is UNAVAILABLE.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -174,6 +175,57 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
         except Exception as exc:
             await _abort(context, exc)
         return lineage_pb2.AppendBatchResponse(results=results)
+
+    async def AppendStream(
+        self,
+        request_iterator: AsyncIterator[lineage_pb2.AppendBatchRequest],
+        context: Context,
+    ) -> AsyncIterator[lineage_pb2.AppendBatchResponse]:
+        # Batches are appended concurrently (the sequencer groups them into
+        # transactions) and answered as they commit.
+        answers: asyncio.Queue[lineage_pb2.AppendBatchResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(request: lineage_pb2.AppendBatchRequest) -> None:
+            if not 0 < len(request.entries) <= MAX_BATCH:
+                error = f"a batch holds 1..{MAX_BATCH} entries"
+                results = [
+                    lineage_pb2.AppendResponse(decision_id=r.decision_id, error=error)
+                    for r in request.entries
+                ]
+            else:
+                try:
+                    results = await self._append(request.entries)
+                except Exception as exc:
+                    _, error = _status(exc)
+                    results = [
+                        lineage_pb2.AppendResponse(decision_id=r.decision_id, error=error)
+                        for r in request.entries
+                    ]
+            await answers.put(
+                lineage_pb2.AppendBatchResponse(results=results, sequence=request.sequence)
+            )
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                while pending:
+                    await asyncio.gather(*list(pending))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
 
     # --- checkpoints and entries -------------------------------------------
 
