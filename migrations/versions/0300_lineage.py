@@ -134,7 +134,11 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE FUNCTION lineage_head_grows() RETURNS trigger
-        LANGUAGE plpgsql AS $$
+        LANGUAGE plpgsql
+        -- A cached generic plan would estimate `idx >= $1` at a third of the
+        -- table and scan all of it; a custom plan reads only the new rows.
+        SET plan_cache_mode = force_custom_plan
+        AS $$
         DECLARE
             top bigint;
             added bigint;
@@ -144,7 +148,8 @@ def upgrade() -> None:
                     USING ERRCODE = 'integrity_constraint_violation';
             END IF;
             SELECT max(idx) INTO top FROM lineage_entries;
-            SELECT count(*) INTO added FROM lineage_entries WHERE idx >= OLD.size;
+            SELECT count(*) INTO added FROM lineage_entries
+                WHERE idx >= OLD.size AND idx < NEW.size;
             IF coalesce(top + 1, 0) <> NEW.size OR added <> NEW.size - OLD.size THEN
                 RAISE EXCEPTION 'lineage head % does not match entries (top %, % new)',
                     NEW.size, top, added

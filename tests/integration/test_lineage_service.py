@@ -269,3 +269,46 @@ async def test_the_append_stream_answers_each_concurrent_append_after_commit(
     finally:
         await stream.close()
         await channel.close()
+
+
+async def test_two_replicas_share_one_contiguous_log_and_tail_each_others_commits(
+    services: Callable[..., ServiceProcess],
+    lineage_env: dict[str, str],
+    database_url: str,
+    dev_setup: DevSetup,
+) -> None:
+    replicas = [services("lineage", lineage_env) for _ in range(2)]
+    async with (
+        await LineageClient.connect(replicas[0].address) as first,
+        await LineageClient.connect(replicas[1].address) as second,
+    ):
+        received: list[int] = []
+
+        async def follow() -> None:
+            async for entry in first.tail(from_end=True):
+                received.append(entry.index)
+                if len(received) == 5:
+                    return
+
+        tailing = asyncio.create_task(follow())
+        await asyncio.sleep(0.3)
+        # Commits through the second replica reach a tail on the first (LISTEN/NOTIFY).
+        for i in range(5):
+            await second.append_batch([decision(i, engine="second")])
+        await asyncio.wait_for(tailing, 10)
+        assert received == [0, 1, 2, 3, 4]
+
+        async def write(client: LineageClient, engine: str) -> None:
+            for i in range(30):
+                answers = await client.append_batch([decision(i, engine=engine) for _ in range(3)])
+                assert all(a.receipt.tree_size for a in answers), answers
+
+        await asyncio.gather(write(first, "a"), write(second, "b"))
+    rows = await fetch(database_url, "SELECT idx FROM lineage_entries ORDER BY idx")
+    assert [r["idx"] for r in rows] == list(range(5 + 180))
+    source = await DatabaseSource.connect(database_url)
+    try:
+        report = await audit(source, log_key=log_key(dev_setup))
+    finally:
+        await source.close()
+    assert [f for f in report.findings if f.kind != "engine"] == []

@@ -279,8 +279,17 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
         try:
             with _translated():
                 index = request.index if request.HasField("index") else None
-                found = await self._find(request.decision_id, index)
-                size, stored = await self._tree_for(found.index, request)
+                if request.tree_size or request.witnessed:
+                    found = await self._find(request.decision_id, index)
+                    size, stored = await self._tree_for(found.index, request)
+                else:
+                    # The newest checkpoint covers every entry: read both at once.
+                    found, stored = await asyncio.gather(
+                        self._find(request.decision_id, index), self._store.latest_checkpoint()
+                    )
+                    if stored is None or stored.tree_size <= found.index:
+                        raise LogCorrupted(f"no checkpoint covers entry {found.index}")
+                    size = stored.tree_size
                 hashes = await self._store.tree_hashes(merkle.inclusion_ranges(found.index, size))
                 if stored is not None:
                     # Never hand out a proof that the log's own signature contradicts.
@@ -344,9 +353,11 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"a consistency proof needs 0 < first <= second, got {first}, {second}",
                     )
-                hashes = await self._store.tree_hashes(merkle.consistency_ranges(first, second))
-                old = await self._store.checkpoint(first)
-                new = await self._store.checkpoint(second)
+                hashes, old, new = await asyncio.gather(
+                    self._store.tree_hashes(merkle.consistency_ranges(first, second)),
+                    self._store.checkpoint(first),
+                    self._store.checkpoint(second),
+                )
                 if old is not None and new is not None:
                     try:
                         merkle.verify_consistency(

@@ -10,6 +10,7 @@ from govmesh.lineage.auditor import SourceCheckpoint, SourceEntry
 from govmesh.lineage.client import LineageClient, LineageError
 from govmesh.lineage.core import EntryRejected, is_canonical
 from govmesh.lineage.merkle import ProofError
+from govmesh.lineage.store import SESSION_SETTINGS
 from govmesh.runtime.db import libpq_database_url
 
 PAGE = 5000
@@ -33,7 +34,7 @@ class DatabaseSource:
 
     @classmethod
     async def connect(cls, url: str) -> DatabaseSource:
-        conn = await asyncpg.connect(libpq_database_url(url))
+        conn = await asyncpg.connect(libpq_database_url(url), server_settings=SESSION_SETTINGS)
         return cls(conn, "database")
 
     async def close(self) -> None:

@@ -26,6 +26,11 @@ from govmesh.runtime.db import libpq_database_url
 #: The channel every committed batch is announced on (payload: the new size).
 CHANNEL = "govmesh_lineage"
 
+#: Prepared statements are planned for their actual parameters every time: a
+#: cached generic plan cannot see that `idx >= $1` or `$2 IS NULL OR ...`
+#: select a handful of rows, and would scan the whole log instead.
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
 ENTRY_COLUMNS = (
     "idx",
     "decision_id",
@@ -119,19 +124,42 @@ class _Reads:
 
     async def checkpoint(self, tree_size: int) -> StoredCheckpoint | None:
         """The checkpoint of exactly `tree_size`, with its cosignatures."""
-        row = await self._conn().fetchrow(
-            "SELECT tree_size, root_hash, note FROM lineage_checkpoints WHERE tree_size = $1",
-            tree_size,
-        )
-        if row is None:
-            return None
-        lines = await self._conn().fetch(
-            "SELECT line FROM lineage_cosignatures WHERE tree_size = $1 ORDER BY created_at, line",
-            tree_size,
-        )
-        return StoredCheckpoint(
-            row["tree_size"], bytes(row["root_hash"]), row["note"], tuple(r["line"] for r in lines)
-        )
+        return _checkpoint(await self._conn().fetchrow(_CHECKPOINT_OF_SIZE, tree_size))
+
+
+#: Checkpoint rows with their cosignature lines (constant queries, parameters only).
+_CHECKPOINT_ROWS = (
+    "SELECT c.tree_size, c.root_hash, c.note, "
+    "coalesce(array_agg(s.line ORDER BY s.created_at, s.line) "
+    "FILTER (WHERE s.line IS NOT NULL), '{}') AS lines "
+    "FROM lineage_checkpoints c LEFT JOIN lineage_cosignatures s USING (tree_size) "
+)
+_CHECKPOINT_OF_SIZE = _CHECKPOINT_ROWS + "WHERE c.tree_size = $1 GROUP BY c.tree_size"
+_NEWEST_CHECKPOINT = (
+    _CHECKPOINT_ROWS  # noqa: S608 - constant fragments only
+    + "WHERE c.tree_size = (SELECT max(tree_size) FROM lineage_checkpoints) GROUP BY c.tree_size"
+)
+_NEWEST_WITNESSED = (
+    _CHECKPOINT_ROWS  # noqa: S608 - constant fragments only
+    + "WHERE c.tree_size = (SELECT max(tree_size) FROM lineage_cosignatures) "
+    "GROUP BY c.tree_size"
+)
+_NEWEST_WITNESSED_COVERING = (
+    _CHECKPOINT_ROWS  # noqa: S608 - constant fragments only
+    + "WHERE c.tree_size = "
+    "(SELECT max(tree_size) FROM lineage_cosignatures WHERE tree_size > $1) GROUP BY c.tree_size"
+)
+_CHECKPOINTS_AFTER = (
+    _CHECKPOINT_ROWS + "WHERE c.tree_size > $1 GROUP BY c.tree_size ORDER BY c.tree_size LIMIT $2"
+)
+
+
+def _checkpoint(row: asyncpg.Record | None) -> StoredCheckpoint | None:
+    if row is None:
+        return None
+    return StoredCheckpoint(
+        row["tree_size"], bytes(row["root_hash"]), row["note"], tuple(row["lines"])
+    )
 
 
 class LogTransaction(_Reads):
@@ -194,7 +222,9 @@ class LogStore(_Reads):
     async def open(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> LogStore:
         """Connect to the database at `url` (any Postgres URL form govmesh accepts)."""
         dsn = libpq_database_url(url)
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, server_settings=SESSION_SETTINGS
+        )
         return cls(pool, dsn)
 
     async def close(self) -> None:
@@ -280,39 +310,21 @@ class LogStore(_Reads):
 
     async def latest_checkpoint(self, *, witnessed: bool = False) -> StoredCheckpoint | None:
         """The newest checkpoint (or the newest one carrying a cosignature)."""
-        if witnessed:
-            size = await self._pool.fetchval("SELECT max(tree_size) FROM lineage_cosignatures")
-        else:
-            size = await self._pool.fetchval("SELECT max(tree_size) FROM lineage_checkpoints")
-        return None if size is None else await self.checkpoint(int(size))
+        query = _NEWEST_WITNESSED if witnessed else _NEWEST_CHECKPOINT
+        return _checkpoint(await self._pool.fetchrow(query))
 
     async def covering_checkpoint(self, index: int, *, witnessed: bool) -> StoredCheckpoint | None:
         """The newest checkpoint containing entry `index` (cosigned ones only if asked)."""
-        query = (
-            "SELECT max(tree_size) FROM lineage_cosignatures WHERE tree_size > $1"
-            if witnessed
-            else "SELECT max(tree_size) FROM lineage_checkpoints WHERE tree_size > $1"
-        )
-        size = await self._pool.fetchval(query, index)
-        return None if size is None else await self.checkpoint(int(size))
+        if not witnessed:
+            return await self.latest_checkpoint()
+        return _checkpoint(await self._pool.fetchrow(_NEWEST_WITNESSED_COVERING, index))
 
     async def checkpoints(
         self, after_size: int = 0, *, limit: int = 1000
     ) -> list[StoredCheckpoint]:
         """Checkpoints larger than `after_size`, smallest first, with cosignatures."""
-        rows = await self._pool.fetch(
-            "SELECT c.tree_size, c.root_hash, c.note, "
-            "  coalesce(array_agg(s.line ORDER BY s.created_at, s.line) "
-            "           FILTER (WHERE s.line IS NOT NULL), '{}') AS lines "
-            "FROM lineage_checkpoints c LEFT JOIN lineage_cosignatures s USING (tree_size) "
-            "WHERE c.tree_size > $1 GROUP BY c.tree_size ORDER BY c.tree_size LIMIT $2",
-            after_size,
-            limit,
-        )
-        return [
-            StoredCheckpoint(r["tree_size"], bytes(r["root_hash"]), r["note"], tuple(r["lines"]))
-            for r in rows
-        ]
+        rows = await self._pool.fetch(_CHECKPOINTS_AFTER, after_size, limit)
+        return [c for c in map(_checkpoint, rows) if c is not None]
 
     async def add_cosignature(self, tree_size: int, witness: str, key_id: bytes, line: str) -> bool:
         """Store a cosignature line; False when that witness key already cosigned that size."""
@@ -328,5 +340,7 @@ class LogStore(_Reads):
 
     async def listen(self) -> asyncpg.Connection:
         """A dedicated connection for LISTEN (the caller adds listeners and closes it)."""
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn, server_settings=SESSION_SETTINGS
+        )
         return conn
