@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+from sqlalchemy.engine import make_url
+
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.cli.devsetup import write_dev_setup
 from govmesh.engine.lineage import BatchingLineage
@@ -43,7 +45,6 @@ from govmesh.lineage.keys import DEFAULT_ORIGIN, load_log_signer
 from govmesh.lineage.sequencer import Sequencer
 from govmesh.lineage.store import LogStore
 from govmesh.runtime.db import libpq_database_url, upgrade_database
-from sqlalchemy.engine import make_url
 
 _TEMPLATE_ID = "00000000-0000-4000-8000-000000000000"
 _TEMPLATE = canonical_json(

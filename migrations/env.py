@@ -6,9 +6,10 @@ import asyncio
 import os
 
 from alembic import context
-from govmesh.runtime.db import async_database_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from govmesh.runtime.db import async_database_url
 
 
 def _url() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import shutil
 import sys
 import tempfile
@@ -37,6 +38,9 @@ def _generate(out: Path) -> list[Path]:
         f"--mypy_grpc_out={out}",
         *(str(p.relative_to(PROTO_ROOT)) for p in protos),
     ]
+    # protoc finds its plugins (protoc-gen-mypy) on PATH: use this environment's.
+    scripts = str(Path(sys.executable).parent)
+    os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     return sorted((out / "govmesh" / "v1").iterdir())

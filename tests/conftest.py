@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from govmesh.cli.devsetup import DevSetup, write_dev_setup
 
+from govmesh.cli.devsetup import DevSetup, write_dev_setup
 from tests.support.database import DatabaseFactory
 from tests.support.processes import ServiceProcess, start_service
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT, DevSetup
 from govmesh.client import Initiator, issue_mandate
 from govmesh.v1 import engine_pb2
-
 from tests.support.processes import ServiceProcess
 
 #: Generous deadlines: integration tests check behaviour, not speed, on a busy machine.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from govmesh.cli.devsetup import DevSetup
 from govmesh.lineage import merkle
 from govmesh.lineage.auditor import AuditReport, audit
@@ -24,7 +25,6 @@ from govmesh.lineage.client import LineageClient
 from govmesh.lineage.notes import Checkpoint, Cosigner, NoteSigner, VerifierKey, parse_note
 from govmesh.lineage.sources import DatabaseSource, ServiceSource
 from govmesh.runtime.db import libpq_database_url
-
 from tests.integration.test_lineage_service import decision, log_key
 from tests.support.processes import ServiceProcess
 

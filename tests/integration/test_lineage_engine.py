@@ -13,7 +13,6 @@ from govmesh.client import EngineClient
 from govmesh.lineage import merkle
 from govmesh.lineage.client import LineageClient
 from govmesh.lineage.notes import VerifierKey, open_checkpoint
-
 from tests.integration.conftest import Mesh
 
 

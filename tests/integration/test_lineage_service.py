@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.cli.devsetup import DevSetup
 from govmesh.lineage import merkle
@@ -18,7 +19,6 @@ from govmesh.lineage.auditor import audit
 from govmesh.lineage.client import LineageClient, LineageError, StreamingLineage
 from govmesh.lineage.notes import VerifierKey, open_checkpoint
 from govmesh.lineage.sources import DatabaseSource
-
 from tests.support.database import fetch
 from tests.support.processes import ServiceProcess
 

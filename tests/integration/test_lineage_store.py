@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
@@ -17,7 +18,6 @@ from govmesh.lineage.notes import Checkpoint, NoteSigner, open_checkpoint
 from govmesh.lineage.sequencer import Sequencer
 from govmesh.lineage.store import LogCorrupted, LogStore
 from govmesh.runtime.db import libpq_database_url
-
 from tests.support.database import fetch
 
 ORIGIN = "test.govmesh.local/lineage"

@@ -16,6 +16,7 @@ import asyncpg
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from govmesh.cli.devsetup import DevSetup
 from govmesh.lineage import merkle
 from govmesh.lineage.auditor import audit
@@ -24,7 +25,6 @@ from govmesh.lineage.keys import DEFAULT_ORIGIN, load_log_signer
 from govmesh.lineage.notes import Checkpoint, Cosigner, VerifierKey, parse_note
 from govmesh.lineage.sources import DatabaseSource
 from govmesh.runtime.db import libpq_database_url
-
 from tests.integration.test_lineage_service import decision, log_key
 from tests.support.processes import ServiceProcess
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
 
 from govmesh.client import EngineClient
-
+from govmesh.v1 import common_pb2, engine_pb2
 from tests.integration.conftest import Mesh
+from tests.support.commands import GOVMESH
 from tests.support.database import fetch
+from tests.support.processes import ServiceProcess
 
 
 async def test_allow_end_to_end_is_committed_to_lineage(start_mesh: Callable[..., Mesh]) -> None:
@@ -48,4 +60,301 @@ async def test_policy_deny_is_recorded_with_its_reason(start_mesh: Callable[...,
         result.decision_id,
     )
     assert json.loads(rows[0]["entry"])["reason"] == "POLICY_MISMATCH"
-    _ = time
+
+
+# --- peers that are down or hang ---------------------------------------------------------
+
+
+async def test_a_killed_verification_service_denies_peer_unavailable(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh()
+    mesh.verification.kill()
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        result = await engine.authorize(**mesh.request())
+
+    assert result.decision == "DENY"
+    assert result.reason == "PEER_UNAVAILABLE"
+    assert "verification" in result.failed_checks
+    assert not result.allowed
+
+
+async def test_a_killed_policy_authority_denies_peer_unavailable(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh()
+    mesh.policy.kill()
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        result = await engine.authorize(**mesh.request())
+
+    assert result.reason == "PEER_UNAVAILABLE"
+    assert "policy" in result.failed_checks
+
+
+TIGHT = {
+    "GOVMESH_VERIFICATION_TIMEOUT_MS": "300",
+    "GOVMESH_POLICY_TIMEOUT_MS": "300",
+    "GOVMESH_LINEAGE_TIMEOUT_MS": "1000",
+    "GOVMESH_DECISION_BUDGET_MS": "1500",
+}
+
+
+@pytest.mark.parametrize(
+    ("peer", "warm"),
+    [("verification", True), ("policy", True), ("verification", False), ("policy", False)],
+)
+async def test_a_hanging_peer_denies_peer_timeout_within_the_budget(
+    start_mesh: Callable[..., Mesh], peer: str, warm: bool
+) -> None:
+    mesh = start_mesh(engine_env=TIGHT)
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        if warm:  # the peer hangs mid-life, on an established connection
+            assert (await engine.authorize(**mesh.request())).decision == "ALLOW"
+        getattr(mesh, peer).pause()  # the process keeps its socket and never answers
+        started = time.monotonic()
+        result = await engine.authorize(**mesh.request())
+        elapsed = time.monotonic() - started
+
+    assert result.decision == "DENY"
+    assert result.reason == "PEER_TIMEOUT", result.message
+    assert peer in result.failed_checks
+    # Answered at the deadline, not whenever the peer wakes up (1.5 s budget, generous slack).
+    assert elapsed < 3.0
+    rows = await fetch(
+        mesh.database_url,
+        "SELECT entry FROM lineage_entries WHERE decision_id = $1::uuid",
+        result.decision_id,
+    )
+    assert json.loads(rows[0]["entry"])["reason"] == "PEER_TIMEOUT"
+
+
+async def test_no_lineage_no_allow_and_the_deny_is_appended_when_lineage_returns(
+    start_mesh: Callable[..., Mesh], services: Callable[..., ServiceProcess]
+) -> None:
+    mesh = start_mesh(engine_env={"GOVMESH_SPOOL_RETRY_S": "0.2"})
+    address = mesh.lineage.address
+    mesh.lineage.kill()
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        result = await engine.authorize(**mesh.request())
+
+    assert result.decision == "DENY"
+    assert result.reason == "LINEAGE_UNAVAILABLE"
+    assert result.grant == ""
+    assert result.lineage is None
+
+    # Lineage comes back on the same address; the spooled deny is appended.
+    services("lineage", {**mesh.lineage.env, "GOVMESH_LISTEN": address})
+    deadline = time.monotonic() + 20
+    rows: list[Any] = []
+    while time.monotonic() < deadline and not rows:
+        rows = await fetch(
+            mesh.database_url,
+            "SELECT entry FROM lineage_entries WHERE decision_id = $1::uuid",
+            result.decision_id,
+        )
+        await asyncio.sleep(0.2)
+    assert rows, "the spooled deny never reached lineage"
+    entry = json.loads(rows[0]["entry"])
+    assert entry["decision"] == "DENY"
+    assert entry["reason"] == "LINEAGE_UNAVAILABLE"
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+async def test_a_semantically_malformed_request_is_an_answered_deny(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh()
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        result = await engine.authorize(
+            action="", resource="\x00", mandate="garbage", proof="garbage"
+        )
+
+    assert result.answered
+    assert result.decision == "DENY"
+    assert result.reason == "MALFORMED_REQUEST"
+
+
+async def test_bytes_that_are_not_a_request_get_an_answered_deny(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh()
+    async with grpc.aio.insecure_channel(mesh.engine.address) as channel:
+        raw: grpc.aio.UnaryUnaryMultiCallable[bytes, engine_pb2.AuthorizeResponse]
+        raw = channel.unary_unary(
+            "/govmesh.v1.AuthorizationEngine/Authorize",
+            request_serializer=None,
+            response_deserializer=engine_pb2.AuthorizeResponse.FromString,
+        )
+        response = await raw(b"\xff\xff\xff\xff garbage", timeout=10)
+
+    assert response.decision == common_pb2.DENY
+    assert response.reason == common_pb2.MALFORMED_REQUEST
+    assert "not a valid AuthorizeRequest" in response.message
+    rows = await fetch(
+        mesh.database_url,
+        "SELECT entry FROM lineage_entries WHERE decision_id = $1::uuid",
+        response.decision_id,
+    )
+    assert json.loads(rows[0]["entry"])["reason"] == "MALFORMED_REQUEST"
+
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        result = await engine.authorize(**mesh.request())
+    assert result.decision == "ALLOW"
+
+
+# --- lifecycle ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["engine", "verification", "policy", "lineage"])
+def test_each_service_stops_gracefully_on_sigterm(
+    start_mesh: Callable[..., Mesh], name: str
+) -> None:
+    mesh = start_mesh()
+    service: ServiceProcess = getattr(mesh, name)
+
+    assert service.terminate() == 0
+    log = service.log()
+    assert "stopping" in log
+    assert "stopped" in log
+    assert "Traceback" not in log
+
+
+async def test_an_in_flight_decision_is_answered_during_a_graceful_stop(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh(engine_env=TIGHT)
+    mesh.verification.pause()
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        pending = asyncio.ensure_future(engine.authorize(**mesh.request()))
+        await asyncio.sleep(0.1)
+        mesh.engine.process.send_signal(signal.SIGTERM)
+        result = await pending
+
+    assert result.answered
+    assert result.reason == "PEER_TIMEOUT"
+    assert await asyncio.to_thread(mesh.engine.process.wait, 20) == 0
+
+
+def test_unusable_settings_stop_the_start_with_a_message_not_a_traceback(
+    services: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    env = {**os.environ, "GOVMESH_DECISION_BUDGET_MS": "soon", "GOVMESH_KEYS_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "govmesh.engine"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "GOVMESH_DECISION_BUDGET_MS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_trust_file_stops_the_start_with_a_message(tmp_path: Path) -> None:
+    env = {**os.environ, "GOVMESH_TRUST_FILE": str(tmp_path / "nope.toml")}
+    result = subprocess.run(
+        [GOVMESH, "serve", "verification"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "nope.toml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_govmesh_serve_runs_a_service(
+    services: Callable[..., ServiceProcess], database_url: str
+) -> None:
+    lineage = services(
+        "lineage",
+        {"GOVMESH_DATABASE_URL": database_url},
+        command=[GOVMESH, "serve", "lineage"],
+    )
+    assert lineage.health() == 1  # SERVING
+    assert lineage.terminate() == 0
+
+
+def test_every_service_answers_health_and_reflection(start_mesh: Callable[..., Mesh]) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    mesh = start_mesh()
+    expected = {
+        "engine": "govmesh.v1.AuthorizationEngine",
+        "verification": "govmesh.v1.Verification",
+        "policy": "govmesh.v1.PolicyAuthority",
+        "lineage": "govmesh.v1.Lineage",
+    }
+    for name, service_name in expected.items():
+        process: ServiceProcess = getattr(mesh, name)
+        assert process.health() == 1
+        assert process.health(service_name) == 1
+        with grpc.insecure_channel(process.address) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            [answer] = list(
+                stub.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+                )
+            )
+        listed = {s.name for s in answer.list_services_response.service}
+        assert {service_name, "grpc.health.v1.Health"} <= listed
+
+
+def test_sigterm_reports_not_serving_before_the_server_stops(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    mesh = start_mesh()
+    seen: list[int] = []
+    with grpc.insecure_channel(mesh.policy.address) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30
+        )
+        seen.append(next(stream).status)
+        mesh.policy.process.send_signal(signal.SIGTERM)
+        try:
+            for update in stream:
+                seen.append(update.status)
+        except grpc.RpcError:
+            pass  # the server went away after announcing it
+    assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen[1:]
+    assert mesh.policy.process.wait(20) == 0
+
+
+def test_service_logs_are_one_json_object_per_line(
+    services: Callable[..., ServiceProcess], database_url: str
+) -> None:
+    lineage = services(
+        "lineage", {"GOVMESH_DATABASE_URL": database_url, "GOVMESH_LOG_FORMAT": "json"}
+    )
+    assert lineage.terminate() == 0
+    records = [json.loads(line) for line in lineage.log().splitlines() if line.strip()]
+    serving = next(r for r in records if r["msg"] == "serving")
+    assert serving["service"] == "lineage"
+    assert serving["address"] == lineage.address
+    assert {r["level"] for r in records} <= {"debug", "info", "warning", "error"}
+
+
+def test_the_sync_client_gets_the_same_answers(start_mesh: Callable[..., Mesh]) -> None:
+    from govmesh.client import SyncEngineClient
+
+    mesh = start_mesh()
+    with SyncEngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        allowed = engine.authorize(**mesh.request())
+        denied = engine.authorize(**mesh.request(resource="account:acme/frozen"))
+    assert allowed.allowed
+    assert denied.reason == "POLICY_MISMATCH"
+    assert "frozen-accounts" in denied.message
+    with SyncEngineClient.connect("127.0.0.1:1", timeout=1) as nowhere:
+        unanswered = nowhere.authorize(**mesh.request())
+    assert not unanswered.answered
+    assert unanswered.decision == "DENY"
+    assert unanswered.reason in {"PEER_UNAVAILABLE", "PEER_TIMEOUT"}

@@ -13,8 +13,9 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
-from govmesh.runtime.db import libpq_database_url, upgrade_database
 from sqlalchemy.engine import make_url
+
+from govmesh.runtime.db import libpq_database_url, upgrade_database
 
 T = TypeVar("T")
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.lineage import merkle
 from govmesh.lineage.bundle import BundleError, ProofBundle, check_bundle

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 import rfc8785
-from govmesh.artifacts.canonical import canonical_json
-from govmesh.lineage.core import EntryRejected, check_entry, is_canonical, leaf_hash
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from govmesh.artifacts.canonical import canonical_json
+from govmesh.lineage.core import EntryRejected, check_entry, is_canonical, leaf_hash
 
 
 def decision(**fields: Any) -> dict[str, Any]:

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from govmesh.lineage import merkle
-from govmesh.lineage.core import leaf_hash
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from govmesh.lineage import merkle
+from govmesh.lineage.core import leaf_hash
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "lineage"
 REFERENCE = json.loads((DATA / "rfc6962-reference-tree.json").read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from govmesh.lineage.notes import (
     COSIGNATURE_V1,
     ED25519,

@@ -7,11 +7,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from joserfc import jwt
+from joserfc.jwk import OKPKey
+
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest, sha256_b64url
 from govmesh.artifacts.keys import jwk_thumbprint, public_jwk
-from joserfc import jwt
-from joserfc.jwk import OKPKey
 
 
 def mandate_hash(mandate: str) -> str:

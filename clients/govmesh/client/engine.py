@@ -10,6 +10,7 @@ from typing import Any, Self
 
 import grpc
 from google.protobuf import json_format
+
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 1.0

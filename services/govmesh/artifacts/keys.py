@@ -8,9 +8,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from joserfc.jwk import OKPKey, import_key
+
 from govmesh.artifacts.canonical import b64url, b64url_decode, canonical_json, sha256_b64url
 from govmesh.runtime.errors import ConfigurationError
-from joserfc.jwk import OKPKey, import_key
 
 #: Members of a JWK that carry private key material.
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})

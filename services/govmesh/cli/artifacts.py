@@ -54,10 +54,12 @@ def _read_token(value: str | None) -> str:
         return ""
     if value == "-":
         return sys.stdin.read().strip()
-    path = Path(value)
-    if path.is_file():
-        return path.read_text().strip()
-    return value.strip()
+    if value.count(".") == 2 and "/" not in value:
+        return value.strip()  # a compact JWS given inline
+    try:
+        return Path(value).read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {value}: {exc.strerror}") from None
 
 
 def _mandate(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from joserfc.jwk import OKPKey
+
 from govmesh.artifacts.keys import (
     generate_ed25519,
     load_private_jwk,
@@ -29,7 +31,6 @@ from govmesh.artifacts.keys import (
 )
 from govmesh.lineage.keys import DEFAULT_ORIGIN, VKEY_FILE, log_vkey
 from govmesh.runtime.errors import ConfigurationError
-from joserfc.jwk import OKPKey
 
 DEV_ISSUER = "https://issuer.govmesh.dev"
 DEV_ATTESTOR = "https://attestor.govmesh.dev"

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import platformdirs
+
 from govmesh.cli.devsetup import DevSetup
 
 

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from govmesh.cli.devsetup import write_dev_setup
 from govmesh.cli.paths import data_dir, dev_setup
 from govmesh.runtime.db import upgrade_database
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.runtime.logs import configure_logging
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 logger = logging.getLogger("govmesh.up")
 
@@ -100,8 +101,13 @@ class Mesh:
         url = os.environ.get("GOVMESH_DATABASE_URL")
         if url:
             return url
-        import pgserver
-
+        try:
+            import pgserver
+        except ImportError:
+            raise ConfigurationError(
+                "GOVMESH_DATABASE_URL is not set and the embedded Postgres is not installed:"
+                " pip install 'govmesh[embedded]', or point GOVMESH_DATABASE_URL at a Postgres"
+            ) from None
         logger.info("starting embedded Postgres in %s", self.data / "pg")
         self._postgres = pgserver.get_server(self.data / "pg", cleanup_mode="stop")
         return str(self._postgres.get_uri())

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import platformdirs
-from govmesh.runtime.settings import ServerSettings
 from pydantic import Field, model_validator
+
+from govmesh.runtime.settings import ServerSettings
 
 
 def _default_spool() -> Path:

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
+
 from govmesh.artifacts.canonical import (
     CanonicalizationError,
     b64url,
@@ -32,7 +34,6 @@ from govmesh.v1 import (
     policy_pb2,
     verification_pb2,
 )
-from opentelemetry import trace
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,13 @@ class GrantSigner(Protocol):
 
 class MalformedRequest(ValueError):
     """A request that cannot be decided on; answered DENY MALFORMED_REQUEST."""
+
+
+@dataclass(frozen=True)
+class UnreadableRequest:
+    """Bytes that did not parse as an AuthorizeRequest; decided like any malformed request."""
+
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -376,7 +384,9 @@ class Engine:
         self._sequence = itertools.count()
         self.epochs = EpochTracker()
 
-    async def authorize(self, request: engine_pb2.AuthorizeRequest) -> engine_pb2.AuthorizeResponse:
+    async def authorize(
+        self, request: engine_pb2.AuthorizeRequest | UnreadableRequest
+    ) -> engine_pb2.AuthorizeResponse:
         """Decide one request, fail-closed.
 
         1. Validate the request; malformed → DENY MALFORMED_REQUEST.
@@ -395,6 +405,10 @@ class Engine:
         Any exception on this path ends in DENY INTERNAL_ERROR, never in ALLOW.
         """
         decision = _Decision(decision_id=str(uuid.uuid4()), digest="", started=self._monotonic())
+        if isinstance(request, UnreadableRequest):
+            # 1. Validate: not even a protobuf.
+            decision.fail("request", common_pb2.MALFORMED_REQUEST, request.detail)
+            return await self._finish_safely(decision, "", "")
         action, resource = request.action, request.resource
         try:
             # 1. Validate.

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from govmesh.artifacts import GRANT_TYP
 from joserfc import jwt
 from joserfc.jwk import OKPKey
+
+from govmesh.artifacts import GRANT_TYP
 
 MAX_GRANT_TTL_S = 60
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from govmesh.engine.core import PeerError, PeerTimeout, PeerUnavailable
 from govmesh.v1 import (
     lineage_pb2,
@@ -13,13 +14,14 @@ from govmesh.v1 import (
     verification_pb2_grpc,
 )
 
-# Fail fast and reconnect fast: a peer that comes back is used within ~a
-# second, and a call never queues waiting for a connection (that is what
-# deadlines are for).
+# Reconnect fast: a peer that comes back is used again within about a second.
+# grpc.min_reconnect_backoff_ms is also the shortest time a connection attempt
+# may take; a peer that accepts TCP and then hangs is therefore seen as a
+# deadline miss (PEER_TIMEOUT), a refused connection as PEER_UNAVAILABLE.
 CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "round_robin"),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 2000),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 5_000),

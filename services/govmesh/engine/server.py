@@ -9,18 +9,16 @@ import time
 import uuid
 
 import grpc
+
 from govmesh.artifacts.keys import load_private_jwk
 from govmesh.engine.config import EngineSettings
 from govmesh.engine.core import DecisionConfig, Engine
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.engine.lineage import BatchingLineage, FileSpool
 from govmesh.engine.peers import GrpcLineage, GrpcPolicy, GrpcVerification, open_channel
-from govmesh.engine.servicer import EngineServicer
+from govmesh.engine.servicer import SERVICE_NAME, EngineServicer, add_to_server
 from govmesh.runtime.entry import run_service
 from govmesh.runtime.server import Health, serve
-from govmesh.v1 import engine_pb2, engine_pb2_grpc
-
-SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["AuthorizationEngine"].full_name
 
 ENGINE_KEY_FILE = "engine.jwk.json"
 
@@ -79,7 +77,7 @@ class EngineService:
 
     def register(self, server: grpc.aio.Server) -> None:
         assert self._servicer is not None
-        engine_pb2_grpc.add_AuthorizationEngineServicer_to_server(self._servicer, server)
+        add_to_server(self._servicer, server)
 
     def ready(self) -> bool:
         return self._servicer is not None

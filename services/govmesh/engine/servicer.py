@@ -6,7 +6,9 @@ import logging
 import uuid
 
 import grpc
-from govmesh.engine.core import Engine
+from google.protobuf.message import DecodeError
+
+from govmesh.engine.core import Engine, UnreadableRequest
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -38,3 +40,30 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
                 failed_checks=["engine"],
                 message="internal error",
             )
+
+
+def read_request(data: bytes) -> engine_pb2.AuthorizeRequest | UnreadableRequest:
+    """Parse a request without failing: unparsable bytes become a request to deny."""
+    try:
+        return engine_pb2.AuthorizeRequest.FromString(data)
+    except DecodeError:
+        return UnreadableRequest("the request is not a valid AuthorizeRequest protobuf")
+
+
+def add_to_server(servicer: EngineServicer, server: grpc.aio.Server) -> None:
+    """Register the engine so that even unparsable requests get an answered DENY.
+
+    The generated registration would let grpc answer such bytes with an UNKNOWN
+    error naming a Python exception; the public API answers with a decision.
+    """
+    handler = grpc.unary_unary_rpc_method_handler(
+        servicer.Authorize,
+        request_deserializer=read_request,
+        response_serializer=engine_pb2.AuthorizeResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Authorize": handler}),)
+    )
+
+
+SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["AuthorizationEngine"].full_name

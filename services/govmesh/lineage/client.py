@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+
 from govmesh.lineage.merkle import leaf_hash
 from govmesh.v1 import common_pb2, lineage_pb2, lineage_pb2_grpc
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field, field_validator
+
 from govmesh.lineage.keys import DEFAULT_ORIGIN
 from govmesh.lineage.notes import NoteError, check_key_name
 from govmesh.runtime.settings import ServerSettings
-from pydantic import Field, field_validator
 
 
 class LineageSettings(ServerSettings):

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
+
 from govmesh.artifacts.canonical import CanonicalizationError, canonical_json
 from govmesh.lineage.merkle import leaf_hash
 

@@ -12,10 +12,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from joserfc.jwk import OKPKey
+
 from govmesh.artifacts.keys import load_private_jwk
 from govmesh.lineage.notes import COSIGNATURE_V1, ED25519, NoteError, NoteSigner, VerifierKey
 from govmesh.runtime.errors import ConfigurationError
-from joserfc.jwk import OKPKey
 
 #: The checkpoint origin (and log key name) unless GOVMESH_LINEAGE_ORIGIN says otherwise.
 DEFAULT_ORIGIN = "govmesh.local/lineage"

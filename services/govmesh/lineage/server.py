@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from govmesh.lineage.config import LineageSettings
 from govmesh.lineage.keys import load_log_signer, parse_vkeys
 from govmesh.lineage.notes import COSIGNATURE_V1

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import asyncpg
 import grpc
 from google.protobuf import timestamp_pb2
+
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
 from govmesh.lineage.notes import (

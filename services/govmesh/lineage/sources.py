@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
+
 from govmesh.lineage.auditor import SourceCheckpoint, SourceEntry
 from govmesh.lineage.client import LineageClient, LineageError
 from govmesh.lineage.core import EntryRejected, is_canonical

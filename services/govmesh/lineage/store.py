@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+
 from govmesh.lineage import merkle
 from govmesh.lineage.merkle import Range
 from govmesh.runtime.db import libpq_database_url

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from govmesh.runtime.settings import ServerSettings
 from pydantic import Field
+
+from govmesh.runtime.settings import ServerSettings
 
 
 class PolicySettings(ServerSettings):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import cedarpy
+
 from govmesh.runtime.errors import ConfigurationError
 
 
@@ -98,7 +99,9 @@ def evaluate(bundle: Bundle, request: PolicyInput) -> PolicyDecision:
     except Exception as exc:  # cedarpy surfaces Rust panics and bad input as several types
         return PolicyDecision(False, errors=[f"evaluation failed: {exc}"])
     errors = list(result.diagnostics.errors)
-    determining = list(result.diagnostics.reasons)
+    # Name policies by their @id annotation where they have one.
+    names = result.diagnostics.id_annotations_by_reason
+    determining = [names.get(reason) or reason for reason in result.diagnostics.reasons]
     if result.decision == cedarpy.Decision.Allow and not errors:
         return PolicyDecision(True, determining)
     if result.decision == cedarpy.Decision.NoDecision and not errors:

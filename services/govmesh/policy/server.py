@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from govmesh.policy.config import PolicySettings
 from govmesh.policy.core import load_bundle
 from govmesh.policy.servicer import PolicyServicer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import json_format
+
 from govmesh.policy.core import Bundle, PolicyInput, evaluate
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 

@@ -6,10 +6,11 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from govmesh.runtime.errors import ConfigurationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from govmesh.runtime.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 

@@ -92,6 +92,10 @@ async def serve(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # Clients reconnect every few minutes, so engines re-resolve DNS and
+            # spread over replicas added since they connected.
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 30_000),
         ],
     )
     health_servicer = health.aio.HealthServicer()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal, TypeVar
 
-from govmesh.runtime.errors import ConfigurationError
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from govmesh.runtime.errors import ConfigurationError
 
 
 class SettingsError(ConfigurationError):

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import import_key
+
 from govmesh.artifacts import AUDIENCE, MANDATE_TYP
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check, primary_reason
 from govmesh.artifacts.trust import Trust
 from govmesh.v1 import common_pb2
-from joserfc import jws
-from joserfc.errors import JoseError
-from joserfc.jwk import import_key
 
 # The JWS algorithms govmesh accepts, per key type; anything else is refused.
 _ALGS_BY_KTY = {"OKP": ("EdDSA",), "EC": ("ES256",), "RSA": ("RS256",)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+
 from govmesh.artifacts.trust import load_trust
 from govmesh.runtime.entry import run_service
 from govmesh.runtime.server import Health, serve

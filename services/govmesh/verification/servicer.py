@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+
 from govmesh.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationInput, VerificationResult, Verifier
 

@@ -1,0 +1,551 @@
+"""The engine's decision path over fakes: every way it must refuse to ALLOW."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+from joserfc import jwt
+from joserfc.jwk import OKPKey
+
+from govmesh.artifacts import GRANT_TYP
+from govmesh.artifacts.canonical import b64url, canonical_json, request_digest
+from govmesh.artifacts.checks import REQUIRED_CHECKS
+from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable
+from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
+from tests.unit.engine_fakes import (
+    BUNDLE,
+    SUBJECT,
+    FakeLineage,
+    FakePolicy,
+    FakeSpool,
+    FakeVerification,
+    authorize_request,
+    build_engine,
+    jws,
+    passing_verification,
+    permitting_policy,
+)
+
+ALLOW = common_pb2.ALLOW
+DENY = common_pb2.DENY
+
+
+def reason(response: engine_pb2.AuthorizeResponse) -> str:
+    return common_pb2.DenyReason.Name(response.reason)
+
+
+def decode_grant(grant: str, key: OKPKey) -> dict[str, Any]:
+    token = jwt.decode(grant, key, algorithms=["EdDSA"])
+    assert token.header["typ"] == GRANT_TYP
+    return dict(token.claims)
+
+
+async def test_allow_carries_a_grant_bound_to_the_decision_and_the_receipt() -> None:
+    h = build_engine()
+    request = authorize_request()
+    response = await h.engine.authorize(request)
+
+    assert response.decision == ALLOW
+    assert response.reason == common_pb2.DENY_REASON_UNSPECIFIED
+    assert list(response.failed_checks) == []
+    digest = request_digest(request.action, request.resource, {"amount": 250})
+    assert response.request_digest == digest
+    claims = decode_grant(response.grant, h.key)
+    assert claims["jti"] == response.decision_id
+    assert claims["req"] == digest
+    assert claims["sub"] == SUBJECT
+    assert claims["act"] == {"action": request.action, "resource": request.resource}
+    assert claims["pol"] == {"bundle": BUNDLE.version, "epoch": BUNDLE.epoch}
+    assert claims["lin"]["index"] == response.lineage.index
+    assert claims["lin"]["leaf_hash"] == b64url(response.lineage.leaf_hash)
+    assert 0 < claims["exp"] - claims["iat"] <= 60
+    assert claims["cnf"] == {"jkt": "jkt"}
+
+
+async def test_every_decision_is_one_canonical_lineage_entry() -> None:
+    h = build_engine()
+    allowed = await h.engine.authorize(authorize_request())
+    denied = await h.engine.authorize(authorize_request(action=""))
+
+    assert [e["decision_id"] for e in h.lineage.decoded()] == [
+        allowed.decision_id,
+        denied.decision_id,
+    ]
+    for raw in h.lineage.entries:
+        assert canonical_json(json.loads(raw)) == raw
+    first, second = h.lineage.decoded()
+    assert first["decision"] == "ALLOW"
+    assert first["subject"] == SUBJECT
+    assert first["policy"]["epoch"] == BUNDLE.epoch
+    assert first["grant_id"] == allowed.decision_id
+    assert second["decision"] == "DENY"
+    assert second["reason"] == "MALFORMED_REQUEST"
+    assert second["grant_id"] is None
+    # One counter per engine, contiguous: the auditor detects a dropped decision.
+    assert [first["engine"]["seq"], second["engine"]["seq"]] == [0, 1]
+    assert first["engine"]["id"] == second["engine"]["id"] == "engine-test"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"action": ""}, "empty action"),
+        ({"action": "a" * 257}, "action too long"),
+        ({"action": "pay\nments"}, "control character"),
+        ({"resource": ""}, "empty resource"),
+        ({"resource": "r" * 1025}, "resource too long"),
+        ({"mandate": "x" * 20_000}, "mandate too long"),
+        ({"proof": "é.é.é"}, "non-ASCII proof"),
+        ({"context": {"blob": "x" * 20_000}}, "context too large"),
+        ({"context": {"a": [[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]}}, "context too deep"),
+    ],
+)
+async def test_malformed_requests_deny_without_asking_peers(
+    overrides: dict[str, Any], why: str
+) -> None:
+    h = build_engine()
+    response = await h.engine.authorize(authorize_request(**overrides))
+
+    assert response.decision == DENY, why
+    assert reason(response) == "MALFORMED_REQUEST", why
+    assert list(response.failed_checks) == ["request"]
+    assert h.verification.calls == []
+    assert h.policy.calls == []
+    assert len(h.lineage.entries) == 1  # the deny is recorded all the same
+
+
+async def test_a_context_holding_nan_is_malformed_not_a_crash() -> None:
+    h = build_engine()
+    request = authorize_request()
+    request.context.fields["amount"].number_value = math.nan
+    response = await h.engine.authorize(request)
+
+    assert response.decision == DENY
+    assert reason(response) == "MALFORMED_REQUEST"
+
+
+async def test_policy_sees_the_claimed_subject_environment_and_attribution() -> None:
+    h = build_engine(
+        verification=FakeVerification(answer=lambda r: _with_env(passing_verification(r)))
+    )
+    attestation = jws({"env": {"cluster": "prod"}})
+    response = await h.engine.authorize(authorize_request(attestation=attestation))
+
+    assert response.decision == ALLOW, response.message
+    [asked] = h.policy.calls
+    assert asked.principal == SUBJECT
+    assert json_format.MessageToDict(asked.context) == {
+        "request": {"amount": 250},
+        "env": {"cluster": "prod"},
+        "attribution": {"session": "s1"},
+    }
+
+
+def _with_env(response: verification_pb2.VerifyResponse) -> verification_pb2.VerifyResponse:
+    json_format.ParseDict({"cluster": "prod"}, response.claims.env)
+    return response
+
+
+# --- peers that fail -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "error", "expected"),
+    [
+        ("verification", PeerUnavailable("connection refused"), "PEER_UNAVAILABLE"),
+        ("verification", PeerTimeout("deadline"), "PEER_TIMEOUT"),
+        ("policy", PeerUnavailable("connection refused"), "PEER_UNAVAILABLE"),
+        ("policy", PeerTimeout("deadline"), "PEER_TIMEOUT"),
+    ],
+)
+async def test_a_failing_peer_denies(peer: str, error: Exception, expected: str) -> None:
+    h = build_engine()
+    getattr(h, peer).error = error
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == DENY
+    assert reason(response) == expected
+    assert peer in response.failed_checks
+    assert response.grant == ""
+
+
+@pytest.mark.parametrize("peer", ["verification", "policy"])
+async def test_a_hanging_peer_is_cut_off_at_its_deadline(peer: str) -> None:
+    config = DecisionConfig(
+        verification_timeout=0.05, policy_timeout=0.05, lineage_timeout=0.2, budget=0.3
+    )
+    h = build_engine(config=config)
+    getattr(h, peer).delay = 3600
+    started = time.monotonic()
+    response = await h.engine.authorize(authorize_request())
+    elapsed = time.monotonic() - started
+
+    assert response.decision == DENY
+    assert reason(response) == "PEER_TIMEOUT"
+    assert list(response.failed_checks) == [peer]
+    # Behaviour, not speed: the answer comes at the deadline, not after the hour.
+    assert elapsed < config.budget + 0.5
+    assert len(h.lineage.entries) == 1
+
+
+async def test_the_budget_bounds_the_whole_decision_even_with_generous_peer_deadlines() -> None:
+    config = DecisionConfig(
+        verification_timeout=5.0, policy_timeout=5.0, lineage_timeout=5.0, budget=0.1
+    )
+    h = build_engine(config=config)
+    h.verification.delay = 3600
+    h.policy.delay = 3600
+    started = time.monotonic()
+    response = await h.engine.authorize(authorize_request())
+
+    assert time.monotonic() - started < 1.0
+    assert reason(response) == "PEER_TIMEOUT"
+    assert set(response.failed_checks) == {"verification", "policy"}
+    # No time was left for lineage: the deny is spooled, not dropped.
+    assert len(h.spool.entries) == 1
+
+
+async def test_an_unexpected_exception_in_a_peer_adapter_denies_internal_error() -> None:
+    h = build_engine()
+    h.verification.error = RuntimeError("bug")
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == DENY
+    assert reason(response) == "INTERNAL_ERROR"
+    assert response.grant == ""
+    recorded = h.lineage.decoded()
+    assert recorded[-1]["decision"] == "DENY"
+
+
+async def test_a_grant_that_cannot_be_signed_is_a_deny() -> None:
+    h = build_engine()
+
+    def broken(claims: Any) -> str:
+        raise ValueError("key unusable")
+
+    h.engine._grants.sign = broken  # type: ignore[method-assign]
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == DENY
+    assert reason(response) == "INTERNAL_ERROR"
+    assert response.grant == ""
+
+
+# --- lineage: no log, no execution -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"error": PeerUnavailable("lineage down")},
+        {"error": PeerTimeout("deadline")},
+        {"delay": 3600},
+    ],
+)
+async def test_an_allow_without_a_receipt_becomes_lineage_unavailable(
+    fault: dict[str, Any],
+) -> None:
+    config = DecisionConfig(
+        verification_timeout=1.0, policy_timeout=1.0, lineage_timeout=0.05, budget=2.0
+    )
+    h = build_engine(lineage=FakeLineage(**fault), config=config)
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == DENY
+    assert reason(response) == "LINEAGE_UNAVAILABLE"
+    assert list(response.failed_checks) == ["lineage"]
+    assert response.grant == ""
+    # What was answered is what gets recorded, under the same decision id.
+    [(spooled, decision_id)] = h.spool.entries
+    entry = json.loads(spooled)
+    assert decision_id == response.decision_id == entry["decision_id"]
+    assert entry["decision"] == "DENY"
+    assert entry["reason"] == "LINEAGE_UNAVAILABLE"
+    assert entry["grant_id"] is None
+
+
+async def test_a_deny_lineage_cannot_take_is_spooled() -> None:
+    h = build_engine(lineage=FakeLineage(error=PeerUnavailable("down")))
+    response = await h.engine.authorize(authorize_request(context={"amount": 1}, action=""))
+
+    assert reason(response) == "MALFORMED_REQUEST"
+    assert len(h.spool.entries) == 1
+    assert not response.HasField("lineage")
+
+
+async def test_a_full_spool_disk_still_answers_deny() -> None:
+    h = build_engine(
+        lineage=FakeLineage(error=PeerUnavailable("down")),
+        spool=FakeSpool(error=OSError(28, "No space left on device")),
+    )
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == DENY
+    assert reason(response) == "LINEAGE_UNAVAILABLE"
+
+
+async def test_a_receipt_is_recorded_in_the_response() -> None:
+    h = build_engine()
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.lineage.tree_size == 1
+    assert response.lineage.checkpoint == "test-checkpoint"
+
+
+# --- answers that do not hold together ---------------------------------------------------
+
+
+def _verification(mutate: Callable[[verification_pb2.VerifyResponse], None]) -> FakeVerification:
+    def answer(request: verification_pb2.VerifyRequest) -> verification_pb2.VerifyResponse:
+        response = passing_verification(request)
+        mutate(response)
+        return response
+
+    return FakeVerification(answer=answer)
+
+
+def _drop_check(response: verification_pb2.VerifyResponse) -> None:
+    del response.checks[-1]
+
+
+def _duplicate_check(response: verification_pb2.VerifyResponse) -> None:
+    response.checks.add(name=REQUIRED_CHECKS[0].value, verdict=common_pb2.CHECK_PASSED)
+
+
+def _fail_but_say_verified(response: verification_pb2.VerifyResponse) -> None:
+    response.checks[0].verdict = common_pb2.CHECK_FAILED
+    response.checks[0].reason = common_pb2.INVALID_VERIFICATION
+
+
+def _pass_but_say_unverified(response: verification_pb2.VerifyResponse) -> None:
+    response.verified = False
+    response.reason = common_pb2.INVALID_VERIFICATION
+
+
+def _wrong_primary_reason(response: verification_pb2.VerifyResponse) -> None:
+    response.verified = False
+    response.checks[0].verdict = common_pb2.CHECK_FAILED
+    response.checks[0].reason = common_pb2.EXPIRED_AUTHORIZATION
+    response.reason = common_pb2.REPLAY_DETECTED
+
+
+def _failed_without_reason(response: verification_pb2.VerifyResponse) -> None:
+    response.verified = False
+    response.checks[0].verdict = common_pb2.CHECK_FAILED
+    response.reason = common_pb2.INTERNAL_ERROR
+
+
+def _failed_with_unknown_reason(response: verification_pb2.VerifyResponse) -> None:
+    response.verified = False
+    response.checks[0].verdict = common_pb2.CHECK_FAILED
+    response.checks[0].reason = 999  # type: ignore[assignment]
+    response.reason = 999  # type: ignore[assignment]
+
+
+def _passed_with_reason(response: verification_pb2.VerifyResponse) -> None:
+    response.checks[0].reason = common_pb2.INVALID_VERIFICATION
+
+
+def _no_verdict(response: verification_pb2.VerifyResponse) -> None:
+    response.checks[0].verdict = common_pb2.CHECK_VERDICT_UNSPECIFIED
+
+
+def _unknown_verdict(response: verification_pb2.VerifyResponse) -> None:
+    response.checks[0].verdict = 7  # type: ignore[assignment]
+
+
+def _other_digest(response: verification_pb2.VerifyResponse) -> None:
+    response.request_digest = "another-request"
+
+
+def _other_subject(response: verification_pb2.VerifyResponse) -> None:
+    response.claims.subject = "spiffe://test/someone-else"
+
+
+def _no_claims(response: verification_pb2.VerifyResponse) -> None:
+    response.ClearField("claims")
+
+
+def _other_env(response: verification_pb2.VerifyResponse) -> None:
+    json_format.ParseDict({"cluster": "prod"}, response.claims.env)
+
+
+def _other_attribution(response: verification_pb2.VerifyResponse) -> None:
+    json_format.ParseDict({"session": "s2"}, response.claims.attribution)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _drop_check,
+        _duplicate_check,
+        _fail_but_say_verified,
+        _pass_but_say_unverified,
+        _wrong_primary_reason,
+        _failed_without_reason,
+        _failed_with_unknown_reason,
+        _passed_with_reason,
+        _no_verdict,
+        _unknown_verdict,
+        _other_digest,
+        _other_subject,
+        _no_claims,
+        _other_env,
+        _other_attribution,
+    ],
+)
+async def test_an_inconsistent_verification_answer_never_allows(
+    mutate: Callable[[verification_pb2.VerifyResponse], None],
+) -> None:
+    h = build_engine(verification=_verification(mutate))
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == DENY
+    assert reason(response) == "INCONSISTENT_ANSWERS"
+    assert "verification" in response.failed_checks
+    assert response.grant == ""
+
+
+async def test_verification_cannot_vouch_for_a_mandate_the_engine_cannot_read() -> None:
+    h = build_engine()
+    response = await h.engine.authorize(authorize_request(mandate="not-a-jws"))
+
+    assert response.decision == DENY
+    assert reason(response) == "INCONSISTENT_ANSWERS"
+    assert h.policy.calls == []  # no subject to evaluate
+
+
+def _policy(
+    mutate: Callable[[policy_pb2.EvaluateResponse], None],
+) -> FakePolicy:
+    def answer(request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        response = permitting_policy(request)
+        mutate(response)
+        return response
+
+    return FakePolicy(answer=answer)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda r: setattr(r, "request_digest", "another-request"),
+        lambda r: r.ClearField("bundle"),
+        lambda r: setattr(r.bundle, "epoch", 0),
+        lambda r: setattr(r.bundle, "version", ""),
+        lambda r: r.errors.append("type error in policy3"),
+        lambda r: setattr(r, "decision", common_pb2.DECISION_UNSPECIFIED),
+        lambda r: setattr(r, "decision", 7),
+    ],
+    ids=["digest", "no-bundle", "epoch-0", "no-version", "allow-with-errors", "no-decision", "7"],
+)
+async def test_an_inconsistent_policy_answer_never_allows(
+    mutate: Callable[[policy_pb2.EvaluateResponse], None],
+) -> None:
+    h = build_engine(policy=_policy(mutate))
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == DENY
+    assert reason(response) == "INCONSISTENT_ANSWERS"
+    assert "policy" in response.failed_checks
+
+
+async def test_a_stale_policy_epoch_is_refused_after_a_newer_one_was_seen() -> None:
+    epochs = iter([5, 4])
+    h = build_engine(policy=_policy(lambda r: setattr(r.bundle, "epoch", next(epochs))))
+    newer = await h.engine.authorize(authorize_request())
+    stale = await h.engine.authorize(authorize_request())
+
+    assert newer.decision == ALLOW
+    assert stale.decision == DENY
+    assert reason(stale) == "INCONSISTENT_ANSWERS"
+
+
+async def test_replicas_that_disagree_on_an_epochs_bundle_are_refused() -> None:
+    versions = iter(["a" * 64, "c" * 64])
+    h = build_engine(policy=_policy(lambda r: setattr(r.bundle, "version", next(versions))))
+    first = await h.engine.authorize(authorize_request())
+    second = await h.engine.authorize(authorize_request())
+
+    assert first.decision == ALLOW
+    assert reason(second) == "INCONSISTENT_ANSWERS"
+
+
+async def test_a_policy_deny_names_what_decided() -> None:
+    def deny(request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        response = permitting_policy(request)
+        response.decision = common_pb2.DENY
+        response.ClearField("determining_policies")
+        response.determining_policies.append("frozen-accounts")
+        return response
+
+    h = build_engine(policy=FakePolicy(answer=deny))
+    response = await h.engine.authorize(authorize_request())
+
+    assert reason(response) == "POLICY_MISMATCH"
+    assert list(response.failed_checks) == ["policy"]
+    assert "frozen-accounts" in response.message
+
+
+# --- precedence --------------------------------------------------------------------------
+
+
+def _expired(request: verification_pb2.VerifyRequest) -> verification_pb2.VerifyResponse:
+    response = passing_verification(request)
+    response.verified = False
+    response.ClearField("claims")
+    window = next(c for c in response.checks if c.name == "window")
+    window.verdict = common_pb2.CHECK_FAILED
+    window.reason = common_pb2.EXPIRED_AUTHORIZATION
+    response.reason = common_pb2.EXPIRED_AUTHORIZATION
+    return response
+
+
+async def test_the_primary_reason_follows_the_precedence_and_every_failure_is_listed() -> None:
+    def deny(request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        response = permitting_policy(request)
+        response.decision = common_pb2.DENY
+        return response
+
+    h = build_engine(verification=FakeVerification(answer=_expired), policy=FakePolicy(answer=deny))
+    response = await h.engine.authorize(authorize_request())
+
+    assert reason(response) == "EXPIRED_AUTHORIZATION"
+    assert list(response.failed_checks) == ["window", "policy"]
+
+
+async def test_a_definitive_policy_deny_outranks_a_peer_timeout() -> None:
+    def deny(request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        response = permitting_policy(request)
+        response.decision = common_pb2.DENY
+        return response
+
+    h = build_engine(
+        verification=FakeVerification(error=PeerTimeout("deadline")),
+        policy=FakePolicy(answer=deny),
+    )
+    response = await h.engine.authorize(authorize_request())
+
+    assert reason(response) == "POLICY_MISMATCH"
+    assert set(response.failed_checks) == {"verification", "policy"}
+
+
+async def test_concurrent_decisions_do_not_mix_answers() -> None:
+    h = build_engine()
+    h.verification.delay = 0.01
+    requests = [authorize_request(context={"amount": n}) for n in range(50)]
+    responses = await asyncio.gather(*(h.engine.authorize(r) for r in requests))
+
+    assert all(r.decision == ALLOW for r in responses)
+    digests = {r.request_digest for r in responses}
+    assert len(digests) == 50
+    assert len({r.decision_id for r in responses}) == 50
+    seqs = sorted(e["engine"]["seq"] for e in h.lineage.decoded())
+    assert seqs == list(range(50))

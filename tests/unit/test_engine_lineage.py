@@ -1,0 +1,241 @@
+"""Batched appends and the durable deny spool, over an in-memory lineage transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from govmesh.artifacts.canonical import canonical_json
+from govmesh.engine.core import PeerError, PeerUnavailable
+from govmesh.engine.lineage import BatchingLineage, FileSpool
+from govmesh.lineage.core import leaf_hash
+from govmesh.v1 import common_pb2, lineage_pb2
+
+
+def entry(**fields: object) -> tuple[bytes, str]:
+    decision_id = str(uuid.uuid4())
+    return canonical_json({"decision_id": decision_id, **fields}), decision_id
+
+
+@dataclass
+class MemoryTransport:
+    """An honest in-memory log; faults are switched on per test."""
+
+    log: dict[str, bytes] = field(default_factory=dict)
+    batches: list[int] = field(default_factory=list)
+    fail: PeerError | None = None
+    corrupt_receipts: bool = False
+    drop_last_result: bool = False
+    delay: float = 0.0
+
+    async def append_batch(
+        self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
+    ) -> list[lineage_pb2.AppendResponse]:
+        self.batches.append(len(requests))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        results = []
+        for request in requests:
+            response = lineage_pb2.AppendResponse(decision_id=request.decision_id)
+            if request.decision_id in self.log:
+                response.error = "duplicate decision id"
+            else:
+                self.log[request.decision_id] = request.entry
+                digest = leaf_hash(b"tampered" if self.corrupt_receipts else request.entry)
+                response.receipt.CopyFrom(
+                    common_pb2.LineageReceipt(
+                        index=len(self.log) - 1, leaf_hash=digest, tree_size=len(self.log)
+                    )
+                )
+            results.append(response)
+        return results[:-1] if self.drop_last_result else results
+
+    async def get_entry(self, decision_id: str, *, timeout: float) -> bytes | None:
+        return self.log.get(decision_id)
+
+
+async def test_concurrent_appends_travel_in_batches_and_each_gets_its_own_receipt() -> None:
+    transport = MemoryTransport()
+    batcher = BatchingLineage(transport=transport, max_batch=64, linger=0.005)
+    batcher.start()
+    try:
+        entries = [entry(n=n) for n in range(200)]
+        receipts = await asyncio.gather(
+            *(batcher.append(data, did, timeout=5) for data, did in entries)
+        )
+    finally:
+        await batcher.close()
+
+    assert len(transport.batches) < 20
+    assert max(transport.batches) <= 64
+    for (data, _), receipt in zip(entries, receipts, strict=True):
+        assert receipt.leaf_hash == leaf_hash(data)
+    assert sorted(r.index for r in receipts) == list(range(200))
+
+
+async def test_a_receipt_for_other_bytes_is_refused() -> None:
+    batcher = BatchingLineage(transport=MemoryTransport(corrupt_receipts=True), linger=0)
+    batcher.start()
+    try:
+        data, did = entry()
+        with pytest.raises(PeerUnavailable, match="something else"):
+            await batcher.append(data, did, timeout=5)
+    finally:
+        await batcher.close()
+
+
+async def test_a_batch_answered_with_missing_results_fails_every_caller() -> None:
+    batcher = BatchingLineage(
+        transport=MemoryTransport(drop_last_result=True), max_batch=8, linger=0.01
+    )
+    batcher.start()
+    try:
+        results = await asyncio.gather(
+            *(batcher.append(*entry(), timeout=5) for _ in range(4)), return_exceptions=True
+        )
+    finally:
+        await batcher.close()
+
+    assert all(isinstance(r, PeerUnavailable) for r in results)
+
+
+async def test_a_transport_failure_fails_the_whole_batch() -> None:
+    batcher = BatchingLineage(
+        transport=MemoryTransport(fail=PeerUnavailable("down")), max_batch=8, linger=0.01
+    )
+    batcher.start()
+    try:
+        results = await asyncio.gather(
+            *(batcher.append(*entry(), timeout=5) for _ in range(3)), return_exceptions=True
+        )
+    finally:
+        await batcher.close()
+
+    assert [type(r) for r in results] == [PeerUnavailable] * 3
+
+
+async def test_a_refused_entry_fails_only_its_caller() -> None:
+    transport = MemoryTransport()
+    batcher = BatchingLineage(transport=transport, max_batch=8, linger=0.01)
+    batcher.start()
+    try:
+        duplicate = entry()
+        transport.log[duplicate[1]] = duplicate[0]
+        fresh = entry()
+        results = await asyncio.gather(
+            batcher.append(*duplicate, timeout=5),
+            batcher.append(*fresh, timeout=5),
+            return_exceptions=True,
+        )
+    finally:
+        await batcher.close()
+
+    assert isinstance(results[0], PeerUnavailable)
+    assert isinstance(results[1], common_pb2.LineageReceipt)
+
+
+async def test_callers_that_gave_up_are_not_sent() -> None:
+    transport = MemoryTransport()
+    batcher = BatchingLineage(transport=transport, max_batch=8, linger=0.05)
+    batcher.start()
+    try:
+        abandoned = asyncio.ensure_future(batcher.append(*entry(), timeout=5))
+        await asyncio.sleep(0)
+        abandoned.cancel()
+        kept = await batcher.append(*entry(), timeout=5)
+    finally:
+        await batcher.close()
+
+    assert kept.tree_size == 1
+    assert transport.batches == [1]
+
+
+async def test_closing_fails_what_is_still_queued() -> None:
+    batcher = BatchingLineage(transport=MemoryTransport(), linger=10)
+    batcher.start()
+    pending = asyncio.ensure_future(batcher.append(*entry(), timeout=5))
+    await asyncio.sleep(0.01)
+    await batcher.close()
+
+    with pytest.raises(PeerUnavailable):
+        await pending
+
+
+# --- the spool ----------------------------------------------------------------------------
+
+
+async def test_spooled_denies_survive_a_restart_and_drain_in_order(tmp_path: Path) -> None:
+    first = [entry(n=n, decision="DENY") for n in range(3)]
+    spool = FileSpool(tmp_path / "spool")
+    for data, did in first:
+        spool.put(data, did)
+
+    reopened = FileSpool(tmp_path / "spool")  # a new engine process on the same disk
+    transport = MemoryTransport()
+    drained = await reopened.drain(transport)
+
+    assert drained == 3
+    assert list(transport.log) == [did for _, did in first]
+    assert reopened.pending() == []
+
+
+async def test_an_unfinished_spool_write_is_ignored(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    (tmp_path / f"1-{uuid.uuid4()}.json.tmp").write_bytes(b'{"half')
+
+    assert spool.pending() == []
+
+
+async def test_a_spool_that_cannot_reach_lineage_keeps_everything(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    spool.put(*entry())
+
+    with pytest.raises(PeerUnavailable):
+        await spool.drain(MemoryTransport(fail=PeerUnavailable("down")))
+    assert len(spool.pending()) == 1
+
+
+async def test_an_entry_already_logged_byte_for_byte_leaves_the_spool(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    data, did = entry()
+    spool.put(data, did)
+    transport = MemoryTransport(log={did: data})
+
+    assert await spool.drain(transport) == 1
+    assert transport.log == {did: data}
+
+
+async def test_an_allow_logged_late_is_amended_by_the_deny_that_was_answered(
+    tmp_path: Path,
+) -> None:
+    # The engine gave up waiting for an ALLOW's receipt and answered DENY; the
+    # ALLOW was committed afterwards. The log must say what the caller got.
+    did = str(uuid.uuid4())
+    allow = canonical_json({"decision_id": did, "decision": "ALLOW"})
+    deny = canonical_json(
+        {
+            "decision_id": did,
+            "decision": "DENY",
+            "reason": "LINEAGE_UNAVAILABLE",
+            "failed_checks": ["lineage"],
+        }
+    )
+    spool = FileSpool(tmp_path)
+    spool.put(deny, did)
+    transport = MemoryTransport(log={did: allow})
+
+    assert await spool.drain(transport) == 1
+    [amendment_id] = [k for k in transport.log if k != did]
+    amendment = json.loads(transport.log[amendment_id])
+    assert amendment["type"] == "amendment"
+    assert amendment["amends"] == did
+    assert amendment["decision"] == "DENY"
+    assert amendment["reason"] == "LINEAGE_UNAVAILABLE"
+    assert spool.pending() == []
