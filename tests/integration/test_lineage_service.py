@@ -312,3 +312,19 @@ async def test_two_replicas_share_one_contiguous_log_and_tail_each_others_commit
     finally:
         await source.close()
     assert [f for f in report.findings if f.kind != "engine"] == []
+
+
+async def test_the_append_stream_rotates_without_losing_an_append(lineage: ServiceProcess) -> None:
+    channel = grpc.aio.insecure_channel(lineage.address)
+    stream = StreamingLineage(channel, max_batch=8, linger=0.001, max_stream_age=0.1)
+    try:
+        receipts = []
+        for round_ in range(8):
+            receipts += await asyncio.gather(
+                *(stream.append(*decision(round_ * 10 + i), timeout=20) for i in range(10))
+            )
+            await asyncio.sleep(0.05)
+        assert sorted(r.index for r in receipts) == list(range(80))
+    finally:
+        await stream.close()
+        await channel.close()

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from govmesh.artifacts.keys import generate_ed25519, load_private_jwk, write_private_jwk
 from govmesh.cli.paths import data_dir, dev_setup
 from govmesh.lineage.auditor import AuditReport, Finding, LogSource, audit
@@ -353,12 +355,20 @@ def _query(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     async def work(client: LineageClient) -> int:
         seen = 0
-        async for e in client.tail(args.start, from_end=args.from_end):
-            print(_entry_json(e.index, e.decision_id, e.entry, e.logged_at), flush=True)
-            seen += 1
-            if args.count and seen >= args.count:
-                break
-        return 0
+        next_index, from_end = args.start, args.from_end
+        while True:
+            try:
+                async for e in client.tail(next_index, from_end=from_end):
+                    print(_entry_json(e.index, e.decision_id, e.entry, e.logged_at), flush=True)
+                    next_index, from_end = e.index + 1, False
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        return 0
+            except LineageError as exc:
+                # Servers age connections out and restart: follow on from where we were.
+                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise
+            await asyncio.sleep(0.5)
 
     try:
         return asyncio.run(_with_client(args, work))

@@ -232,27 +232,38 @@ def checked_receipt(entry: bytes, answer: lineage_pb2.AppendResponse) -> common_
 
 
 class StreamingLineage:
-    """Appends entries over one AppendStream, coalescing concurrent appends into batches.
+    """Appends entries over an AppendStream, coalescing concurrent appends into batches.
 
     An append waits at most `linger` for company; a batch holds at most
     `max_batch` entries; any number of batches are in flight on the stream.
     Its `append` has the shape of the engine's lineage sink: it returns the
-    entry's receipt once committed, checked against the bytes it sent. A
-    broken stream fails the appends in flight and is reopened by the next one.
+    entry's receipt once committed, checked against the bytes it sent.
+
+    Servers age connections out, so a stream is used for new batches for at
+    most `max_stream_age` seconds: then a fresh one takes over and the old one
+    is half-closed, answering what it carries before it ends. A broken stream
+    fails only the appends it carried; the next append opens another.
     """
 
     def __init__(
-        self, channel: grpc.aio.Channel, *, max_batch: int = 256, linger: float = 0.001
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        max_batch: int = 256,
+        linger: float = 0.001,
+        max_stream_age: float = 60.0,
     ) -> None:
         self._stub = lineage_pb2_grpc.LineageStub(channel)
         self._max_batch = max_batch
         self._linger = linger
+        self._max_stream_age = max_stream_age
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._call: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        self._in_flight: dict[int, list[_Pending]] = {}
+        self._opened = 0.0
+        self._readers: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[int, tuple[Any, list[_Pending]]] = {}
         self._sequence = 0
 
     async def append(
@@ -273,14 +284,17 @@ class StreamingLineage:
 
     async def close(self) -> None:
         """Stop; appends still waiting fail."""
-        for task in (self._flusher, self._reader):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [t for t in (self._flusher, *self._readers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for call, _ in list(self._in_flight.values()):
+            call.cancel()
         if self._call is not None:
             self._call.cancel()
-        self._fail([p for batch in self._in_flight.values() for p in batch] + self._queue)
+        self._fail([p for _, batch in self._in_flight.values() for p in batch] + self._queue)
         self._in_flight.clear()
         self._queue.clear()
 
@@ -302,26 +316,42 @@ class StreamingLineage:
                 if batch:
                     await self._send(batch)
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _stream(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._call is not None and loop.time() - self._opened > self._max_stream_age:
+            old, self._call = self._call, None
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
+                await old.done_writing()
         if self._call is None:
             self._call = self._stub.AppendStream()
-            self._reader = asyncio.create_task(self._read(self._call))
+            self._opened = loop.time()
+            reader = asyncio.create_task(self._read(self._call))
+            self._readers.add(reader)
+            reader.add_done_callback(self._readers.discard)
+        return self._call
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        call = await self._stream()
         self._sequence += 1
-        self._in_flight[self._sequence] = batch
+        self._in_flight[self._sequence] = (call, batch)
         request = lineage_pb2.AppendBatchRequest(
             entries=[p.request for p in batch], sequence=self._sequence
         )
         try:
-            await self._call.write(request)
+            await call.write(request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
-            self._broken(self._call, f"lineage stream failed: {exc}")
+            self._broken(call, f"lineage stream failed: {exc}")
 
     async def _read(self, call: Any) -> None:
         try:
             async for response in call:
-                batch = self._in_flight.pop(response.sequence, None)
-                if batch is None or len(batch) != len(response.results):
+                carried = self._in_flight.get(response.sequence)
+                if carried is None or carried[0] is not call:
                     self._broken(call, "lineage answered a batch it was not sent")
+                    return
+                batch = self._in_flight.pop(response.sequence)[1]
+                if len(batch) != len(response.results):
+                    self._broken(call, "lineage answered a batch with the wrong number of results")
                     return
                 for pending, answer in zip(batch, response.results, strict=True):
                     if pending.future.done():
@@ -335,10 +365,9 @@ class StreamingLineage:
             self._broken(call, f"lineage stream failed: {exc.code().name}: {exc.details()}")
 
     def _broken(self, call: Any, message: str) -> None:
-        if call is not self._call:
-            return
-        self._call = None
+        """Fail what `call` carried; the next batch opens a new stream."""
+        if call is self._call:
+            self._call = None
         call.cancel()
-        in_flight = [p for batch in self._in_flight.values() for p in batch]
-        self._in_flight.clear()
-        self._fail(in_flight, message)
+        lost = [seq for seq, (carrier, _) in self._in_flight.items() if carrier is call]
+        self._fail([p for seq in lost for p in self._in_flight.pop(seq)[1]], message)
