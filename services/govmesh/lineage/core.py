@@ -78,16 +78,17 @@ def _reject_constant(text: str) -> Any:
 
 def _plain(value: Any) -> bool:
     """No floats and no integers beyond ±2^53 anywhere in `value`."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif kind is float or (kind is int and not -_SAFE_INTEGER <= item <= _SAFE_INTEGER):
-            return False
+    containers = [value]
+    while containers:
+        container = containers.pop()
+        for item in container.values() if type(container) is dict else container:
+            kind = type(item)
+            if kind is str or item is None or kind is bool:
+                continue
+            if kind is dict or kind is list:
+                containers.append(item)
+            elif kind is float or not -_SAFE_INTEGER <= item <= _SAFE_INTEGER:
+                return False
     return True
 
 
@@ -107,7 +108,11 @@ def is_canonical(data: bytes) -> tuple[bool, Any]:
         except orjson.JSONDecodeError:
             pass
         else:
-            if _plain(value) and orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == data:
+            if (
+                type(value) in (dict, list)
+                and _plain(value)
+                and orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == data
+            ):
                 return True, value
     try:
         text = data.decode("utf-8")

@@ -135,7 +135,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
     async def _append(
         self, requests: Sequence[lineage_pb2.AppendRequest]
     ) -> list[lineage_pb2.AppendResponse]:
-        responses = [lineage_pb2.AppendResponse(decision_id=r.decision_id) for r in requests]
+        answers: list[lineage_pb2.AppendResponse | None] = [None] * len(requests)
         checked: list[Entry] = []
         positions: list[int] = []
         for position, request in enumerate(requests):
@@ -143,15 +143,19 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
                 checked.append(check_entry(request.entry, request.decision_id))
                 positions.append(position)
             except EntryRejected as exc:
-                responses[position].error = str(exc)
+                answers[position] = lineage_pb2.AppendResponse(
+                    decision_id=request.decision_id, error=str(exc)
+                )
         if checked:
             results = await self._sequencer.append(checked)
             for position, result in zip(positions, results, strict=True):
-                if isinstance(result, Receipt):
-                    responses[position].receipt.CopyFrom(_receipt(result))
-                else:
-                    responses[position].error = str(result)
-        return responses
+                decision_id = requests[position].decision_id
+                answers[position] = (
+                    lineage_pb2.AppendResponse(decision_id=decision_id, receipt=_receipt(result))
+                    if isinstance(result, Receipt)
+                    else lineage_pb2.AppendResponse(decision_id=decision_id, error=str(result))
+                )
+        return [a for a in answers if a is not None]
 
     async def Append(
         self, request: lineage_pb2.AppendRequest, context: Context
