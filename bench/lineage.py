@@ -40,7 +40,7 @@ from govmesh.cli.devsetup import write_dev_setup
 from govmesh.engine.lineage import BatchingLineage
 from govmesh.engine.peers import GrpcLineage, open_channel
 from govmesh.lineage.client import LineageClient, StreamingLineage
-from govmesh.lineage.core import Entry, leaf_hash
+from govmesh.lineage.core import check_entry
 from govmesh.lineage.keys import DEFAULT_ORIGIN, load_log_signer
 from govmesh.lineage.sequencer import Sequencer
 from govmesh.lineage.store import LogStore
@@ -125,17 +125,7 @@ async def bulk_load(url: str, keys_dir: Path, count: int) -> None:
             n = min(10_000, count - done)
             batch = []
             for _ in range(n):
-                data, decision_id = maker.next()
-                batch.append(
-                    Entry(
-                        decision_id=uuid.UUID(decision_id),
-                        data=data,
-                        leaf_hash=leaf_hash(data),
-                        kind="decision",
-                        subject="spiffe://govmesh.dev/agent/demo",
-                        trace_id="0af7651916cd43dd8448eb211c80319c",
-                    )
-                )
+                batch.append(check_entry(*maker.next()))
             await sequencer.append(batch)
             done += n
             if done % 100_000 == 0:
