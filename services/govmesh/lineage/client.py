@@ -235,7 +235,7 @@ class StreamingLineage:
     """Appends entries over an AppendStream, coalescing concurrent appends into batches.
 
     An append waits at most `linger` for company; a batch holds at most
-    `max_batch` entries; any number of batches are in flight on the stream.
+    `max_batch` entries; at most `max_in_flight` batches await their answers.
     Its `append` has the shape of the engine's lineage sink: it returns the
     entry's receipt once committed, checked against the bytes it sent.
 
@@ -251,9 +251,12 @@ class StreamingLineage:
         *,
         max_batch: int = 256,
         linger: float = 0.001,
+        max_in_flight: int = 8,
         max_stream_age: float = 60.0,
     ) -> None:
         self._stub = lineage_pb2_grpc.LineageStub(channel)
+        # Bounding the batches in flight lets batches grow when lineage is busy.
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._max_batch = max_batch
         self._linger = linger
         self._max_stream_age = max_stream_age
@@ -311,10 +314,13 @@ class StreamingLineage:
                 await asyncio.sleep(self._linger)
             self._wake.clear()
             while self._queue:
+                await self._slots.acquire()
                 batch = [p for p in self._queue[: self._max_batch] if not p.future.done()]
                 del self._queue[: self._max_batch]
                 if batch:
                     await self._send(batch)
+                else:
+                    self._slots.release()
 
     async def _stream(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -350,6 +356,7 @@ class StreamingLineage:
                     self._broken(call, "lineage answered a batch it was not sent")
                     return
                 batch = self._in_flight.pop(response.sequence)[1]
+                self._slots.release()
                 if len(batch) != len(response.results):
                     self._broken(call, "lineage answered a batch with the wrong number of results")
                     return
@@ -370,4 +377,6 @@ class StreamingLineage:
             self._call = None
         call.cancel()
         lost = [seq for seq, (carrier, _) in self._in_flight.items() if carrier is call]
+        for _ in lost:
+            self._slots.release()
         self._fail([p for seq in lost for p in self._in_flight.pop(seq)[1]], message)
