@@ -166,6 +166,47 @@ def upgrade() -> None:
     )
     op.execute("ALTER TABLE lineage_head ENABLE ALWAYS TRIGGER lineage_head_contiguous")
 
+    # The common append in one round trip (transaction and commit included):
+    # only while the head is what the caller's checkpoint extends and no
+    # decision id is taken. Otherwise it writes nothing and says why, and the
+    # caller takes its slower, fully locked path.
+    op.execute(
+        """
+        CREATE FUNCTION lineage_append_if_head(
+            expect_size bigint, expect_root bytea,
+            idxs bigint[], ids uuid[], entries bytea[], leaves bytea[], node_hashes bytea[],
+            logged timestamptz, kinds text[], times timestamptz[], subjects text[],
+            traces text[], new_size bigint, new_root bytea, note text
+        ) RETURNS text
+        LANGUAGE plpgsql
+        SET plan_cache_mode = force_custom_plan
+        AS $$
+        DECLARE
+            head record;
+        BEGIN
+            SELECT size, root_hash INTO head FROM lineage_head WHERE id = 1 FOR UPDATE;
+            IF head.size IS DISTINCT FROM expect_size
+                    OR head.root_hash IS DISTINCT FROM expect_root THEN
+                RETURN 'moved';
+            END IF;
+            IF EXISTS (SELECT 1 FROM lineage_entries WHERE decision_id = ANY (ids)) THEN
+                RETURN 'taken';
+            END IF;
+            INSERT INTO lineage_entries (idx, decision_id, entry, leaf_hash, nodes, logged_at,
+                                         kind, decided_at, subject, trace_id)
+                SELECT u.i, u.d, u.e, u.l, u.n, logged, u.k, u.t, u.s, u.tr
+                FROM unnest(idxs, ids, entries, leaves, node_hashes, kinds, times, subjects,
+                            traces) AS u(i, d, e, l, n, k, t, s, tr);
+            INSERT INTO lineage_checkpoints (tree_size, root_hash, note)
+                VALUES (new_size, new_root, note);
+            UPDATE lineage_head SET size = new_size, root_hash = new_root WHERE id = 1;
+            PERFORM pg_notify('govmesh_lineage', new_size::text);
+            RETURN 'appended';
+        END
+        $$
+        """
+    )
+
     # Roles and grants, where the server lets the migrating user create roles.
     # Roles are cluster-wide: another database may have created them already.
     op.execute(
@@ -220,5 +261,6 @@ def downgrade() -> None:
     )
     for table in ("lineage_cosignatures", "lineage_checkpoints", "lineage_head", "lineage_entries"):
         op.execute(f"DROP TABLE {table}")
+    op.execute("DROP FUNCTION lineage_append_if_head")
     op.execute("DROP FUNCTION lineage_head_grows()")
     op.execute("DROP FUNCTION lineage_refuse_change()")

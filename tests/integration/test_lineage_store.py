@@ -153,26 +153,57 @@ async def test_two_writers_on_one_database_keep_indices_contiguous_and_checkpoin
         await s.close()
 
 
-async def test_a_failed_transaction_leaves_no_trace_and_no_gap(
-    sequencer: Sequencer, store: LogStore, monkeypatch: pytest.MonkeyPatch
+async def _crash(*args: Any, **kwargs: Any) -> Any:
+    raise ConnectionResetError("the database went away mid-commit")
+
+
+async def _moved(*args: Any, **kwargs: Any) -> str:
+    return "moved"
+
+
+@pytest.mark.parametrize("path", ["one-statement append", "locked transaction"])
+async def test_a_failed_append_leaves_no_trace_and_no_gap(
+    sequencer: Sequencer, store: LogStore, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    receipts(await sequencer.append([make_entry(0)]))
     from govmesh.lineage import store as store_module
 
-    real_publish = store_module.LogTransaction.publish
-
-    async def crash(self: Any, *args: Any) -> None:
-        raise ConnectionResetError("the database went away mid-commit")
-
-    monkeypatch.setattr(store_module.LogTransaction, "publish", crash)
-    with pytest.raises(ConnectionResetError):
-        await sequencer.append([make_entry(1), make_entry(2)])
-    monkeypatch.setattr(store_module.LogTransaction, "publish", real_publish)
+    receipts(await sequencer.append([make_entry(0)]))
+    with monkeypatch.context() as patched:
+        if path == "one-statement append":
+            patched.setattr(store_module.LogStore, "append_if_head", _crash)
+        else:
+            patched.setattr(store_module.LogStore, "append_if_head", _moved)
+            patched.setattr(store_module.LogTransaction, "publish", _crash)
+        with pytest.raises(ConnectionResetError):
+            await sequencer.append([make_entry(1), make_entry(2)])
 
     assert await store.head() == (1, (await store.checkpoint(1)).root_hash)  # type: ignore[union-attr]
     got = receipts(await sequencer.append([make_entry(3)]))
     assert got[0].index == 1
     assert len(await store.entries(0)) == 2
+
+
+async def test_the_locked_path_appends_when_the_head_moved_under_a_writer(
+    store: LogStore, signer: NoteSigner
+) -> None:
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    await first.start()
+    await second.start()
+    try:
+        receipts(await first.append([make_entry(0)]))
+        # `second` still trusts the empty tree: its one-statement append is
+        # refused, and its locked path verifies the moved head and appends.
+        got = receipts(await second.append([make_entry(1)]))
+        assert got[0].index == 1
+        again = await second.append([make_entry(2), *[make_entry(3)] * 2])
+        assert isinstance(again[2], EntryRejected)
+    finally:
+        await first.close()
+        await second.close()
+    leaves = await all_leaves(store)
+    for cp in await store.checkpoints():
+        assert cp.root_hash == merkle.reference_root(leaves[: cp.tree_size])
 
 
 async def test_proofs_from_stored_hashes_hold_for_every_tree_size(

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt
@@ -56,6 +57,16 @@ class TrustedTree:
     @property
     def size(self) -> int:
         return self.frontier.size
+
+
+@dataclass
+class _Plan:
+    """A batch laid out on top of a trusted tree: rows to insert and the new root."""
+
+    frontier: merkle.Frontier
+    root: bytes
+    rows: list[tuple[Any, ...]]
+    placed: list[int | EntryRejected]
 
 
 @dataclass
@@ -182,6 +193,26 @@ class Sequencer:
 
     async def _commit(self, entries: Sequence[Entry]) -> list[Receipt | EntryRejected]:
         now = datetime.fromtimestamp(self._clock(), UTC)
+        trusted = self._trusted
+        if trusted is not None:
+            # The common case, in one round trip: the head is still the tree this
+            # process trusts and no entry is a duplicate. The database checks both
+            # under the counter row's lock and answers otherwise without writing;
+            # then the checkpoint signed here is dropped unseen and the batch takes
+            # the locked path below.
+            plan = self._plan(trusted, entries, set(), now)
+            if plan.rows:
+                note = self._sign(plan)
+                outcome = await self._store.append_if_head(
+                    trusted.size, trusted.root, plan.rows, plan.frontier.size, plan.root, note
+                )
+                if outcome == "appended":
+                    return self._committed(plan, note)
+        return await self._commit_locked(entries, now)
+
+    async def _commit_locked(
+        self, entries: Sequence[Entry], now: datetime
+    ) -> list[Receipt | EntryRejected]:
         async with self._store.transaction() as tx:
             # 1. The counter row, locked until commit.
             size, root = await tx.lock_head()
@@ -193,47 +224,60 @@ class Sequencer:
             # 3. Duplicates are refused, in the log and within the batch.
             taken = await tx.taken([e.decision_id for e in entries])
             # 4. Indices and stored subtree hashes.
-            frontier = trusted.frontier.copy()
-            rows = []
-            placed: list[int | EntryRejected] = []
-            for e in entries:
-                if e.decision_id in taken:
-                    placed.append(EntryRejected(f"decision {e.decision_id} is already logged"))
-                    continue
-                taken.add(e.decision_id)
-                index = frontier.size
-                completed = frontier.append(e.leaf_hash)
-                rows.append(
-                    (
-                        index,
-                        e.decision_id,
-                        e.data,
-                        e.leaf_hash,
-                        b"".join(completed),
-                        now,
-                        e.kind,
-                        e.time,
-                        e.subject,
-                        e.trace_id,
-                    )
-                )
-                placed.append(index)
-            if not rows:
-                return [p for p in placed if isinstance(p, EntryRejected)]
+            plan = self._plan(trusted, entries, taken, now)
+            if not plan.rows:
+                return [p for p in plan.placed if isinstance(p, EntryRejected)]
             # 5. One checkpoint for the new tree, which extends the trusted one.
-            new_root = frontier.root()
-            note = self._signer.sign(Checkpoint(self._origin, frontier.size, new_root).text())
+            note = self._sign(plan)
             # 6. Rows, checkpoint and counter in the same transaction.
-            await tx.insert_entries(rows)
-            await tx.publish(frontier.size, new_root, note)
+            await tx.insert_entries(plan.rows)
+            await tx.publish(plan.frontier.size, plan.root, note)
         # 7. Committed: receipts now.
-        self._trusted = TrustedTree(frontier, new_root, note)
-        leaves = {r[0]: r[3] for r in rows}
+        return self._committed(plan, note)
+
+    @staticmethod
+    def _plan(
+        trusted: TrustedTree, entries: Sequence[Entry], taken: set[uuid.UUID], now: datetime
+    ) -> _Plan:
+        frontier = trusted.frontier.copy()
+        rows = []
+        placed: list[int | EntryRejected] = []
+        for e in entries:
+            if e.decision_id in taken:
+                placed.append(EntryRejected(f"decision {e.decision_id} is already logged"))
+                continue
+            taken.add(e.decision_id)
+            index = frontier.size
+            completed = frontier.append(e.leaf_hash)
+            rows.append(
+                (
+                    index,
+                    e.decision_id,
+                    e.data,
+                    e.leaf_hash,
+                    b"".join(completed),
+                    now,
+                    e.kind,
+                    e.time,
+                    e.subject,
+                    e.trace_id,
+                )
+            )
+            placed.append(index)
+        return _Plan(frontier, frontier.root(), rows, placed)
+
+    def _sign(self, plan: _Plan) -> str:
+        return self._signer.sign(Checkpoint(self._origin, plan.frontier.size, plan.root).text())
+
+    def _committed(self, plan: _Plan, note: str) -> list[Receipt | EntryRejected]:
+        self._trusted = TrustedTree(plan.frontier, plan.root, note)
+        leaves = {r[0]: r[3] for r in plan.rows}
+        size = plan.frontier.size
         return [
             p
             if isinstance(p, EntryRejected)
-            else Receipt(index=p, leaf_hash=leaves[p], tree_size=frontier.size, checkpoint=note)
-            for p in placed
+            else Receipt(index=p, leaf_hash=leaves[p], tree_size=size, checkpoint=note)
+            for p in plan.placed
         ]
 
     async def _establish(self, tx: LogTransaction, size: int, root: bytes) -> TrustedTree:
@@ -268,8 +312,3 @@ class Sequencer:
                     f"the log at size {size} is not consistent with size {previous.size}: {exc}"
                 ) from None
         return TrustedTree(frontier, root, stored.note)
-
-
-def new_decision_id() -> str:
-    """A fresh decision id (for tools and tests that append on their own)."""
-    return str(uuid.uuid4())

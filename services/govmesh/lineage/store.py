@@ -240,6 +240,39 @@ class LogStore(_Reads):
         async with self._pool.acquire() as conn, conn.transaction():
             yield LogTransaction(conn)
 
+    async def append_if_head(
+        self,
+        size: int,
+        root: bytes,
+        rows: Sequence[tuple[Any, ...]],
+        new_size: int,
+        new_root: bytes,
+        note: str,
+    ) -> str:
+        """Append `rows` and publish `note` in one statement, if the head is (size, root)
+        and no row's decision id is logged; "appended", else why nothing was written."""
+        columns = list(zip(*rows, strict=True))
+        outcome: str = await self._pool.fetchval(
+            "SELECT lineage_append_if_head($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+            " $13, $14, $15)",
+            size,
+            root,
+            list(columns[0]),
+            list(columns[1]),
+            list(columns[2]),
+            list(columns[3]),
+            list(columns[4]),
+            columns[5][0],
+            list(columns[6]),
+            list(columns[7]),
+            list(columns[8]),
+            list(columns[9]),
+            new_size,
+            new_root,
+            note,
+        )
+        return outcome
+
     # --- reads ---------------------------------------------------------------
 
     async def head(self) -> tuple[int, bytes]:
