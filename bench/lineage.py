@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -187,6 +188,8 @@ async def throughput(address: str, *, clients: int, batch: int, seconds: float) 
 
 
 async def latency(address: str, *, rate: float, seconds: float, stream: bool) -> None:
+    gc.collect()
+    gc.freeze()  # as a long-running client would: its start-up objects are never garbage
     channel = open_channel(address)
     batcher: StreamingLineage | BatchingLineage
     if stream:

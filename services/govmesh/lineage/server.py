@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import grpc
 
 from govmesh.lineage.config import LineageSettings
@@ -63,6 +65,9 @@ class LineageService:
         self._servicer = LineageServicer(
             store=self._store, sequencer=self._sequencer, watch=self._watch, witnesses=witnesses
         )
+        # Everything loaded so far lives as long as the process: keep it out of
+        # the collector's full passes, whose pauses would land on appends.
+        gc.freeze()
 
     def register(self, server: grpc.aio.Server) -> None:
         assert self._servicer is not None
