@@ -256,7 +256,11 @@ def test_unusable_settings_stop_the_start_with_a_message_not_a_traceback(
 
 
 def test_a_missing_trust_file_stops_the_start_with_a_message(tmp_path: Path) -> None:
-    env = {**os.environ, "GOVMESH_TRUST_FILE": str(tmp_path / "nope.toml")}
+    env = {
+        **os.environ,
+        "GOVMESH_TRUST_FILE": str(tmp_path / "nope.toml"),
+        "GOVMESH_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+    }
     result = subprocess.run(
         [GOVMESH, "serve", "verification"],
         env=env,
@@ -296,6 +300,7 @@ def test_every_service_answers_health_and_reflection(start_mesh: Callable[..., M
         process: ServiceProcess = getattr(mesh, name)
         assert process.health() == 1
         assert process.health(service_name) == 1
+        assert process.health("govmesh.liveness") == 1
         with grpc.insecure_channel(process.address) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             [answer] = list(

@@ -55,6 +55,9 @@ def passing_verification(
     response.claims.subject = SUBJECT
     response.claims.issuer = "https://issuer.test"
     response.claims.cnf_jkt = "jkt"
+    response.claims.attestor = "https://attestor.test"
+    response.claims.measurements.append("sha256:" + "ab" * 32)
+    response.trust_version = "trust-v1"
     json_format.ParseDict({"session": "s1"}, response.claims.attribution)
     return response
 

@@ -30,6 +30,7 @@ import yaml
 from govmesh.engine.config import EngineSettings
 from govmesh.lineage.config import LineageSettings
 from govmesh.policy.config import PolicySettings
+from govmesh.runtime.server import LIVENESS_SERVICE
 from govmesh.runtime.settings import ServerSettings, SettingsError, load_settings
 from govmesh.verification.config import VerificationSettings
 
@@ -299,8 +300,14 @@ def check_services(resources: list[Manifest]) -> Iterator[str]:
                 continue
             if spec is None or "grpc" not in spec:
                 yield f"{_id(deployment)} {probe} is not a gRPC health probe"
-            elif spec["grpc"].get("port") != port or spec["grpc"].get("service"):
-                yield f"{_id(deployment)} {probe} does not check overall health on port {port}"
+            elif spec["grpc"].get("port") != port:
+                yield f"{_id(deployment)} {probe} does not probe port {port}"
+            elif probe == "readinessProbe" and spec["grpc"].get("service"):
+                yield f"{_id(deployment)} readinessProbe does not check overall health"
+            elif probe != "readinessProbe" and spec["grpc"].get("service") != LIVENESS_SERVICE:
+                # Overall health may be NOT_SERVING for a live process (a policy
+                # authority waiting for its first bundle); restarting it helps nobody.
+                yield f"{_id(deployment)} {probe} does not ask {LIVENESS_SERVICE}"
         service = _service_for(resources, deployment)
         if service is None:
             yield f"no Service selects the {name} pods"
@@ -745,7 +752,17 @@ MUTATIONS: list[tuple[str, Callable[[list[Manifest]], None], str]] = [
     (
         "probe-port",
         _on("Deployment", "engine", _set(f"{CONTAINER}.readinessProbe.grpc.port", 50052)),
-        "readinessProbe does not check overall health on port 50051",
+        "readinessProbe does not probe port 50051",
+    ),
+    (
+        "readiness-not-overall",
+        _on("Deployment", "policy", _set(f"{CONTAINER}.readinessProbe.grpc.service", "x")),
+        "readinessProbe does not check overall health",
+    ),
+    (
+        "liveness-on-readiness",
+        _on("Deployment", "policy", _set(f"{CONTAINER}.livenessProbe.grpc", {"port": 50052})),
+        "livenessProbe does not ask govmesh.liveness",
     ),
     (
         "liveness-not-grpc",

@@ -85,6 +85,9 @@ async def test_every_decision_is_one_canonical_lineage_entry() -> None:
     assert first["subject"] == SUBJECT
     assert first["policy"]["epoch"] == BUNDLE.epoch
     assert first["grant_id"] == allowed.decision_id
+    assert first["trust"] == "trust-v1"
+    assert first["attestor"] == "https://attestor.test"
+    assert first["measurements"] == ["sha256:" + "ab" * 32]
     assert second["decision"] == "DENY"
     assert second["reason"] == "MALFORMED_REQUEST"
     assert second["grant_id"] is None

@@ -18,7 +18,13 @@ unless the engine said ALLOW and sent a grant.
 
 from govmesh.artifacts.canonical import request_digest
 from govmesh.artifacts.keys import jwk_thumbprint
-from govmesh.client.artifacts import Initiator, issue_attestation, issue_mandate, mandate_hash
+from govmesh.client.artifacts import (
+    Initiator,
+    issue_attestation,
+    issue_mandate,
+    mandate_hash,
+    thumbprint,
+)
 from govmesh.client.engine import AuthorizationResult, EngineClient, SyncEngineClient
 
 __all__ = [
@@ -31,4 +37,5 @@ __all__ = [
     "jwk_thumbprint",
     "mandate_hash",
     "request_digest",
+    "thumbprint",
 ]

@@ -23,22 +23,59 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from govmesh.v1 import common_pb2 as govmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17govmesh/v1/policy.proto\x12\ngovmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17govmesh/v1/common.proto\"\x9d\x01\n\x0f\x45valuateRequest\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12(\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x06 \x01(\t\"\xe6\x01\n\x10\x45valuateResponse\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x14.govmesh.v1.Decision\x12%\n\x06\x62undle\x18\x03 \x01(\x0b\x32\x15.govmesh.v1.BundleRef\x12\x1c\n\x14\x64\x65termining_policies\x18\x04 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\x12,\n\x06shadow\x18\x06 \x01(\x0b\x32\x1c.govmesh.v1.ShadowEvaluation\x12\x0f\n\x07message\x18\x07 \x01(\t\"\x8f\x01\n\x10ShadowEvaluation\x12%\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x15.govmesh.v1.BundleRef\x12&\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x14.govmesh.v1.Decision\x12\x1c\n\x14\x64\x65termining_policies\x18\x03 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x04 \x03(\t2X\n\x0fPolicyAuthority\x12\x45\n\x08\x45valuate\x12\x1b.govmesh.v1.EvaluateRequest\x1a\x1c.govmesh.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17govmesh/v1/policy.proto\x12\ngovmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17govmesh/v1/common.proto\"\x9d\x01\n\x0f\x45valuateRequest\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12(\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x06 \x01(\t\"\xe6\x01\n\x10\x45valuateResponse\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x14.govmesh.v1.Decision\x12%\n\x06\x62undle\x18\x03 \x01(\x0b\x32\x15.govmesh.v1.BundleRef\x12\x1c\n\x14\x64\x65termining_policies\x18\x04 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x05 \x03(\t\x12,\n\x06shadow\x18\x06 \x01(\x0b\x32\x1c.govmesh.v1.ShadowEvaluation\x12\x0f\n\x07message\x18\x07 \x01(\t\"\x8f\x01\n\x10ShadowEvaluation\x12%\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x15.govmesh.v1.BundleRef\x12&\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x14.govmesh.v1.Decision\x12\x1c\n\x14\x64\x65termining_policies\x18\x03 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x04 \x03(\t\"2\n\x0cSignedBundle\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"b\n\x14PublishBundleRequest\x12(\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x18.govmesh.v1.SignedBundle\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\"v\n\x15PublishBundleResponse\x12&\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x16.govmesh.v1.BundleInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12$\n\x05\x65poch\x18\x03 \x01(\x0b\x32\x15.govmesh.v1.EpochInfo\"3\n\x0f\x41\x63tivateRequest\x12\x12\n\nactivation\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"8\n\x10\x41\x63tivateResponse\x12$\n\x05\x65poch\x18\x01 \x01(\x0b\x32\x15.govmesh.v1.EpochInfo\"\x11\n\x0fGetStateRequest\"\xa4\x01\n\x0bPolicyState\x12&\n\x07\x63urrent\x18\x01 \x01(\x0b\x32\x15.govmesh.v1.EpochInfo\x12\r\n\x05ready\x18\x02 \x01(\x08\x12&\n\x07serving\x18\x03 \x01(\x0b\x32\x15.govmesh.v1.BundleRef\x12%\n\x06shadow\x18\x04 \x01(\x0b\x32\x15.govmesh.v1.BundleRef\x12\x0f\n\x07problem\x18\x05 \x01(\t\"\x9c\x01\n\tEpochInfo\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x16\n\x0e\x61\x63tive_version\x18\x02 \x01(\t\x12\x16\n\x0eshadow_version\x18\x03 \x01(\t\x12\x12\n\nsigner_kid\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x02\n\nBundleInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nsigner_kid\x18\x02 \x01(\t\x12\x14\n\x0cpolicy_count\x18\x03 \x01(\r\x12\x12\n\nhas_schema\x18\x04 \x01(\x08\x12\x36\n\x08metadata\x18\x05 \x03(\x0b\x32$.govmesh.v1.BundleInfo.MetadataEntry\x12\x30\n\x0cpublished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x66iles\x18\x07 \x03(\t\x12\x12\n\npolicy_ids\x18\x08 \x03(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x12ListBundlesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"f\n\x13ListBundlesResponse\x12\'\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x16.govmesh.v1.BundleInfo\x12&\n\x07history\x18\x02 \x03(\x0b\x32\x15.govmesh.v1.EpochInfo\"#\n\x10GetBundleRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x8a\x01\n\x11GetBundleResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.govmesh.v1.BundleInfo\x12(\n\x06\x62undle\x18\x02 \x01(\x0b\x32\x18.govmesh.v1.SignedBundle\x12%\n\x06\x65pochs\x18\x03 \x03(\x0b\x32\x15.govmesh.v1.EpochInfo\"3\n\x13ShadowReportRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\r\n\x05limit\x18\x02 \x01(\r\"\xc4\x01\n\x14ShadowReportResponse\x12\x16\n\x0e\x61\x63tive_version\x18\x01 \x01(\t\x12\x16\n\x0eshadow_version\x18\x02 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x03 \x03(\x04\x12\x11\n\tevaluated\x18\x04 \x01(\x04\x12\x11\n\tdisagreed\x18\x05 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x04\x12\x35\n\rdisagreements\x18\x07 \x03(\x0b\x32\x1e.govmesh.v1.ShadowDisagreement\"\xa4\x03\n\x12ShadowDisagreement\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erequest_digest\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x11\n\tprincipal\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x10\n\x08resource\x18\x07 \x01(\t\x12(\n\x07\x63ontext\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x0f\x61\x63tive_decision\x18\t \x01(\x0e\x32\x14.govmesh.v1.Decision\x12\x1a\n\x12\x61\x63tive_determining\x18\n \x03(\t\x12\x15\n\ractive_errors\x18\x0b \x03(\t\x12-\n\x0fshadow_decision\x18\x0c \x01(\x0e\x32\x14.govmesh.v1.Decision\x12\x1a\n\x12shadow_determining\x18\r \x03(\t\x12\x15\n\rshadow_errors\x18\x0e \x03(\t2\xa4\x04\n\x0fPolicyAuthority\x12\x45\n\x08\x45valuate\x12\x1b.govmesh.v1.EvaluateRequest\x1a\x1c.govmesh.v1.EvaluateResponse\x12T\n\rPublishBundle\x12 .govmesh.v1.PublishBundleRequest\x1a!.govmesh.v1.PublishBundleResponse\x12\x45\n\x08\x41\x63tivate\x12\x1b.govmesh.v1.ActivateRequest\x1a\x1c.govmesh.v1.ActivateResponse\x12@\n\x08GetState\x12\x1b.govmesh.v1.GetStateRequest\x1a\x17.govmesh.v1.PolicyState\x12N\n\x0bListBundles\x12\x1e.govmesh.v1.ListBundlesRequest\x1a\x1f.govmesh.v1.ListBundlesResponse\x12H\n\tGetBundle\x12\x1c.govmesh.v1.GetBundleRequest\x1a\x1d.govmesh.v1.GetBundleResponse\x12Q\n\x0cShadowReport\x12\x1f.govmesh.v1.ShadowReportRequest\x1a .govmesh.v1.ShadowReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'govmesh.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVALUATEREQUEST']._serialized_start=95
-  _globals['_EVALUATEREQUEST']._serialized_end=252
-  _globals['_EVALUATERESPONSE']._serialized_start=255
-  _globals['_EVALUATERESPONSE']._serialized_end=485
-  _globals['_SHADOWEVALUATION']._serialized_start=488
-  _globals['_SHADOWEVALUATION']._serialized_end=631
-  _globals['_POLICYAUTHORITY']._serialized_start=633
-  _globals['_POLICYAUTHORITY']._serialized_end=721
+  _globals['_BUNDLEINFO_METADATAENTRY']._loaded_options = None
+  _globals['_BUNDLEINFO_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_EVALUATEREQUEST']._serialized_start=128
+  _globals['_EVALUATEREQUEST']._serialized_end=285
+  _globals['_EVALUATERESPONSE']._serialized_start=288
+  _globals['_EVALUATERESPONSE']._serialized_end=518
+  _globals['_SHADOWEVALUATION']._serialized_start=521
+  _globals['_SHADOWEVALUATION']._serialized_end=664
+  _globals['_SIGNEDBUNDLE']._serialized_start=666
+  _globals['_SIGNEDBUNDLE']._serialized_end=716
+  _globals['_PUBLISHBUNDLEREQUEST']._serialized_start=718
+  _globals['_PUBLISHBUNDLEREQUEST']._serialized_end=816
+  _globals['_PUBLISHBUNDLERESPONSE']._serialized_start=818
+  _globals['_PUBLISHBUNDLERESPONSE']._serialized_end=936
+  _globals['_ACTIVATEREQUEST']._serialized_start=938
+  _globals['_ACTIVATEREQUEST']._serialized_end=989
+  _globals['_ACTIVATERESPONSE']._serialized_start=991
+  _globals['_ACTIVATERESPONSE']._serialized_end=1047
+  _globals['_GETSTATEREQUEST']._serialized_start=1049
+  _globals['_GETSTATEREQUEST']._serialized_end=1066
+  _globals['_POLICYSTATE']._serialized_start=1069
+  _globals['_POLICYSTATE']._serialized_end=1233
+  _globals['_EPOCHINFO']._serialized_start=1236
+  _globals['_EPOCHINFO']._serialized_end=1392
+  _globals['_BUNDLEINFO']._serialized_start=1395
+  _globals['_BUNDLEINFO']._serialized_end=1676
+  _globals['_BUNDLEINFO_METADATAENTRY']._serialized_start=1629
+  _globals['_BUNDLEINFO_METADATAENTRY']._serialized_end=1676
+  _globals['_LISTBUNDLESREQUEST']._serialized_start=1678
+  _globals['_LISTBUNDLESREQUEST']._serialized_end=1713
+  _globals['_LISTBUNDLESRESPONSE']._serialized_start=1715
+  _globals['_LISTBUNDLESRESPONSE']._serialized_end=1817
+  _globals['_GETBUNDLEREQUEST']._serialized_start=1819
+  _globals['_GETBUNDLEREQUEST']._serialized_end=1854
+  _globals['_GETBUNDLERESPONSE']._serialized_start=1857
+  _globals['_GETBUNDLERESPONSE']._serialized_end=1995
+  _globals['_SHADOWREPORTREQUEST']._serialized_start=1997
+  _globals['_SHADOWREPORTREQUEST']._serialized_end=2048
+  _globals['_SHADOWREPORTRESPONSE']._serialized_start=2051
+  _globals['_SHADOWREPORTRESPONSE']._serialized_end=2247
+  _globals['_SHADOWDISAGREEMENT']._serialized_start=2250
+  _globals['_SHADOWDISAGREEMENT']._serialized_end=2670
+  _globals['_POLICYAUTHORITY']._serialized_start=2673
+  _globals['_POLICYAUTHORITY']._serialized_end=3221
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from govmesh.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -140,3 +141,522 @@ class ShadowEvaluation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShadowEvaluation: _TypeAlias = ShadowEvaluation  # noqa: Y015
+
+@_typing.final
+class SignedBundle(_message.Message):
+    """A bundle as published: its canonical content and an admin's signature over
+    its version (the SHA-256 of the content).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """RFC 8785 canonical JSON of the bundle document"""
+    signature: _builtins.str
+    """compact JWS, typ govmesh-policy-bundle+jwt"""
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        signature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedBundle: _TypeAlias = SignedBundle  # noqa: Y015
+
+@_typing.final
+class PublishBundleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    ACTIVATION_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    activation: _builtins.str
+    """A signed activation statement (typ govmesh-policy-activation+jwt) naming
+    this bundle as active or shadow at the next epoch; empty to stage only.
+    """
+    note: _builtins.str
+    """recorded in the activation history"""
+    @_builtins.property
+    def bundle(self) -> Global___SignedBundle: ...
+    def __init__(
+        self,
+        *,
+        bundle: Global___SignedBundle | None = ...,
+        activation: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "bundle", b"bundle", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBundleRequest: _TypeAlias = PublishBundleRequest  # noqa: Y015
+
+@_typing.final
+class PublishBundleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """false when this version was already published"""
+    @_builtins.property
+    def bundle(self) -> Global___BundleInfo: ...
+    @_builtins.property
+    def epoch(self) -> Global___EpochInfo:
+        """the new epoch, when activated"""
+
+    def __init__(
+        self,
+        *,
+        bundle: Global___BundleInfo | None = ...,
+        created: _builtins.bool = ...,
+        epoch: Global___EpochInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "epoch", b"epoch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "created", b"created", "epoch", b"epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishBundleResponse: _TypeAlias = PublishBundleResponse  # noqa: Y015
+
+@_typing.final
+class ActivateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVATION_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    activation: _builtins.str
+    """signed activation statement"""
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        activation: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateRequest: _TypeAlias = ActivateRequest  # noqa: Y015
+
+@_typing.final
+class ActivateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def epoch(self) -> Global___EpochInfo: ...
+    def __init__(
+        self,
+        *,
+        epoch: Global___EpochInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateResponse: _TypeAlias = ActivateResponse  # noqa: Y015
+
+@_typing.final
+class GetStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStateRequest: _TypeAlias = GetStateRequest  # noqa: Y015
+
+@_typing.final
+class PolicyState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENT_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    ready: _builtins.bool
+    """whether this replica answers Evaluate"""
+    problem: _builtins.str
+    """why this replica is not ready"""
+    @_builtins.property
+    def current(self) -> Global___EpochInfo:
+        """the newest epoch in the store (unset before the first)"""
+
+    @_builtins.property
+    def serving(self) -> _common_pb2.BundleRef:
+        """what this replica evaluates under"""
+
+    @_builtins.property
+    def shadow(self) -> _common_pb2.BundleRef: ...
+    def __init__(
+        self,
+        *,
+        current: Global___EpochInfo | None = ...,
+        ready: _builtins.bool = ...,
+        serving: _common_pb2.BundleRef | None = ...,
+        shadow: _common_pb2.BundleRef | None = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "serving", b"serving", "shadow", b"shadow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "problem", b"problem", "ready", b"ready", "serving", b"serving", "shadow", b"shadow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyState: _TypeAlias = PolicyState  # noqa: Y015
+
+@_typing.final
+class EpochInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    ACTIVE_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    SIGNER_KID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    active_version: _builtins.str
+    shadow_version: _builtins.str
+    signer_kid: _builtins.str
+    note: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        active_version: _builtins.str = ...,
+        shadow_version: _builtins.str = ...,
+        signer_kid: _builtins.str = ...,
+        note: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_version", b"active_version", "created_at", b"created_at", "epoch", b"epoch", "note", b"note", "shadow_version", b"shadow_version", "signer_kid", b"signer_kid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EpochInfo: _TypeAlias = EpochInfo  # noqa: Y015
+
+@_typing.final
+class BundleInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SIGNER_KID_FIELD_NUMBER: _builtins.int
+    POLICY_COUNT_FIELD_NUMBER: _builtins.int
+    HAS_SCHEMA_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    POLICY_IDS_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    signer_kid: _builtins.str
+    policy_count: _builtins.int
+    has_schema: _builtins.bool
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def published_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """GetBundle only"""
+
+    @_builtins.property
+    def policy_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """GetBundle only"""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        signer_kid: _builtins.str = ...,
+        policy_count: _builtins.int = ...,
+        has_schema: _builtins.bool = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        published_at: _timestamp_pb2.Timestamp | None = ...,
+        files: _abc.Iterable[_builtins.str] | None = ...,
+        policy_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["published_at", b"published_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "has_schema", b"has_schema", "metadata", b"metadata", "policy_count", b"policy_count", "policy_ids", b"policy_ids", "published_at", b"published_at", "signer_kid", b"signer_kid", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BundleInfo: _TypeAlias = BundleInfo  # noqa: Y015
+
+@_typing.final
+class ListBundlesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """0: a default"""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBundlesRequest: _TypeAlias = ListBundlesRequest  # noqa: Y015
+
+@_typing.final
+class ListBundlesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleInfo]:
+        """newest first"""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___EpochInfo]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        bundles: _abc.Iterable[Global___BundleInfo] | None = ...,
+        history: _abc.Iterable[Global___EpochInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles", "history", b"history"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBundlesResponse: _TypeAlias = ListBundlesResponse  # noqa: Y015
+
+@_typing.final
+class GetBundleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """a full version or a unique prefix of at least 4 digits"""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBundleRequest: _TypeAlias = GetBundleRequest  # noqa: Y015
+
+@_typing.final
+class GetBundleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def info(self) -> Global___BundleInfo: ...
+    @_builtins.property
+    def bundle(self) -> Global___SignedBundle: ...
+    @_builtins.property
+    def epochs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EpochInfo]:
+        """where it was active or shadow, newest first"""
+
+    def __init__(
+        self,
+        *,
+        info: Global___BundleInfo | None = ...,
+        bundle: Global___SignedBundle | None = ...,
+        epochs: _abc.Iterable[Global___EpochInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "epochs", b"epochs", "info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBundleResponse: _TypeAlias = GetBundleResponse  # noqa: Y015
+
+@_typing.final
+class ShadowReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    """The epoch whose active/shadow pair to report on (every epoch with the
+    same pair counts); 0: the current epoch, or the newest that had a shadow.
+    """
+    limit: _builtins.int
+    """disagreements to list; 0: a default"""
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowReportRequest: _TypeAlias = ShadowReportRequest  # noqa: Y015
+
+@_typing.final
+class ShadowReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    EVALUATED_FIELD_NUMBER: _builtins.int
+    DISAGREED_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    DISAGREEMENTS_FIELD_NUMBER: _builtins.int
+    active_version: _builtins.str
+    shadow_version: _builtins.str
+    evaluated: _builtins.int
+    disagreed: _builtins.int
+    dropped: _builtins.int
+    """disagreements counted but not kept"""
+    @_builtins.property
+    def epochs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def disagreements(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowDisagreement]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        active_version: _builtins.str = ...,
+        shadow_version: _builtins.str = ...,
+        epochs: _abc.Iterable[_builtins.int] | None = ...,
+        evaluated: _builtins.int = ...,
+        disagreed: _builtins.int = ...,
+        dropped: _builtins.int = ...,
+        disagreements: _abc.Iterable[Global___ShadowDisagreement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_version", b"active_version", "disagreed", b"disagreed", "disagreements", b"disagreements", "dropped", b"dropped", "epochs", b"epochs", "evaluated", b"evaluated", "shadow_version", b"shadow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowReportResponse: _TypeAlias = ShadowReportResponse  # noqa: Y015
+
+@_typing.final
+class ShadowDisagreement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    ACTIVE_DECISION_FIELD_NUMBER: _builtins.int
+    ACTIVE_DETERMINING_FIELD_NUMBER: _builtins.int
+    ACTIVE_ERRORS_FIELD_NUMBER: _builtins.int
+    SHADOW_DECISION_FIELD_NUMBER: _builtins.int
+    SHADOW_DETERMINING_FIELD_NUMBER: _builtins.int
+    SHADOW_ERRORS_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    request_digest: _builtins.str
+    decision_id: _builtins.str
+    principal: _builtins.str
+    action: _builtins.str
+    resource: _builtins.str
+    active_decision: _common_pb2.Decision.ValueType
+    shadow_decision: _common_pb2.Decision.ValueType
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def context(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def active_determining(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def active_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def shadow_determining(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def shadow_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        request_digest: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        action: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        context: _struct_pb2.Struct | None = ...,
+        active_decision: _common_pb2.Decision.ValueType = ...,
+        active_determining: _abc.Iterable[_builtins.str] | None = ...,
+        active_errors: _abc.Iterable[_builtins.str] | None = ...,
+        shadow_decision: _common_pb2.Decision.ValueType = ...,
+        shadow_determining: _abc.Iterable[_builtins.str] | None = ...,
+        shadow_errors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "active_decision", b"active_decision", "active_determining", b"active_determining", "active_errors", b"active_errors", "context", b"context", "decision_id", b"decision_id", "epoch", b"epoch", "principal", b"principal", "recorded_at", b"recorded_at", "request_digest", b"request_digest", "resource", b"resource", "shadow_decision", b"shadow_decision", "shadow_determining", b"shadow_determining", "shadow_errors", b"shadow_errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowDisagreement: _TypeAlias = ShadowDisagreement  # noqa: Y015

@@ -39,12 +39,84 @@ class PolicyAuthorityStub:
                 request_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.PublishBundle = channel.unary_unary(
+                '/govmesh.v1.PolicyAuthority/PublishBundle',
+                request_serializer=govmesh_dot_v1_dot_policy__pb2.PublishBundleRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_policy__pb2.PublishBundleResponse.FromString,
+                _registered_method=True)
+        self.Activate = channel.unary_unary(
+                '/govmesh.v1.PolicyAuthority/Activate',
+                request_serializer=govmesh_dot_v1_dot_policy__pb2.ActivateRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_policy__pb2.ActivateResponse.FromString,
+                _registered_method=True)
+        self.GetState = channel.unary_unary(
+                '/govmesh.v1.PolicyAuthority/GetState',
+                request_serializer=govmesh_dot_v1_dot_policy__pb2.GetStateRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_policy__pb2.PolicyState.FromString,
+                _registered_method=True)
+        self.ListBundles = channel.unary_unary(
+                '/govmesh.v1.PolicyAuthority/ListBundles',
+                request_serializer=govmesh_dot_v1_dot_policy__pb2.ListBundlesRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_policy__pb2.ListBundlesResponse.FromString,
+                _registered_method=True)
+        self.GetBundle = channel.unary_unary(
+                '/govmesh.v1.PolicyAuthority/GetBundle',
+                request_serializer=govmesh_dot_v1_dot_policy__pb2.GetBundleRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_policy__pb2.GetBundleResponse.FromString,
+                _registered_method=True)
+        self.ShadowReport = channel.unary_unary(
+                '/govmesh.v1.PolicyAuthority/ShadowReport',
+                request_serializer=govmesh_dot_v1_dot_policy__pb2.ShadowReportRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_policy__pb2.ShadowReportResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyAuthorityServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Evaluate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishBundle(self, request, context):
+        """Bundle administration. Bundles are signed by a policy-admin key, and so
+        is every change of the active state (an activation statement naming the
+        next epoch). Refusals are gRPC errors: INVALID_ARGUMENT for a bundle that
+        does not compile, PERMISSION_DENIED for a signature the authority does not
+        trust, ABORTED when the epoch moved meanwhile, NOT_FOUND for an unknown
+        version. A refusal changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Activate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBundle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShadowReport(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +129,36 @@ def add_PolicyAuthorityServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateRequest.FromString,
                     response_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'PublishBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishBundle,
+                    request_deserializer=govmesh_dot_v1_dot_policy__pb2.PublishBundleRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_policy__pb2.PublishBundleResponse.SerializeToString,
+            ),
+            'Activate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Activate,
+                    request_deserializer=govmesh_dot_v1_dot_policy__pb2.ActivateRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_policy__pb2.ActivateResponse.SerializeToString,
+            ),
+            'GetState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetState,
+                    request_deserializer=govmesh_dot_v1_dot_policy__pb2.GetStateRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_policy__pb2.PolicyState.SerializeToString,
+            ),
+            'ListBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBundles,
+                    request_deserializer=govmesh_dot_v1_dot_policy__pb2.ListBundlesRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_policy__pb2.ListBundlesResponse.SerializeToString,
+            ),
+            'GetBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBundle,
+                    request_deserializer=govmesh_dot_v1_dot_policy__pb2.GetBundleRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_policy__pb2.GetBundleResponse.SerializeToString,
+            ),
+            'ShadowReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShadowReport,
+                    request_deserializer=govmesh_dot_v1_dot_policy__pb2.ShadowReportRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_policy__pb2.ShadowReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +188,168 @@ class PolicyAuthority:
             '/govmesh.v1.PolicyAuthority/Evaluate',
             govmesh_dot_v1_dot_policy__pb2.EvaluateRequest.SerializeToString,
             govmesh_dot_v1_dot_policy__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.PolicyAuthority/PublishBundle',
+            govmesh_dot_v1_dot_policy__pb2.PublishBundleRequest.SerializeToString,
+            govmesh_dot_v1_dot_policy__pb2.PublishBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Activate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.PolicyAuthority/Activate',
+            govmesh_dot_v1_dot_policy__pb2.ActivateRequest.SerializeToString,
+            govmesh_dot_v1_dot_policy__pb2.ActivateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.PolicyAuthority/GetState',
+            govmesh_dot_v1_dot_policy__pb2.GetStateRequest.SerializeToString,
+            govmesh_dot_v1_dot_policy__pb2.PolicyState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.PolicyAuthority/ListBundles',
+            govmesh_dot_v1_dot_policy__pb2.ListBundlesRequest.SerializeToString,
+            govmesh_dot_v1_dot_policy__pb2.ListBundlesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.PolicyAuthority/GetBundle',
+            govmesh_dot_v1_dot_policy__pb2.GetBundleRequest.SerializeToString,
+            govmesh_dot_v1_dot_policy__pb2.GetBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShadowReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.PolicyAuthority/ShadowReport',
+            govmesh_dot_v1_dot_policy__pb2.ShadowReportRequest.SerializeToString,
+            govmesh_dot_v1_dot_policy__pb2.ShadowReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

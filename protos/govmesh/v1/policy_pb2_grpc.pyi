@@ -32,11 +32,37 @@ class PolicyAuthorityStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PolicyAuthorityAsyncStub: ...
     Evaluate: _grpc.UnaryUnaryMultiCallable[_policy_pb2.EvaluateRequest, _policy_pb2.EvaluateResponse]
+    PublishBundle: _grpc.UnaryUnaryMultiCallable[_policy_pb2.PublishBundleRequest, _policy_pb2.PublishBundleResponse]
+    """Bundle administration. Bundles are signed by a policy-admin key, and so
+    is every change of the active state (an activation statement naming the
+    next epoch). Refusals are gRPC errors: INVALID_ARGUMENT for a bundle that
+    does not compile, PERMISSION_DENIED for a signature the authority does not
+    trust, ABORTED when the epoch moved meanwhile, NOT_FOUND for an unknown
+    version. A refusal changes nothing.
+    """
+    Activate: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ActivateRequest, _policy_pb2.ActivateResponse]
+    GetState: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetStateRequest, _policy_pb2.PolicyState]
+    ListBundles: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ListBundlesRequest, _policy_pb2.ListBundlesResponse]
+    GetBundle: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetBundleRequest, _policy_pb2.GetBundleResponse]
+    ShadowReport: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ShadowReportRequest, _policy_pb2.ShadowReportResponse]
 
 @_typing.type_check_only
 class PolicyAuthorityAsyncStub(PolicyAuthorityStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Evaluate: _aio.UnaryUnaryMultiCallable[_policy_pb2.EvaluateRequest, _policy_pb2.EvaluateResponse]  # type: ignore[assignment]
+    PublishBundle: _aio.UnaryUnaryMultiCallable[_policy_pb2.PublishBundleRequest, _policy_pb2.PublishBundleResponse]  # type: ignore[assignment]
+    """Bundle administration. Bundles are signed by a policy-admin key, and so
+    is every change of the active state (an activation statement naming the
+    next epoch). Refusals are gRPC errors: INVALID_ARGUMENT for a bundle that
+    does not compile, PERMISSION_DENIED for a signature the authority does not
+    trust, ABORTED when the epoch moved meanwhile, NOT_FOUND for an unknown
+    version. A refusal changes nothing.
+    """
+    Activate: _aio.UnaryUnaryMultiCallable[_policy_pb2.ActivateRequest, _policy_pb2.ActivateResponse]  # type: ignore[assignment]
+    GetState: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetStateRequest, _policy_pb2.PolicyState]  # type: ignore[assignment]
+    ListBundles: _aio.UnaryUnaryMultiCallable[_policy_pb2.ListBundlesRequest, _policy_pb2.ListBundlesResponse]  # type: ignore[assignment]
+    GetBundle: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetBundleRequest, _policy_pb2.GetBundleResponse]  # type: ignore[assignment]
+    ShadowReport: _aio.UnaryUnaryMultiCallable[_policy_pb2.ShadowReportRequest, _policy_pb2.ShadowReportResponse]  # type: ignore[assignment]
 
 class PolicyAuthorityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,5 +71,54 @@ class PolicyAuthorityServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.EvaluateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.EvaluateResponse, _abc.Awaitable[_policy_pb2.EvaluateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishBundle(
+        self,
+        request: _policy_pb2.PublishBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.PublishBundleResponse, _abc.Awaitable[_policy_pb2.PublishBundleResponse]]:
+        """Bundle administration. Bundles are signed by a policy-admin key, and so
+        is every change of the active state (an activation statement naming the
+        next epoch). Refusals are gRPC errors: INVALID_ARGUMENT for a bundle that
+        does not compile, PERMISSION_DENIED for a signature the authority does not
+        trust, ABORTED when the epoch moved meanwhile, NOT_FOUND for an unknown
+        version. A refusal changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def Activate(
+        self,
+        request: _policy_pb2.ActivateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ActivateResponse, _abc.Awaitable[_policy_pb2.ActivateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetState(
+        self,
+        request: _policy_pb2.GetStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.PolicyState, _abc.Awaitable[_policy_pb2.PolicyState]]: ...
+
+    @_abc_1.abstractmethod
+    def ListBundles(
+        self,
+        request: _policy_pb2.ListBundlesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ListBundlesResponse, _abc.Awaitable[_policy_pb2.ListBundlesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetBundle(
+        self,
+        request: _policy_pb2.GetBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.GetBundleResponse, _abc.Awaitable[_policy_pb2.GetBundleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ShadowReport(
+        self,
+        request: _policy_pb2.ShadowReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ShadowReportResponse, _abc.Awaitable[_policy_pb2.ShadowReportResponse]]: ...
 
 def add_PolicyAuthorityServicer_to_server(servicer: PolicyAuthorityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

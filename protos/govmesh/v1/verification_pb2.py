@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from govmesh.v1 import common_pb2 as govmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgovmesh/v1/verification.proto\x12\ngovmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17govmesh/v1/common.proto\"\xbd\x01\n\rVerifyRequest\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07mandate\x18\x05 \x01(\t\x12\r\n\x05proof\x18\x06 \x01(\t\x12\x13\n\x0b\x61ttestation\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\"\xc8\x01\n\x0eVerifyResponse\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x10\n\x08verified\x18\x02 \x01(\x08\x12&\n\x06reason\x18\x03 \x01(\x0e\x32\x16.govmesh.v1.DenyReason\x12\'\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x17.govmesh.v1.CheckResult\x12*\n\x06\x63laims\x18\x05 \x01(\x0b\x32\x1a.govmesh.v1.VerifiedClaims\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xd8\x01\n\x0eVerifiedClaims\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x12\n\nmandate_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63nf_jkt\x18\x04 \x01(\t\x12$\n\x03\x65nv\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0b\x61ttribution\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12mandate_expires_at\x18\x07 \x01(\x03\x12\x10\n\x08proof_id\x18\x08 \x01(\t2O\n\x0cVerification\x12?\n\x06Verify\x12\x19.govmesh.v1.VerifyRequest\x1a\x1a.govmesh.v1.VerifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgovmesh/v1/verification.proto\x12\ngovmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17govmesh/v1/common.proto\"\xbd\x01\n\rVerifyRequest\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07mandate\x18\x05 \x01(\t\x12\r\n\x05proof\x18\x06 \x01(\t\x12\x13\n\x0b\x61ttestation\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\"\xdf\x01\n\x0eVerifyResponse\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x10\n\x08verified\x18\x02 \x01(\x08\x12&\n\x06reason\x18\x03 \x01(\x0e\x32\x16.govmesh.v1.DenyReason\x12\'\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x17.govmesh.v1.CheckResult\x12*\n\x06\x63laims\x18\x05 \x01(\x0b\x32\x1a.govmesh.v1.VerifiedClaims\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x15\n\rtrust_version\x18\x07 \x01(\t\"\x80\x02\n\x0eVerifiedClaims\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x12\n\nmandate_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63nf_jkt\x18\x04 \x01(\t\x12$\n\x03\x65nv\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0b\x61ttribution\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12mandate_expires_at\x18\x07 \x01(\x03\x12\x10\n\x08proof_id\x18\x08 \x01(\t\x12\x10\n\x08\x61ttestor\x18\t \x01(\t\x12\x14\n\x0cmeasurements\x18\n \x03(\t2O\n\x0cVerification\x12?\n\x06Verify\x12\x19.govmesh.v1.VerifyRequest\x1a\x1a.govmesh.v1.VerifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYREQUEST']._serialized_start=101
   _globals['_VERIFYREQUEST']._serialized_end=290
   _globals['_VERIFYRESPONSE']._serialized_start=293
-  _globals['_VERIFYRESPONSE']._serialized_end=493
-  _globals['_VERIFIEDCLAIMS']._serialized_start=496
-  _globals['_VERIFIEDCLAIMS']._serialized_end=712
-  _globals['_VERIFICATION']._serialized_start=714
-  _globals['_VERIFICATION']._serialized_end=793
+  _globals['_VERIFYRESPONSE']._serialized_end=516
+  _globals['_VERIFIEDCLAIMS']._serialized_start=519
+  _globals['_VERIFIEDCLAIMS']._serialized_end=775
+  _globals['_VERIFICATION']._serialized_start=777
+  _globals['_VERIFICATION']._serialized_end=856
 # @@protoc_insertion_point(module_scope)

@@ -73,6 +73,7 @@ class VerifyResponse(_message.Message):
     CHECKS_FIELD_NUMBER: _builtins.int
     CLAIMS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    TRUST_VERSION_FIELD_NUMBER: _builtins.int
     request_digest: _builtins.str
     """echo of the digest this answer is for"""
     verified: _builtins.bool
@@ -80,6 +81,8 @@ class VerifyResponse(_message.Message):
     reason: _common_pb2.DenyReason.ValueType
     """primary reason when not verified"""
     message: _builtins.str
+    trust_version: _builtins.str
+    """SHA-256 of the trust file and JWKS files this answer used"""
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.CheckResult]:
         """every required check, passed or failed"""
@@ -97,10 +100,11 @@ class VerifyResponse(_message.Message):
         checks: _abc.Iterable[_common_pb2.CheckResult] | None = ...,
         claims: Global___VerifiedClaims | None = ...,
         message: _builtins.str = ...,
+        trust_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "claims", b"claims", "message", b"message", "reason", b"reason", "request_digest", b"request_digest", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "claims", b"claims", "message", b"message", "reason", b"reason", "request_digest", b"request_digest", "trust_version", b"trust_version", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,6 +124,8 @@ class VerifiedClaims(_message.Message):
     ATTRIBUTION_FIELD_NUMBER: _builtins.int
     MANDATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PROOF_ID_FIELD_NUMBER: _builtins.int
+    ATTESTOR_FIELD_NUMBER: _builtins.int
+    MEASUREMENTS_FIELD_NUMBER: _builtins.int
     issuer: _builtins.str
     subject: _builtins.str
     """mandate sub: the Cedar principal"""
@@ -130,6 +136,8 @@ class VerifiedClaims(_message.Message):
     """unix seconds"""
     proof_id: _builtins.str
     """proof jti"""
+    attestor: _builtins.str
+    """attestation iss ("" without attestation)"""
     @_builtins.property
     def env(self) -> _struct_pb2.Struct:
         """attested environment ({} without attestation)"""
@@ -137,6 +145,10 @@ class VerifiedClaims(_message.Message):
     @_builtins.property
     def attribution(self) -> _struct_pb2.Struct:
         """mandate `att` ({} without)"""
+
+    @_builtins.property
+    def measurements(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """attested runtime measurements, all on the allow list"""
 
     def __init__(
         self,
@@ -149,10 +161,12 @@ class VerifiedClaims(_message.Message):
         attribution: _struct_pb2.Struct | None = ...,
         mandate_expires_at: _builtins.int = ...,
         proof_id: _builtins.str = ...,
+        attestor: _builtins.str = ...,
+        measurements: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attribution", b"attribution", "env", b"env"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribution", b"attribution", "cnf_jkt", b"cnf_jkt", "env", b"env", "issuer", b"issuer", "mandate_expires_at", b"mandate_expires_at", "mandate_id", b"mandate_id", "proof_id", b"proof_id", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestor", b"attestor", "attribution", b"attribution", "cnf_jkt", b"cnf_jkt", "env", b"env", "issuer", b"issuer", "mandate_expires_at", b"mandate_expires_at", "mandate_id", b"mandate_id", "measurements", b"measurements", "proof_id", b"proof_id", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -58,18 +58,25 @@ def primary_reason(reasons: Iterable[int]) -> Reason:
 
 
 class Check(StrEnum):
-    """The checks verification reports, each with its own verdict."""
+    """The checks verification reports, each with its own verdict.
+
+    A check passes only when it was evaluated on its inputs and held; a check
+    whose input is absent or unreadable fails with the reason of that input
+    (MISSING_AUTHORIZATION or INVALID_VERIFICATION), never passes by default.
+    """
 
     PRESENCE = "presence"  # mandate and proof present
-    SIGNATURE = "signature"  # mandate signature, alg, typ, kid
-    ISSUER = "issuer"  # issuer trusted, audience is govmesh
-    WINDOW = "window"  # exp / nbf / iat within the clock skew
+    DIGEST = "digest"  # request_digest recomputed from action, resource and context
+    SIGNATURE = "signature"  # mandate: form, typ, kid, pinned alg, signature, required claims
+    ISSUER = "issuer"  # mandate issuer trusted, audience is govmesh
+    WINDOW = "window"  # exp / nbf / iat of mandate, proof and attestation, within the skew
+    POP = "pop"  # proof: form, typ, alg, signature, jwk thumbprint == cnf.jkt, req, ath
+    REPLAY = "replay"  # proof jti not seen before within the proof window, by any replica
+    ATTESTATION = "attestation"  # attestation (when presented): form, typ, attestor, signature
+    ENVIRONMENT = "environment"  # attestation names the same sub and cnf.jkt, env satisfies binding
+    RUNTIME = "runtime"  # every measurement allowed; at least one under an env binding
+    SCOPE = "scope"  # action and resource inside one of the mandate's scope entries
 
 
 #: The checks every verification answer must report, each exactly once.
-REQUIRED_CHECKS: tuple[Check, ...] = (
-    Check.PRESENCE,
-    Check.SIGNATURE,
-    Check.ISSUER,
-    Check.WINDOW,
-)
+REQUIRED_CHECKS: tuple[Check, ...] = tuple(Check)

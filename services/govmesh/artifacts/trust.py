@@ -1,14 +1,54 @@
-"""The trust configuration (DESIGN.md section 4): one TOML file, paths relative to it."""
+"""The trust configuration (DESIGN.md section 4): one TOML file, paths relative to it.
+
+    [[issuers]]                 # who may sign mandates
+    iss = "https://idp.example"
+    jwks = "issuer.jwks.json"
+
+    [[attestors]]               # who may sign attestations
+    iss = "https://attestor.example"
+    jwks = "attestor.jwks.json"
+
+    [runtime]
+    allowed_measurements = ["sha256:9f86d0..."]
+
+Every key is pinned to exactly one algorithm. An Ed25519 key verifies EdDSA
+(whether or not it says so); an EC P-256 key verifies ES256 and an RSA key
+(2048 bits or more) RS256 only when its JWK declares that `alg`. Keys that
+declare anything else, that are for encryption, or whose type govmesh does not
+accept are ignored (they never verify) and reported in `Trust.notes`. A JWKS
+with private or symmetric key material, duplicate kids, or no usable key is
+refused, as is the whole trust file with it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import tomllib
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
+
 from govmesh.runtime.errors import ConfigurationError
+
+#: The JWS algorithms govmesh verifies.
+SIGNATURE_ALGS = frozenset({"EdDSA", "ES256", "RS256"})
+#: The smallest RSA modulus accepted, in bits.
+MIN_RSA_BITS = 2048
+#: The form of an allowed measurement.
+MEASUREMENT = re.compile(r"sha256:[0-9a-f]{64}")
+
+#: Members of a JWK that carry private or symmetric key material.
+_SECRET_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_KNOWN_TOP_LEVEL = frozenset({"issuers", "attestors", "runtime"})
+
+VerifyingKey = OKPKey | ECKey | RSAKey
 
 
 class TrustFileError(ConfigurationError):
@@ -16,43 +56,146 @@ class TrustFileError(ConfigurationError):
 
 
 @dataclass(frozen=True)
+class TrustedKey:
+    """One public key of a trusted party, pinned to one algorithm."""
+
+    kid: str | None
+    alg: str
+    jwk: Mapping[str, Any]
+    key: VerifyingKey = field(repr=False)
+
+
+@dataclass(frozen=True)
 class TrustedParty:
-    """An issuer or attestor and its public keys."""
+    """An issuer or attestor and its usable public keys."""
 
     iss: str
     jwks_path: Path
-    keys: tuple[dict[str, Any], ...]
+    keys: tuple[TrustedKey, ...]
+
+    def key_for(self, kid: object) -> TrustedKey | None:
+        """The key a JWS header's `kid` names.
+
+        A header kid must name one of the keys exactly. A header without kid
+        may use a key without kid only when that key is the party's single key.
+        """
+        if kid is None:
+            if len(self.keys) == 1 and self.keys[0].kid is None:
+                return self.keys[0]
+            return None
+        if not isinstance(kid, str):
+            return None
+        for key in self.keys:
+            if key.kid == kid:
+                return key
+        return None
 
 
 @dataclass(frozen=True)
 class Trust:
-    """Everything the trust file says, with the JWKS files read."""
+    """Everything the trust file says, with the JWKS files read.
+
+    `version` is the SHA-256 of the trust file and every JWKS file it names,
+    so two loads of the same bytes have the same version. `files` are the
+    files it was read from (the trust file first), which a watcher stats.
+    """
 
     path: Path
     issuers: dict[str, TrustedParty]
     attestors: dict[str, TrustedParty]
     allowed_measurements: frozenset[str] = field(default_factory=frozenset)
+    version: str = ""
+    files: tuple[Path, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
-def _read_jwks(path: Path) -> tuple[dict[str, Any], ...]:
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        document = json.loads(path.read_text())
+        return path.read_bytes()
     except OSError as exc:
-        raise TrustFileError(f"cannot read JWKS {path}: {exc.strerror}") from exc
-    except ValueError as exc:
+        raise TrustFileError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def usable_key(params: Mapping[str, Any]) -> tuple[str, VerifyingKey]:
+    """The one algorithm `params` verifies, and the key; ValueError if it verifies none."""
+    kty, declared = params.get("kty"), params.get("alg")
+    use, ops = params.get("use"), params.get("key_ops")
+    if use is not None and use != "sig":
+        raise ValueError(f"use {use!r} is not sig")
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        raise ValueError("key_ops does not allow verify")
+    if kty == "OKP":
+        if params.get("crv") != "Ed25519":
+            raise ValueError(f"OKP curve {params.get('crv')!r} is not Ed25519")
+        if declared not in (None, "EdDSA"):
+            raise ValueError(f"an Ed25519 key cannot be used with alg {declared!r}")
+        alg = "EdDSA"
+    elif kty == "EC":
+        if params.get("crv") != "P-256" or declared != "ES256":
+            raise ValueError("an EC key is used only as a P-256 key that declares alg ES256")
+        alg = "ES256"
+    elif kty == "RSA":
+        if declared != "RS256":
+            raise ValueError("an RSA key is used only when it declares alg RS256")
+        alg = "RS256"
+    else:
+        raise ValueError(f"key type {kty!r} is not accepted")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            key = import_key(dict(params))
+    except Exception as exc:  # joserfc raises several types for bad material
+        raise ValueError(f"not a valid {kty} key: {exc}") from None
+    if isinstance(key, RSAKey):
+        bits = key.get_op_key("verify").key_size
+        if bits < MIN_RSA_BITS:
+            raise ValueError(f"RSA key of {bits} bits is shorter than {MIN_RSA_BITS}")
+    if not isinstance(key, OKPKey | ECKey | RSAKey) or key.is_private:
+        raise ValueError("not a public signature key")
+    return alg, key
+
+
+def _read_jwks(path: Path, raw: bytes, notes: list[str]) -> tuple[TrustedKey, ...]:
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise TrustFileError(f"JWKS {path} is not JSON") from exc
-    keys = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) for k in keys):
-        raise TrustFileError(f"JWKS {path} has no keys")
-    for key in keys:
-        if "d" in key or "k" in key:
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(k, dict) for k in entries):
+        raise TrustFileError(f"JWKS {path} has no keys array")
+    keys: list[TrustedKey] = []
+    kids: set[str] = set()
+    for position, params in enumerate(entries):
+        if _SECRET_MEMBERS & set(params):
             raise TrustFileError(f"JWKS {path} contains private or symmetric key material")
+        kid = params.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not kid):
+            raise TrustFileError(f"JWKS {path}: key {position} has a kid that is not a string")
+        if kid is not None:
+            if kid in kids:
+                raise TrustFileError(f"JWKS {path} lists kid {kid!r} twice")
+            kids.add(kid)
+        try:
+            alg, key = usable_key(params)
+        except ValueError as exc:
+            notes.append(f"{path}: key {kid or position} ignored: {exc}")
+            continue
+        keys.append(TrustedKey(kid=kid, alg=alg, jwk=dict(params), key=key))
+    if not keys:
+        raise TrustFileError(f"JWKS {path} has no key govmesh can verify with")
     return tuple(keys)
 
 
-def _parties(doc: dict[str, Any], section: str, base: Path) -> dict[str, TrustedParty]:
+def _parties(
+    doc: dict[str, Any],
+    section: str,
+    base: Path,
+    hashed: Any,
+    files: list[Path],
+    notes: list[str],
+) -> dict[str, TrustedParty]:
     entries = doc.get(section, [])
-    if not isinstance(entries, list):
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise TrustFileError(f"[[{section}]] must be an array of tables")
     parties: dict[str, TrustedParty] = {}
     for entry in entries:
@@ -61,27 +204,68 @@ def _parties(doc: dict[str, Any], section: str, base: Path) -> dict[str, Trusted
             raise TrustFileError(f"every [[{section}]] needs iss and jwks")
         if iss in parties:
             raise TrustFileError(f"[[{section}]] lists {iss!r} twice")
-        path = (base / jwks).resolve()
-        parties[iss] = TrustedParty(iss=iss, jwks_path=path, keys=_read_jwks(path))
+        unknown = set(entry) - {"iss", "jwks"}
+        if unknown:
+            notes.append(f"[[{section}]] {iss!r}: unknown keys {sorted(unknown)} ignored")
+        # Not resolved: a Kubernetes ConfigMap updates by swapping a symlink,
+        # and the path must keep naming the file, not its old target.
+        path = Path(os.path.normpath(base / jwks))
+        raw = _read_bytes(path, "JWKS")
+        hashed.update(str(path).encode() + b"\0" + hashlib.sha256(raw).digest())
+        files.append(path)
+        parties[iss] = TrustedParty(iss=iss, jwks_path=path, keys=_read_jwks(path, raw, notes))
     return parties
 
 
 def load_trust(path: Path) -> Trust:
     """Read and check the trust file and every JWKS it names."""
+    path = path.absolute()
+    raw = _read_bytes(path, "trust file")
     try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise TrustFileError(f"cannot read trust file {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TrustFileError(f"trust file {path} is not valid TOML: {exc}") from exc
-    base = path.resolve().parent
+    notes: list[str] = []
+    unknown = set(doc) - _KNOWN_TOP_LEVEL
+    if unknown:
+        notes.append(f"{path}: unknown keys {sorted(unknown)} ignored")
+    hashed = hashlib.sha256(hashlib.sha256(raw).digest())
+    files = [path]
+    base = path.parent
     runtime = doc.get("runtime", {})
     measurements = runtime.get("allowed_measurements", []) if isinstance(runtime, dict) else None
     if not isinstance(measurements, list) or not all(isinstance(m, str) for m in measurements):
         raise TrustFileError("[runtime] allowed_measurements must be a list of strings")
+    for measurement in measurements:
+        if not MEASUREMENT.fullmatch(measurement):
+            raise TrustFileError(
+                f"[runtime] allowed_measurements: {measurement!r} is not sha256:<64 hex digits>"
+            )
+    issuers = _parties(doc, "issuers", base, hashed, files, notes)
+    attestors = _parties(doc, "attestors", base, hashed, files, notes)
     return Trust(
-        path=path.resolve(),
-        issuers=_parties(doc, "issuers", base),
-        attestors=_parties(doc, "attestors", base),
+        path=path,
+        issuers=issuers,
+        attestors=attestors,
         allowed_measurements=frozenset(measurements),
+        version=hashed.hexdigest(),
+        files=tuple(files),
+        notes=tuple(notes),
     )
+
+
+def file_state(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int, int] | None, ...]:
+    """What stat says about `paths`: changes whenever a file is replaced or rewritten.
+
+    (inode, size, mtime, ctime) in nanoseconds; None for a file that is gone.
+    Symlinks are followed, so swapping a link to a new target counts as a change.
+    """
+    states: list[tuple[int, int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            states.append(None)
+            continue
+        states.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(states)

@@ -1,11 +1,14 @@
 """Development artifacts and the first request:
 
     govmesh mandate issue [--scope ACTION=RESOURCE ...] [--env KEY=VALUE ...] > mandate.jwt
-    govmesh attest [--env KEY=VALUE ...] > attestation.jwt
-    govmesh authorize --action A --resource R --context JSON --mandate mandate.jwt
+    govmesh attest [--env KEY=VALUE ...] [--measurement sha256:HEX ...] > attestation.jwt
+    govmesh authorize --action A --resource R --context JSON --mandate mandate.jwt \
+        [--attestation attestation.jwt]
 
 They sign with the development issuer, attestor and agent keys of
-`govmesh up` (or of --dev-dir, a `govmesh keys init` directory).
+`govmesh up` (or of --dev-dir, a `govmesh keys init` directory). Patterns in
+--scope use `*` as glob; a --env key given twice binds to any of its values.
+`authorize` signs a fresh proof of possession for exactly the request it sends.
 """
 
 from __future__ import annotations
@@ -39,14 +42,37 @@ def _setup(args: argparse.Namespace) -> DevSetup:
     return setup
 
 
-def _pairs(values: list[str], what: str) -> dict[str, str]:
-    pairs = {}
+def _pairs(values: list[str], what: str) -> list[tuple[str, str]]:
+    pairs = []
     for value in values:
         key, sep, item = value.partition("=")
         if not sep or not key:
             raise ConfigurationError(f"{what} takes KEY=VALUE, got {value!r}")
-        pairs[key] = item
+        pairs.append((key, item))
     return pairs
+
+
+def _binding(values: list[str] | None) -> dict[str, Any]:
+    """--env pairs as an env binding: a key given twice binds to any of its values."""
+    binding: dict[str, Any] = {}
+    for key, value in _pairs(values or [], "--env"):
+        if key not in binding:
+            binding[key] = value
+        elif isinstance(binding[key], list):
+            binding[key].append(value)
+        else:
+            binding[key] = [binding[key], value]
+    return binding
+
+
+def _observed(values: list[str]) -> dict[str, str]:
+    """--env pairs as an observed environment: one value per key."""
+    observed: dict[str, str] = {}
+    for key, value in _pairs(values, "--env"):
+        if key in observed:
+            raise ConfigurationError(f"--env {key} given twice; an attestation observes one value")
+        observed[key] = value
+    return observed
 
 
 def _read_token(value: str | None) -> str:
@@ -69,9 +95,9 @@ def _mandate(args: argparse.Namespace) -> int:
         {"action": action, "resource": resource}
         for action, resource in _pairs(
             args.scope or ["payments.transfer=account:acme/*"], "--scope"
-        ).items()
+        )
     ]
-    env = _pairs(args.env, "--env") if args.env else {}
+    attribution = dict(_pairs(args.att or [], "--att"))
     print(
         issue_mandate(
             setup.dev_key("issuer"),
@@ -79,7 +105,8 @@ def _mandate(args: argparse.Namespace) -> int:
             subject=args.sub,
             holder_thumbprint=agent.thumbprint,
             scope=scope,
-            env=env,
+            env=_binding(args.env),
+            attribution=attribution,
             ttl_s=args.ttl,
         )
     )
@@ -95,7 +122,7 @@ def _attest(args: argparse.Namespace) -> int:
             issuer=DEV_ATTESTOR,
             subject=args.sub,
             holder_thumbprint=agent.thumbprint,
-            env=_pairs(args.env, "--env") if args.env else DEV_ENV,
+            env=_observed(args.env) if args.env else DEV_ENV,
             measurements=args.measurement or [DEV_MEASUREMENT],
             ttl_s=args.ttl,
         )
@@ -151,7 +178,13 @@ def register(commands: Any) -> None:
         help="glob patterns; repeat for more (default payments.transfer=account:acme/*)",
     )
     issue.add_argument(
-        "--env", action="append", metavar="KEY=VALUE", help="required attested environment"
+        "--env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="bind the attested environment; a key given twice means any of its values",
+    )
+    issue.add_argument(
+        "--att", action="append", metavar="KEY=VALUE", help="runtime attribution (session, ...)"
     )
     issue.add_argument("--ttl", type=int, default=600, help="seconds (default 600)")
     issue.set_defaults(func=_mandate)
@@ -160,10 +193,17 @@ def register(commands: Any) -> None:
         "attest", help="print an attestation signed by the development attestor"
     )
     _dev_arguments(attest)
-    attest.add_argument("--sub", default=DEV_SUBJECT)
-    attest.add_argument("--env", action="append", metavar="KEY=VALUE")
-    attest.add_argument("--measurement", action="append", metavar="sha256:HEX")
-    attest.add_argument("--ttl", type=int, default=300)
+    attest.add_argument("--sub", default=DEV_SUBJECT, help="the initiator identity")
+    attest.add_argument(
+        "--env", action="append", metavar="KEY=VALUE", help="observed environment (default: dev)"
+    )
+    attest.add_argument(
+        "--measurement",
+        action="append",
+        metavar="sha256:HEX",
+        help="runtime measurement (default: the development runtime's)",
+    )
+    attest.add_argument("--ttl", type=int, default=300, help="seconds (default 300)")
     attest.set_defaults(func=_attest)
 
     authorize = commands.add_parser(

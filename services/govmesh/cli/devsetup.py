@@ -124,6 +124,11 @@ jwks = "attestor.jwks.json"
 
 [runtime]
 allowed_measurements = ["{DEV_MEASUREMENT}"]
+
+# The policy-admin keys whose signatures the policy authority accepts on
+# bundles and activations (govmesh policy push/activate).
+[policy]
+admin_jwks = "policy-admin.jwks.json"
 """
     )
     setup.policies.mkdir(exist_ok=True)

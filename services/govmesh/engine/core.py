@@ -152,6 +152,7 @@ class _Decision:
     failures: list[Failure] = field(default_factory=list)
     claimed: Claimed | None = None
     verified: verification_pb2.VerifiedClaims | None = None
+    trust_version: str = ""
     policy: policy_pb2.EvaluateResponse | None = None
 
     def fail(self, check: str, reason: Reason, detail: str) -> None:
@@ -489,6 +490,7 @@ class Engine:
                 )
                 if answer.verified:
                     decision.verified = answer.claims
+                decision.trust_version = answer.trust_version
             except _Inconsistent as exc:
                 decision.fail("verification", common_pb2.INCONSISTENT_ANSWERS, str(exc))
 
@@ -550,6 +552,9 @@ class Engine:
             "claimed_subject": decision.claimed.subject if decision.claimed else None,
             "issuer": verified.issuer if verified else None,
             "mandate_id": verified.mandate_id if verified else None,
+            "attestor": (verified.attestor or None) if verified else None,
+            "measurements": list(verified.measurements) if verified else [],
+            "trust": decision.trust_version or None,
             "action": action[:MAX_ACTION_CHARS],
             "resource": resource[:MAX_RESOURCE_CHARS],
             "decision": "ALLOW" if allowed else "DENY",

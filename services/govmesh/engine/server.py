@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 import uuid
@@ -21,6 +22,9 @@ from govmesh.runtime.entry import run_service
 from govmesh.runtime.server import Health, serve
 
 ENGINE_KEY_FILE = "engine.jwk.json"
+CONNECT_TIMEOUT_S = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 class EngineService:
@@ -43,6 +47,7 @@ class EngineService:
             open_channel(t) for t in (s.verification_target, s.policy_target, s.lineage_target)
         )
         self._channels = [verification, policy, lineage]
+        await self._connect(self._channels)
         transport = GrpcLineage(lineage)
         self._batcher = BatchingLineage(
             transport=transport,
@@ -74,6 +79,17 @@ class EngineService:
             engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
         )
         self._servicer = EngineServicer(engine=engine)
+
+    @staticmethod
+    async def _connect(channels: list[grpc.aio.Channel]) -> None:
+        # Connect before serving so the first decisions do not spend their
+        # deadlines on handshakes. Peers that are down are not fatal: the
+        # engine serves, and denies, until they come up.
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await asyncio.gather(*(channel.channel_ready() for channel in channels))
+        except TimeoutError:
+            logger.warning("not every peer is reachable yet; deciding DENY until they are")
 
     def register(self, server: grpc.aio.Server) -> None:
         assert self._servicer is not None

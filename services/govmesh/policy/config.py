@@ -13,4 +13,25 @@ class PolicySettings(ServerSettings):
     """GOVMESH_* settings read by `govmesh serve policy`."""
 
     listen: str = "127.0.0.1:50052"
-    policy_path: Path = Field(description="a .cedar file or a folder of them (GOVMESH_POLICY_PATH)")
+    database_url: str = Field(description="the Postgres holding the bundles (GOVMESH_DATABASE_URL)")
+    trust_file: Path = Field(
+        description="trust TOML whose [policy] admin_jwks names the trusted policy-admin keys "
+        "(GOVMESH_TRUST_FILE)"
+    )
+    keys_dir: Path | None = Field(
+        default=None,
+        description="govmesh's signing keys; policy-admin.jwk.json signs GOVMESH_POLICY_PATH "
+        "(GOVMESH_KEYS_DIR)",
+    )
+    policy_path: Path | None = Field(
+        default=None,
+        description="a .cedar file or folder signed and activated at start unless already "
+        "active (GOVMESH_POLICY_PATH)",
+    )
+    refresh_interval_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=3600.0,
+        description="how often to check the store for a new epoch, whatever NOTIFY says",
+    )
+    shadow_flush_interval_s: float = Field(default=0.5, gt=0.0, le=60.0)

@@ -1,109 +1,270 @@
-"""Cedar evaluation: pure logic, no gRPC.
+"""Cedar evaluation, closed: pure logic, no gRPC.
 
-Cedar skips a policy whose evaluation errors; govmesh does not: any error, and
-any answer other than Allow, is a deny with the error named, so an erroring
-forbid can never let a permit through.
+A request is evaluated as principal `Agent::"<sub>"`, action
+`Action::"<action>"`, resource `Resource::"<resource>"` and context
+{"request": ..., "env": ..., "attribution": ...}, with an empty entity store
+and the bundle's schema when it has one.
+
+Cedar skips a policy whose evaluation errors and decides without it; govmesh
+does not: any error, NoDecision, or answer other than a clean Allow is a deny
+with the error named, so an erroring forbid can never let a permit through.
+
+Numbers. The engine sends the context as a protobuf Struct, where every
+number is a double. A double that is a whole number within ±2^53 (where every
+integer is exact) becomes a Cedar Long; any other number (a fraction, a whole
+number beyond 2^53 whose digits the double may have rounded, NaN, infinity)
+cannot be represented faithfully, and the request is denied with the path of
+the number named. Cedar has no null either: a null is denied the same way.
+Keys starting with "__" are refused too, since Cedar's JSON reads `__entity`
+and `__extn` as escapes that would let a caller forge entity references.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cedarpy
 
-from govmesh.runtime.errors import ConfigurationError
+from govmesh.policy.bundle import CompiledBundle
+
+PRINCIPAL_TYPE = "Agent"
+ACTION_TYPE = "Action"
+RESOURCE_TYPE = "Resource"
+
+#: Every integer up to this magnitude is exact in a double.
+MAX_EXACT_INTEGER = 2**53
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+MAX_CONTEXT_DEPTH = 64
 
 
-class PolicyLoadError(ConfigurationError):
-    """Policies that cannot be loaded: missing, unparsable or empty."""
+class ContextError(ValueError):
+    """A context value Cedar cannot faithfully receive."""
 
 
 @dataclass(frozen=True)
-class Bundle:
-    """A parsed set of Cedar policies and the version it is known by."""
-
-    version: str
-    epoch: int
-    policy_set: Any  # cedarpy.PolicySet
-    source: str
-
-
-@dataclass(frozen=True)
-class PolicyInput:
-    """One request, as Cedar will see it."""
+class PolicyRequest:
+    """One request, as the engine asks it."""
 
     principal: str
     action: str
     resource: str
-    context: dict[str, Any]
+    context: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class PolicyDecision:
-    """Cedar's answer, closed: `allowed` only for Allow with no errors."""
+    """The closed answer: `allowed` only for a clean Allow.
+
+    `determining` lists the permits that allowed, or the forbids that denied
+    (empty for a default deny); `errors` names every error, each one a deny.
+    """
 
     allowed: bool
-    determining_policies: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    determining: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
 
 
-def load_bundle(path: Path, *, epoch: int = 1) -> Bundle:
-    """Parse a .cedar file, or every .cedar file in a folder, into one bundle."""
-    files = sorted(path.glob("*.cedar")) if path.is_dir() else [path]
-    try:
-        sources = [(f.name, f.read_text()) for f in files]
-    except OSError as exc:
-        raise PolicyLoadError(f"cannot read policies at {path}: {exc.strerror}") from exc
-    source = "\n".join(text for _, text in sources)
-    if not source.strip():
-        raise PolicyLoadError(f"no policies at {path}")
-    try:
-        policy_set = cedarpy.PolicySet.from_str(source)
-    except (ValueError, RuntimeError) as exc:
-        raise PolicyLoadError(f"policies at {path} do not parse: {exc}") from exc
-    digest = hashlib.sha256(json.dumps(sources, sort_keys=True).encode()).hexdigest()
-    return Bundle(version=digest, epoch=epoch, policy_set=policy_set, source=source)
+class _Refused(Exception):
+    """A context value refused; `path` is filled in on the way out (free when nothing fails)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str] = []
 
 
-def _cedar_value(value: Any) -> Any:
-    # Struct numbers arrive as doubles; Cedar has only integers, so whole
-    # numbers become Longs and anything else stays a float, which Cedar
-    # refuses: an evaluation error, hence a deny.
-    if isinstance(value, float) and value.is_integer():
+_STR, _BOOL, _INT, _FLOAT, _MAP, _SEQ, _NULL, _OTHER = range(8)
+#: The kind of each value type met so far (the ABC checks run once per type).
+_KINDS: dict[type, int] = {
+    str: _STR,
+    bool: _BOOL,
+    int: _INT,
+    float: _FLOAT,
+    dict: _MAP,
+    list: _SEQ,
+    tuple: _SEQ,
+    type(None): _NULL,
+}
+
+
+def _kind(value_type: type) -> int:
+    kind = _KINDS.get(value_type)
+    if kind is None:
+        if issubclass(value_type, bool):
+            kind = _BOOL
+        elif issubclass(value_type, str):
+            kind = _STR
+        elif issubclass(value_type, int):
+            kind = _INT
+        elif issubclass(value_type, float):
+            kind = _FLOAT
+        elif issubclass(value_type, Mapping):
+            kind = _MAP
+        elif issubclass(value_type, Sequence) and not issubclass(value_type, bytes | bytearray):
+            kind = _SEQ
+        else:
+            kind = _OTHER
+        _KINDS[value_type] = kind
+    return kind
+
+
+def _convert(value: Any, depth: int) -> Any:
+    kind = _kind(type(value))
+    if kind in (_STR, _BOOL):
+        return value
+    if kind == _FLOAT:
+        if not math.isfinite(value) or not value.is_integer():
+            raise _Refused(f"{value!r} is not a whole number; Cedar has no fractional numbers")
+        if abs(value) > MAX_EXACT_INTEGER:
+            raise _Refused(f"{value!r} is beyond 2^53 and may have been rounded")
         return int(value)
-    if isinstance(value, dict):
-        return {k: _cedar_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cedar_value(v) for v in value]
+    if depth > MAX_CONTEXT_DEPTH:
+        raise _Refused(f"nested deeper than {MAX_CONTEXT_DEPTH}")
+    if kind == _MAP:
+        record = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Refused(f"key {key!r} is not a string")
+            if key.startswith("__"):
+                raise _Refused(f"key {key!r} is reserved (Cedar reads it as an escape)")
+            try:
+                record[key] = _convert(item, depth + 1)
+            except _Refused as exc:
+                exc.path.append(f".{key}")
+                raise
+        return record
+    if kind == _SEQ:
+        items = []
+        for n, item in enumerate(value):
+            try:
+                items.append(_convert(item, depth + 1))
+            except _Refused as exc:
+                exc.path.append(f"[{n}]")
+                raise
+        return items
+    if kind == _INT:
+        if not _LONG_MIN <= value <= _LONG_MAX:
+            raise _Refused(f"{value} is outside Cedar's 64-bit integer range")
+        return int(value)
+    if kind == _NULL:
+        raise _Refused("null has no Cedar value")
+    raise _Refused(f"a {type(value).__name__} has no Cedar value")
+
+
+def cedar_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The context as Cedar receives it; raises ContextError naming the offending path.
+
+    Any Mapping and Sequence will do, a protobuf Struct and ListValue included,
+    so that the engine's Struct is read once, straight into Cedar's values.
+    """
+    try:
+        if _kind(type(context)) != _MAP:
+            raise _Refused("not a record")
+        converted = _convert(context, 1)
+    except _Refused as exc:
+        path = "context" + "".join(reversed(exc.path))
+        raise ContextError(f"{path}: {exc.problem}") from None
+    assert isinstance(converted, dict)
+    return converted
+
+
+def plain_json(value: Any) -> Any:
+    """`value` with every Mapping a dict and every Sequence a list (for storing as JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [plain_json(v) for v in value]
     return value
 
 
-def _euid(entity_type: str, entity_id: str) -> dict[str, str]:
+def _uid(entity_type: str, entity_id: str) -> dict[str, str]:
     return {"type": entity_type, "id": entity_id}
 
 
-def evaluate(bundle: Bundle, request: PolicyInput) -> PolicyDecision:
-    """Evaluate `request` against `bundle`, denying on anything but a clean Allow."""
+def _deny(*errors: str, determining: tuple[str, ...] = ()) -> PolicyDecision:
+    return PolicyDecision(False, determining, tuple(errors))
+
+
+def evaluate(
+    bundle: CompiledBundle, request: PolicyRequest, *, indexed: bool = True
+) -> PolicyDecision:
+    """Evaluate `request` under `bundle`, denying on anything but a clean Allow.
+
+    1. Principal, action and resource must be non-empty strings.
+    2. The context must convert to Cedar values (see the module docstring).
+    3. Take the policies that can apply (the scope index), or all of them.
+    4. Ask Cedar, once per policy set the index hands out; an exception is a deny.
+    5. Any error is a deny, whatever Cedar decided: skip-on-error is closed.
+    6. NoDecision, or a decision Cedar does not document, is a deny.
+    7. Allow needs a determining permit; Deny names its forbids.
+    """
+    # 1. The request variables.
+    for name in ("principal", "action", "resource"):
+        value = getattr(request, name)
+        if not isinstance(value, str) or not value:
+            return _deny(f"request has no {name}")
+    # 2. The context.
+    try:
+        context = cedar_context(request.context)
+    except ContextError as exc:
+        return _deny(str(exc))
+    # 3. The policies: the index's sets together hold exactly the candidates.
+    principal = (PRINCIPAL_TYPE, request.principal)
+    action = (ACTION_TYPE, request.action)
+    resource = (RESOURCE_TYPE, request.resource)
     cedar_request = {
-        "principal": _euid("Agent", request.principal),
-        "action": _euid("Action", request.action),
-        "resource": _euid("Resource", request.resource),
-        "context": _cedar_value(request.context),
+        "principal": _uid(*principal),
+        "action": _uid(*action),
+        "resource": _uid(*resource),
+        "context": context,
     }
     try:
-        result = cedarpy.is_authorized(cedar_request, bundle.policy_set, [])
-    except Exception as exc:  # cedarpy surfaces Rust panics and bad input as several types
-        return PolicyDecision(False, errors=[f"evaluation failed: {exc}"])
-    errors = list(result.diagnostics.errors)
-    # Name policies by their @id annotation where they have one.
-    names = result.diagnostics.id_annotations_by_reason
-    determining = [names.get(reason) or reason for reason in result.diagnostics.reasons]
-    if result.decision == cedarpy.Decision.Allow and not errors:
-        return PolicyDecision(True, determining)
-    if result.decision == cedarpy.Decision.NoDecision and not errors:
-        errors = ["no decision"]
-    return PolicyDecision(False, determining if not result.allowed else [], errors)
+        policy_sets = (
+            bundle.index.policy_sets(principal, action, resource) if indexed else (bundle.full_set,)
+        )
+        # 4. Cedar, once per set.
+        results = [
+            cedarpy.is_authorized(cedar_request, policy_set, [], schema=bundle.schema)
+            for policy_set in policy_sets
+        ]
+        decisions = {result.decision for result in results}
+        errors = tuple(sorted({str(e) for r in results for e in r.diagnostics.errors}))
+        # Cedar names the satisfied forbids when it denies, the satisfied permits when it allows.
+        forbids = _reasons(results, cedarpy.Decision.Deny)
+        permits = _reasons(results, cedarpy.Decision.Allow)
+    except Exception as exc:  # cedarpy surfaces bad input and Rust panics as several types
+        return _deny(f"evaluation failed: {type(exc).__name__}: {exc}")
+    # 5. Errors deny. The forbids Cedar found satisfied still determine the deny.
+    if errors:
+        return _deny(*errors, determining=forbids)
+    # 6. NoDecision and the unknown.
+    if cedarpy.Decision.NoDecision in decisions:
+        return _deny("Cedar reached no decision")
+    if not decisions <= {cedarpy.Decision.Allow, cedarpy.Decision.Deny}:
+        return _deny(f"Cedar answered {sorted(str(d) for d in decisions)}")
+    # 7. Forbid overrides permit; an Allow stands only on permits of this bundle.
+    if forbids:
+        if any(bundle.effects.get(r) != "forbid" for r in forbids):
+            return _deny(f"Cedar denied citing policies that are not forbids: {forbids}")
+        return PolicyDecision(False, forbids)
+    if cedarpy.Decision.Allow in decisions:
+        if not permits or any(bundle.effects.get(r) != "permit" for r in permits):
+            return _deny(f"Cedar allowed without a determining permit of this bundle: {permits}")
+        return PolicyDecision(True, permits)
+    return PolicyDecision(False)
+
+
+def _reasons(results: list[Any], decision: Any) -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            {
+                str(r)
+                for result in results
+                if result.decision == decision
+                for r in result.diagnostics.reasons
+            }
+        )
+    )

@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
+#: The health name that is SERVING whenever the process runs its server, ready
+#: or not: what liveness and startup probes ask. Readiness asks the overall
+#: status (""), which a service may hold at NOT_SERVING, e.g. the policy
+#: authority without a bundle, without being restarted for it.
+LIVENESS_SERVICE = "govmesh.liveness"
+
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -115,6 +121,7 @@ async def serve(
         host = listen.rpartition(":")[0]
         address = f"{host}:{port}"
         await server.start()
+        await health_servicer.set(LIVENESS_SERVICE, _SERVING)
         await status.set_serving(service.ready())
         if port_file:
             _write_atomically(Path(port_file), address)

@@ -1,6 +1,8 @@
-"""The gRPC edge of the verification service."""
+"""The gRPC edge of the verification service: protobuf in, core result out."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -8,46 +10,71 @@ from google.protobuf import json_format, struct_pb2
 from govmesh.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationInput, VerificationResult, Verifier
 
+#: Kept back from the caller's deadline to send the answer.
+DEADLINE_MARGIN_S = 0.002
 
-def _struct(value: object) -> struct_pb2.Struct:
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
-    if isinstance(value, dict):
-        json_format.ParseDict(value, message)
+    message.update(value)
     return message
 
 
-def to_response(digest: str, result: VerificationResult) -> verification_pb2.VerifyResponse:
+def to_input(request: verification_pb2.VerifyRequest) -> VerificationInput:
+    """Translate the wire request; a context that is not JSON reaches core as None."""
+    try:
+        context = json_format.MessageToDict(request.context)
+    except (ValueError, TypeError):
+        context = None
+    return VerificationInput(
+        request_digest=request.request_digest,
+        action=request.action,
+        resource=request.resource,
+        context=context,
+        mandate=request.mandate,
+        proof=request.proof,
+        attestation=request.attestation,
+    )
+
+
+def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
     """Translate a core result to the wire answer."""
     response = verification_pb2.VerifyResponse(
-        request_digest=digest,
+        request_digest=result.request_digest,
         verified=result.verified,
-        reason=result.reason,  # type: ignore[arg-type]
+        reason=result.reason,
+        trust_version=result.trust_version,
     )
+    checks = response.checks
     for outcome in result.outcomes:
-        response.checks.append(
-            common_pb2.CheckResult(
+        if outcome.passed:
+            checks.add(name=outcome.check.value, verdict=common_pb2.CHECK_PASSED)
+        else:
+            checks.add(
                 name=outcome.check.value,
-                verdict=common_pb2.CHECK_PASSED if outcome.passed else common_pb2.CHECK_FAILED,
-                reason=outcome.reason,  # type: ignore[arg-type]
+                verdict=common_pb2.CHECK_FAILED,
+                reason=outcome.reason,
                 detail=outcome.detail,
             )
-        )
     claims = result.claims
-    if result.verified:
-        cnf = claims.get("cnf")
+    if claims is not None:
         response.claims.CopyFrom(
             verification_pb2.VerifiedClaims(
-                issuer=str(claims.get("iss", "")),
-                subject=str(claims.get("sub", "")),
-                mandate_id=str(claims.get("jti", "")),
-                cnf_jkt=str(cnf.get("jkt", "")) if isinstance(cnf, dict) else "",
-                env=_struct({}),
-                attribution=_struct(claims.get("att", {})),
-                mandate_expires_at=int(claims.get("exp", 0)),
+                issuer=claims.issuer,
+                subject=claims.subject,
+                mandate_id=claims.mandate_id,
+                cnf_jkt=claims.cnf_jkt,
+                env=_struct(dict(claims.env)),
+                attribution=_struct(dict(claims.attribution)),
+                mandate_expires_at=claims.mandate_expires_at,
+                proof_id=claims.proof_id,
+                attestor=claims.attestor,
+                measurements=list(claims.measurements),
             )
         )
-    failed = [o.detail for o in result.outcomes if not o.passed and o.detail]
-    response.message = "; ".join(dict.fromkeys(failed))
+        response.message = "verified"
+    else:
+        response.message = "; ".join(f"{o.check.value}: {o.detail}" for o in result.failed)
     return response
 
 
@@ -64,14 +91,16 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             verification_pb2.VerifyRequest, verification_pb2.VerifyResponse
         ],
     ) -> verification_pb2.VerifyResponse:
-        result = self._verifier.verify(
-            VerificationInput(
-                request_digest=request.request_digest,
-                action=request.action,
-                resource=request.resource,
-                mandate=request.mandate,
-                proof=request.proof,
-                attestation=request.attestation,
+        remaining = context.time_remaining()
+        timeout = None if remaining is None else max(0.0, remaining - DEADLINE_MARGIN_S)
+        result = await self._verifier.verify(to_input(request), timeout=timeout)
+        try:
+            return to_response(result)
+        except (ValueError, TypeError, OverflowError, json_format.ParseError):
+            # Claims that protobuf cannot carry (e.g. an integer beyond a
+            # double's range) are not vouched for: the answer is a deny.
+            return to_response(
+                VerificationResult.internal_error(
+                    result.request_digest, "verified claims cannot be represented"
+                )
             )
-        )
-        return to_response(request.request_digest, result)

@@ -1,0 +1,669 @@
+"""`govmesh policy`: publish, inspect, activate, test and compare policy bundles.
+
+    govmesh policy push PATH [--stage | --shadow]   sign, publish, activate (or stage, or shadow)
+    govmesh policy list                             bundles and the activation history
+    govmesh policy show VERSION [--source]          one bundle: files, policy ids, epochs
+    govmesh policy activate VERSION [--shadow]      roll back (or forward), or observe as shadow
+    govmesh policy activate --clear-shadow          stop observing the shadow bundle
+    govmesh policy test REQUESTS [--bundle B]       evaluate requests locally, print decisions
+    govmesh policy diff [--epoch N]                 requests where shadow and active disagreed
+    govmesh policy diff --requests FILE [--against B]   the same, replayed locally
+
+The authority is --target, else GOVMESH_POLICY_TARGET, else the one `govmesh
+up` runs. Bundles and activations are signed with --key, else
+GOVMESH_KEYS_DIR/policy-admin.jwk.json, else the development key of `govmesh
+up`. VERSION is a bundle version or a unique prefix of it (at least 4 digits);
+B is a .cedar file or folder on disk, or a VERSION.
+
+Exit codes: 0 done; 1 refused by the authority, a `test` expectation not met,
+or (like diff(1)) disagreements found; 2 unusable arguments or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from joserfc.jwk import OKPKey
+
+from govmesh.artifacts.keys import load_private_jwk
+from govmesh.cli.paths import add_data_dir_argument, data_dir, dev_setup
+from govmesh.policy.bundle import (
+    BundleRejected,
+    CompiledBundle,
+    compile_bundle,
+    parse_bundle_content,
+    read_bundle_source,
+)
+from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate
+from govmesh.policy.signing import Activation, sign_activation, sign_bundle
+from govmesh.runtime.errors import ConfigurationError
+from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
+
+T = TypeVar("T")
+
+ADMIN_KEY_FILE = "policy-admin.jwk.json"
+#: How often push and activate re-sign for the next epoch when another change lands first.
+EPOCH_ATTEMPTS = 3
+
+
+class Refused(Exception):
+    """The authority refused the request; the message is its reason."""
+
+
+class AlreadyThere(Exception):
+    """The bundle pushed already holds the role asked for: nothing to activate."""
+
+
+# --- where things are -----------------------------------------------------------------
+
+
+def _target(args: argparse.Namespace) -> str:
+    if args.target:
+        return str(args.target)
+    if os.environ.get("GOVMESH_POLICY_TARGET"):
+        return os.environ["GOVMESH_POLICY_TARGET"]
+    port_file = data_dir(args.data_dir) / "run" / "policy.addr"
+    if port_file.is_file():
+        return port_file.read_text().strip()
+    raise ConfigurationError(
+        "no policy authority: pass --target HOST:PORT, set GOVMESH_POLICY_TARGET, "
+        "or run `govmesh up`"
+    )
+
+
+def _key(args: argparse.Namespace) -> OKPKey:
+    if args.key:
+        path = Path(args.key)
+    elif os.environ.get("GOVMESH_KEYS_DIR"):
+        path = Path(os.environ["GOVMESH_KEYS_DIR"]) / ADMIN_KEY_FILE
+    else:
+        path = dev_setup(data_dir(args.data_dir)).keys_dir / ADMIN_KEY_FILE
+    return load_private_jwk(path)
+
+
+# --- talking to the authority ---------------------------------------------------------
+
+
+class Admin:
+    """The authority's administration calls, with refusals as Refused."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = policy_pb2_grpc.PolicyAuthorityStub(channel)
+        self._timeout = timeout
+
+    async def call(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.ABORTED:
+                raise
+            raise Refused(f"{exc.code().name}: {exc.details()}") from None
+
+    async def state(self) -> policy_pb2.PolicyState:
+        state: policy_pb2.PolicyState = await self.call("GetState", policy_pb2.GetStateRequest())
+        return state
+
+    async def bundle(self, version: str) -> policy_pb2.GetBundleResponse:
+        response: policy_pb2.GetBundleResponse = await self.call(
+            "GetBundle", policy_pb2.GetBundleRequest(version=version)
+        )
+        return response
+
+    async def next_epoch(
+        self,
+        decide: Callable[[policy_pb2.PolicyState], Activation],
+        send: Callable[[str], Awaitable[T]],
+        key: OKPKey,
+    ) -> T:
+        """Sign the activation `decide` makes of the current state, and send it.
+
+        When another change takes the epoch first (ABORTED), look again and
+        re-sign: the statement must name the epoch it creates.
+        """
+        for attempt in range(EPOCH_ATTEMPTS):
+            activation = decide(await self.state())
+            try:
+                return await send(sign_activation(activation, key))
+            except grpc.aio.AioRpcError as exc:
+                if attempt == EPOCH_ATTEMPTS - 1:
+                    raise Refused(f"{exc.code().name}: {exc.details()}") from None
+        raise AssertionError("unreachable")
+
+
+def _run(args: argparse.Namespace, work: Callable[[Admin], Awaitable[int]]) -> int:
+    async def main() -> int:
+        async with grpc.aio.insecure_channel(_target(args)) as channel:
+            return await work(Admin(channel, args.timeout))
+
+    try:
+        return asyncio.run(main())
+    except Refused as exc:
+        print(f"govmesh policy: refused: {exc}", file=sys.stderr)
+        return 1
+
+
+def _short(version: str) -> str:
+    return version[:12] if version else "-"
+
+
+def _when(stamp: Any) -> str:
+    if not stamp.seconds:
+        return "-"
+    return str(stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _print_json(document: object) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+# --- push -------------------------------------------------------------------------------
+
+
+def _push(args: argparse.Namespace) -> int:
+    try:
+        source = read_bundle_source(Path(args.path))
+    except BundleRejected as exc:
+        raise ConfigurationError(str(exc)) from None
+    key = _key(args)
+    version = source.version
+    bundle = policy_pb2.SignedBundle(
+        content=source.canonical(), signature=sign_bundle(version, key)
+    )
+
+    def decide(state: policy_pb2.PolicyState) -> Activation:
+        epoch = state.current.epoch + 1
+        current_shadow = state.current.shadow_version or None
+        active = state.current.active_version
+        if args.shadow:
+            if not active:
+                raise Refused("nothing is active yet: push without --shadow first")
+            if version in (active, current_shadow):
+                raise AlreadyThere(version)
+            return Activation(epoch, active, version)
+        if version == active:
+            raise AlreadyThere(version)
+        return Activation(epoch, version, None if current_shadow == version else current_shadow)
+
+    async def work(admin: Admin) -> int:
+        if args.stage:
+            response = await admin.call(
+                "PublishBundle", policy_pb2.PublishBundleRequest(bundle=bundle, note=args.note)
+            )
+        else:
+            try:
+                response = await admin.next_epoch(
+                    decide,
+                    lambda statement: admin.call(
+                        "PublishBundle",
+                        policy_pb2.PublishBundleRequest(
+                            bundle=bundle, activation=statement, note=args.note or "push"
+                        ),
+                    ),
+                    key,
+                )
+            except AlreadyThere:
+                role = "shadow" if args.shadow else "active"
+                print(f"{version} is already {role}: nothing to do")
+                return 0
+        info = response.bundle
+        verb = "published" if response.created else "already published"
+        print(f"{verb} {info.version} ({info.policy_count} policies)")
+        if response.HasField("epoch"):
+            role = "shadow" if args.shadow else "active"
+            print(f"{role} from epoch {response.epoch.epoch}")
+        else:
+            print("staged: activate with `govmesh policy activate " + _short(info.version) + "`")
+        return 0
+
+    return _run(args, work)
+
+
+# --- list and show ------------------------------------------------------------------------
+
+
+def _epoch_doc(epoch: policy_pb2.EpochInfo) -> dict[str, Any]:
+    return {
+        "epoch": epoch.epoch,
+        "active": epoch.active_version,
+        "shadow": epoch.shadow_version or None,
+        "signer": epoch.signer_kid,
+        "note": epoch.note,
+        "created_at": _when(epoch.created_at),
+    }
+
+
+def _bundle_doc(info: policy_pb2.BundleInfo, state: policy_pb2.PolicyState) -> dict[str, Any]:
+    status = "staged"
+    if info.version == state.current.active_version:
+        status = "active"
+    elif info.version == state.current.shadow_version:
+        status = "shadow"
+    return {
+        "version": info.version,
+        "status": status,
+        "policies": info.policy_count,
+        "schema": info.has_schema,
+        "metadata": dict(info.metadata),
+        "signer": info.signer_kid,
+        "published_at": _when(info.published_at),
+    }
+
+
+def _list(args: argparse.Namespace) -> int:
+    async def work(admin: Admin) -> int:
+        state = await admin.state()
+        listing = await admin.call("ListBundles", policy_pb2.ListBundlesRequest(limit=args.limit))
+        bundles = [_bundle_doc(b, state) for b in listing.bundles]
+        history = [_epoch_doc(e) for e in listing.history]
+        if args.json:
+            _print_json({"bundles": bundles, "history": history})
+            return 0
+        print(f"{'VERSION':<14}{'STATUS':<8}{'POLICIES':>9}  {'SCHEMA':<7}PUBLISHED")
+        for b in bundles:
+            print(
+                f"{_short(b['version']):<14}{b['status']:<8}{b['policies']:>9}  "
+                f"{'yes' if b['schema'] else 'no':<7}{b['published_at']}"
+            )
+        print()
+        print(f"{'EPOCH':>6}  {'ACTIVE':<14}{'SHADOW':<14}{'WHEN':<21}NOTE")
+        for e in history:
+            print(
+                f"{e['epoch']:>6}  {_short(e['active']):<14}{_short(e['shadow'] or ''):<14}"
+                f"{e['created_at']:<21}{e['note']}"
+            )
+        return 0
+
+    return _run(args, work)
+
+
+def _show(args: argparse.Namespace) -> int:
+    async def work(admin: Admin) -> int:
+        state = await admin.state()
+        response = await admin.bundle(args.version)
+        doc = _bundle_doc(response.info, state)
+        doc["files"] = list(response.info.files)
+        doc["policy_ids"] = list(response.info.policy_ids)
+        doc["epochs"] = [_epoch_doc(e) for e in response.epochs]
+        source = parse_bundle_content(response.bundle.content)
+        if args.json:
+            if args.source:
+                doc["source"] = source.document()
+            _print_json(doc)
+            return 0
+        print(f"version    {doc['version']}")
+        print(f"status     {doc['status']}")
+        print(f"signed by  {doc['signer']} at {doc['published_at']}")
+        print(f"schema     {'yes' if doc['schema'] else 'no'}")
+        for name, value in sorted(doc["metadata"].items()):
+            print(f"{name:<10} {value}")
+        print(f"files      {', '.join(doc['files'])}")
+        print(f"policies   {len(doc['policy_ids'])}: {', '.join(doc['policy_ids'])}")
+        for epoch in doc["epochs"]:
+            role = "active" if epoch["active"] == doc["version"] else "shadow"
+            print(f"epoch {epoch['epoch']:>4}  {role} since {epoch['created_at']}  {epoch['note']}")
+        if args.source:
+            for policy in source.policies:
+                print(f"\n// ---- {policy.name}\n{policy.text}")
+            if source.schema is not None:
+                print(f"\n// ---- schema ({source.schema.format})\n{source.schema.text}")
+        return 0
+
+    return _run(args, work)
+
+
+# --- activate -----------------------------------------------------------------------------
+
+
+def _activate(args: argparse.Namespace) -> int:
+    if bool(args.version) == bool(args.clear_shadow):
+        raise ConfigurationError("give a VERSION to activate, or --clear-shadow")
+    if args.clear_shadow and args.shadow:
+        raise ConfigurationError("--shadow and --clear-shadow exclude each other")
+    key = _key(args)
+
+    async def work(admin: Admin) -> int:
+        version = (await admin.bundle(args.version)).info.version if args.version else ""
+
+        def decide(state: policy_pb2.PolicyState) -> Activation:
+            epoch = state.current.epoch + 1
+            active = state.current.active_version
+            shadow = state.current.shadow_version or None
+            if args.clear_shadow:
+                if not shadow:
+                    raise Refused("there is no shadow bundle")
+                return Activation(epoch, active, None)
+            if args.shadow:
+                if not active:
+                    raise Refused("nothing is active yet: activate a bundle first")
+                if version in (active, shadow):
+                    role = "active" if version == active else "shadow"
+                    raise Refused(f"{version} is already the {role} bundle")
+                return Activation(epoch, active, version)
+            if version == active:
+                raise Refused(f"{version} is already active (epoch {state.current.epoch})")
+            return Activation(epoch, version, None if shadow == version else shadow)
+
+        response = await admin.next_epoch(
+            decide,
+            lambda statement: admin.call(
+                "Activate",
+                policy_pb2.ActivateRequest(activation=statement, note=args.note or "activate"),
+            ),
+            key,
+        )
+        epoch = response.epoch
+        print(f"epoch {epoch.epoch}: active {epoch.active_version}")
+        if epoch.shadow_version:
+            print(f"          shadow {epoch.shadow_version}")
+        return 0
+
+    return _run(args, work)
+
+
+# --- local evaluation: test and diff --requests ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Case:
+    name: str
+    request: PolicyRequest
+    expect: str | None
+
+
+def _as_the_engine_sends(context: dict[str, Any]) -> dict[str, Any]:
+    # Through a protobuf Struct, exactly as the engine sends it: numbers become doubles.
+    message = struct_pb2.Struct()
+    try:
+        json_format.ParseDict(context, message)
+        return json_format.MessageToDict(message)
+    except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigurationError(f"a request context is not a JSON object: {exc}") from None
+
+
+def _read_cases(path: Path) -> list[_Case]:
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigurationError(f"{path} is not JSON: {exc}") from None
+    items = document if isinstance(document, list) else [document]
+    cases = []
+    for n, item in enumerate(items, 1):
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) for k in ("principal", "action", "resource")
+        ):
+            raise ConfigurationError(
+                f"{path}: request {n} needs principal, action and resource strings"
+            )
+        expect = item.get("expect")
+        if expect is not None and expect not in ("ALLOW", "DENY"):
+            raise ConfigurationError(f"{path}: request {n}: expect is ALLOW or DENY")
+        given = item.get("context") or {}
+        if not isinstance(given, dict):
+            raise ConfigurationError(f"{path}: request {n}: context must be a JSON object")
+        context = {"request": {}, "env": {}, "attribution": {}, **given}
+        cases.append(
+            _Case(
+                name=str(item.get("name") or f"request {n}"),
+                request=PolicyRequest(
+                    principal=item["principal"],
+                    action=item["action"],
+                    resource=item["resource"],
+                    context=_as_the_engine_sends(context),
+                ),
+                expect=expect,
+            )
+        )
+    return cases
+
+
+def _compile_path(spec: str) -> CompiledBundle:
+    try:
+        return compile_bundle(read_bundle_source(Path(spec)))
+    except BundleRejected as exc:
+        raise ConfigurationError(f"{spec}: {exc}") from None
+
+
+async def _fetch(admin: Admin, version: str | None, *, shadow: bool) -> CompiledBundle:
+    """A bundle from the authority: by version, or the active (or shadow) one."""
+    if not version:
+        state = await admin.state()
+        version = state.current.shadow_version if shadow else state.current.active_version
+        if not version:
+            raise Refused("no shadow bundle is set" if shadow else "no bundle is active")
+    response = await admin.bundle(version)
+    try:
+        return compile_bundle(parse_bundle_content(response.bundle.content))
+    except BundleRejected as exc:
+        raise Refused(f"bundle {version} does not compile here: {exc}") from None
+
+
+def _decision_doc(decision: PolicyDecision) -> dict[str, Any]:
+    return {
+        "decision": "ALLOW" if decision.allowed else "DENY",
+        "determining": list(decision.determining),
+        "errors": list(decision.errors),
+    }
+
+
+def _local(args: argparse.Namespace, specs: Sequence[str | None], work: Callable[..., int]) -> int:
+    """Run `work(bundles...)`: bundles on disk compile here, the others come from the authority.
+
+    A missing spec means the active bundle, or for the second of two, the shadow.
+    """
+    local = [_compile_path(spec) if spec and Path(spec).exists() else None for spec in specs]
+    if all(bundle is not None for bundle in local):
+        return work(*local)
+
+    async def remote(admin: Admin) -> int:
+        bundles = [
+            bundle
+            if bundle is not None
+            else await _fetch(admin, spec, shadow=(n == 1 and spec is None))
+            for n, (bundle, spec) in enumerate(zip(local, specs, strict=True))
+        ]
+        return work(*bundles)
+
+    return _run(args, remote)
+
+
+def _test(args: argparse.Namespace) -> int:
+    cases = _read_cases(Path(args.requests))
+
+    def work(bundle: CompiledBundle) -> int:
+        results = []
+        failed = 0
+        for case in cases:
+            decision = evaluate(bundle, case.request)
+            doc = {"name": case.name, **_decision_doc(decision)}
+            if case.expect is not None:
+                doc["expect"] = case.expect
+                doc["ok"] = doc["decision"] == case.expect
+                failed += not doc["ok"]
+            results.append(doc)
+        if args.json:
+            _print_json({"bundle": bundle.version, "results": results, "failed": failed})
+        else:
+            print(f"bundle {bundle.version}")
+            for case, doc in zip(cases, results, strict=True):
+                mark = "" if "ok" not in doc else ("  ok" if doc["ok"] else "  UNEXPECTED")
+                r = case.request
+                print(f"{doc['decision']:<6}{doc['name']}: {r.action} on {r.resource}{mark}")
+                if doc["determining"]:
+                    print(f"      determined by {', '.join(doc['determining'])}")
+                for error in doc["errors"]:
+                    print(f"      error: {error}")
+            if failed:
+                print(f"{failed} of {len(cases)} requests did not get the expected decision")
+        return 1 if failed else 0
+
+    return _local(args, [args.bundle], work)
+
+
+# --- diff -----------------------------------------------------------------------------------
+
+
+def _diff_replay(args: argparse.Namespace) -> int:
+    cases = _read_cases(Path(args.requests))
+
+    def work(base: CompiledBundle, other: CompiledBundle) -> int:
+        disagreements = []
+        for case in cases:
+            a, b = evaluate(base, case.request), evaluate(other, case.request)
+            if a.allowed != b.allowed:
+                disagreements.append(
+                    {"name": case.name, "active": _decision_doc(a), "shadow": _decision_doc(b)}
+                )
+        doc = {
+            "active_version": base.version,
+            "shadow_version": other.version,
+            "evaluated": len(cases),
+            "disagreed": len(disagreements),
+            "disagreements": disagreements,
+        }
+        _render_diff(args, doc)
+        return 1 if disagreements else 0
+
+    return _local(args, [args.base, args.against], work)
+
+
+def _render_diff(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    if args.json:
+        _print_json(doc)
+        return
+    print(f"active {doc['active_version']}")
+    print(f"shadow {doc['shadow_version']}")
+    dropped = f" ({doc['dropped']} not kept)" if doc.get("dropped") else ""
+    print(f"{doc['disagreed']} of {doc['evaluated']} requests disagree{dropped}")
+    for item in doc["disagreements"]:
+        active, shadow = item["active"], item["shadow"]
+        where = item.get("request") or item["name"]
+        print(f"\n{where}")
+        for label, side in (("active", active), ("shadow", shadow)):
+            detail = ", ".join(side["determining"]) or "; ".join(side["errors"]) or "no policy"
+            print(f"  {label:<7}{side['decision']:<6}{detail}")
+
+
+def _diff(args: argparse.Namespace) -> int:
+    if args.requests:
+        return _diff_replay(args)
+
+    async def work(admin: Admin) -> int:
+        report = await admin.call(
+            "ShadowReport", policy_pb2.ShadowReportRequest(epoch=args.epoch, limit=args.limit)
+        )
+        doc = {
+            "active_version": report.active_version,
+            "shadow_version": report.shadow_version,
+            "epochs": list(report.epochs),
+            "evaluated": report.evaluated,
+            "disagreed": report.disagreed,
+            "dropped": report.dropped,
+            "disagreements": [
+                {
+                    "epoch": d.epoch,
+                    "recorded_at": _when(d.recorded_at),
+                    "decision_id": d.decision_id,
+                    "request_digest": d.request_digest,
+                    "request": f"{d.principal} {d.action} on {d.resource} "
+                    f"(decision {d.decision_id or '-'})",
+                    "context": json_format.MessageToDict(d.context),
+                    "active": {
+                        "decision": common_pb2.Decision.Name(d.active_decision),
+                        "determining": list(d.active_determining),
+                        "errors": list(d.active_errors),
+                    },
+                    "shadow": {
+                        "decision": common_pb2.Decision.Name(d.shadow_decision),
+                        "determining": list(d.shadow_determining),
+                        "errors": list(d.shadow_errors),
+                    },
+                }
+                for d in report.disagreements
+            ],
+        }
+        _render_diff(args, doc)
+        return 1 if report.disagreed else 0
+
+    return _run(args, work)
+
+
+# --- the command tree -----------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser, *, signs: bool = False) -> None:
+    add_data_dir_argument(parser)
+    parser.add_argument("--target", help="the policy authority, HOST:PORT (GOVMESH_POLICY_TARGET)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    if signs:
+        parser.add_argument(
+            "--key", help=f"policy-admin private JWK (default GOVMESH_KEYS_DIR/{ADMIN_KEY_FILE})"
+        )
+        parser.add_argument("--note", default="", help="recorded in the activation history")
+
+
+def register(commands: Any) -> None:
+    policy = commands.add_parser("policy", help="policy bundles: push, list, activate, test, diff")
+    sub = policy.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+
+    push = sub.add_parser("push", help="sign, publish and activate a .cedar file or folder")
+    push.add_argument("path", help="a .cedar file, or a folder of .cedar files (+ schema)")
+    mode = push.add_mutually_exclusive_group()
+    mode.add_argument("--stage", action="store_true", help="publish without activating")
+    mode.add_argument("--shadow", action="store_true", help="evaluate beside the active bundle")
+    _common(push, signs=True)
+    push.set_defaults(func=_push)
+
+    listing = sub.add_parser("list", help="published bundles and the activation history")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+    _common(listing)
+    listing.set_defaults(func=_list)
+
+    show = sub.add_parser("show", help="one bundle: files, policy ids, epochs")
+    show.add_argument("version", help="a version or a unique prefix")
+    show.add_argument("--source", action="store_true", help="print the policies")
+    show.add_argument("--json", action="store_true")
+    _common(show)
+    show.set_defaults(func=_show)
+
+    activate = sub.add_parser("activate", help="activate a published bundle (roll back/forward)")
+    activate.add_argument("version", nargs="?", help="a version or a unique prefix")
+    activate.add_argument("--shadow", action="store_true", help="observe it as the shadow bundle")
+    activate.add_argument("--clear-shadow", action="store_true", help="stop the shadow bundle")
+    _common(activate, signs=True)
+    activate.set_defaults(func=_activate)
+
+    test = sub.add_parser(
+        "test", help="evaluate a request file locally; print decisions and determining policies"
+    )
+    test.add_argument(
+        "requests",
+        help='JSON: a request or a list of {"principal", "action", "resource", "context", '
+        '"expect": "ALLOW"|"DENY", "name"}',
+    )
+    test.add_argument("--bundle", help="a .cedar file/folder or a VERSION (default: the active)")
+    test.add_argument("--json", action="store_true")
+    _common(test)
+    test.set_defaults(func=_test)
+
+    diff = sub.add_parser("diff", help="requests on which the shadow and active bundles disagree")
+    diff.add_argument("--epoch", type=int, default=0, help="report on this epoch's pair")
+    diff.add_argument("--limit", type=int, default=50, help="disagreements to list")
+    diff.add_argument("--requests", help="replay this request file locally instead")
+    diff.add_argument("--base", help="with --requests: the bundle to compare (default: active)")
+    diff.add_argument("--against", help="with --requests: the other bundle (default: shadow)")
+    diff.add_argument("--json", action="store_true")
+    _common(diff)
+    diff.set_defaults(func=_diff)

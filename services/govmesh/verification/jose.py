@@ -1,0 +1,177 @@
+"""Strict reading of compact JWS, and signature verification with pinned algorithms.
+
+Parsing is stricter than RFC 7515 asks, because a verifier that accepts two
+spellings of one token invites confusion: every segment must be canonical
+base64url (re-encoding gives the same text), header and payload must be JSON
+objects with no duplicate member names, no NaN or infinities, and the token is
+bounded in size. Signatures are checked by joserfc's algorithm for the one
+algorithm the key is pinned to; the header's `alg` must name that algorithm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc.jws import JWSRegistry
+
+from govmesh.artifacts.canonical import b64url, b64url_decode
+from govmesh.artifacts.trust import VerifyingKey, usable_key
+
+#: The longest artifact accepted, in characters (the engine's own limit).
+MAX_TOKEN_CHARS = 16 * 1024
+
+#: Header members whose meaning govmesh does not implement: refused, never ignored.
+REFUSED_HEADERS = frozenset({"crit", "b64", "zip", "enc"})
+
+
+class TokenError(ValueError):
+    """A token that is not a well-formed compact JWS, or whose signature does not verify."""
+
+
+@dataclass(frozen=True)
+class CompactJWS:
+    """A parsed, not yet verified, compact JWS."""
+
+    header: Mapping[str, Any]
+    payload: Mapping[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise ValueError("duplicate member name")
+    return members
+
+
+def strict_json_object(data: bytes) -> dict[str, Any]:
+    """Decode a UTF-8 JSON object strictly; ValueError otherwise."""
+    try:
+        value = json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_unique_members,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _segment(text: str, what: str) -> bytes:
+    try:
+        data = b64url_decode(text)
+    except ValueError:
+        raise TokenError(f"{what} is not base64url") from None
+    if b64url(data) != text:
+        raise TokenError(f"{what} is not canonical base64url")
+    return data
+
+
+def parse_compact(token: str) -> CompactJWS:
+    """Split and decode a compact JWS; TokenError if it is not one."""
+    if not isinstance(token, str) or not token:
+        raise TokenError("empty token")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise TokenError(f"longer than {MAX_TOKEN_CHARS} characters")
+    if not token.isascii():
+        raise TokenError("not ASCII")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError(f"{len(parts)} segments, a compact JWS has 3")
+    header_b64, payload_b64, signature_b64 = parts
+    if not header_b64 or not payload_b64:
+        raise TokenError("empty header or payload (detached payloads are refused)")
+    header_raw = _segment(header_b64, "header")
+    payload_raw = _segment(payload_b64, "payload")
+    # An empty signature (an unsecured JWS) parses, so that its header can be
+    # refused by name; it never verifies.
+    signature = _segment(signature_b64, "signature") if signature_b64 else b""
+    try:
+        header = strict_json_object(header_raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TokenError(f"header: {exc}") from None
+    try:
+        payload = strict_json_object(payload_raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TokenError(f"payload: {exc}") from None
+    return CompactJWS(
+        header=header,
+        payload=payload,
+        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
+        signature=signature,
+    )
+
+
+def check_header(jws: CompactJWS, typ: str) -> str:
+    """Check `typ` and refuse unsafe algorithms and headers; return the header alg."""
+    header = jws.header
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise TokenError("header has no alg")
+    if alg.lower() == "none":
+        raise TokenError("alg none is refused")
+    if alg.upper().startswith("HS"):
+        raise TokenError(f"HMAC alg {alg} is refused")
+    refused = REFUSED_HEADERS & set(header)
+    if refused:
+        raise TokenError(f"header {sorted(refused)[0]!r} is not supported")
+    if header.get("typ") != typ:
+        raise TokenError(f"typ {header.get('typ')!r}, expected {typ!r}")
+    return alg
+
+
+def verify_signature(jws: CompactJWS, *, alg: str, pinned: str, key: VerifyingKey) -> None:
+    """Verify with `key`, which verifies only its `pinned` algorithm; TokenError otherwise."""
+    if alg != pinned:
+        raise TokenError(f"alg {alg} does not match the key's {pinned}")
+    algorithm = JWSRegistry.algorithms.get(pinned)
+    if algorithm is None:
+        raise TokenError(f"alg {pinned} unavailable")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            valid = algorithm.verify(jws.signing_input, jws.signature, key)
+    except (ValueError, TypeError) as exc:
+        raise TokenError(f"signature does not verify: {exc}") from None
+    if not valid:
+        raise TokenError("signature does not verify")
+
+
+def header_key(jws: CompactJWS) -> tuple[str, VerifyingKey, Mapping[str, Any]]:
+    """The public key a proof carries in its `jwk` header: (pinned alg, key, jwk)."""
+    jwk = jws.header.get("jwk")
+    if not isinstance(jwk, dict):
+        raise TokenError("header has no jwk")
+    if {"d", "p", "q", "dp", "dq", "qi", "oth", "k"} & set(jwk):
+        raise TokenError("jwk carries private or symmetric key material")
+    kty = jwk.get("kty")
+    params = dict(jwk)
+    # A proof key need not declare its alg: the header alg is the declaration,
+    # held against the key type (EC and RSA keys are usable only with one alg).
+    if kty in ("EC", "RSA") and "alg" not in params:
+        params["alg"] = {"EC": "ES256", "RSA": "RS256"}[kty]
+    try:
+        pinned, key = usable_key(params)
+    except ValueError as exc:
+        raise TokenError(f"jwk: {exc}") from None
+    return pinned, key, jwk

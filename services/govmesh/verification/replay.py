@@ -1,0 +1,261 @@
+"""The replay store in Postgres, shared by every verification replica.
+
+Each proof nonce is inserted with `INSERT ... ON CONFLICT DO NOTHING
+RETURNING`: the primary key makes the insert-if-absent atomic, so when two
+replicas receive the same proof at the same moment exactly one insert returns
+the row and the other sees it as a replay.
+
+Inserts are group-committed: every nonce that arrives while one batch is
+being committed waits for the next batch, and a batch is one statement and
+one commit however many nonces it holds. Under load the database sees a few
+hundred commits per second instead of thousands; at rest a nonce waits for
+exactly one round trip. A nonce counts as fresh only after its batch
+committed; any error, or no answer in time, fails every nonce of the batch
+(the caller denies: an unreachable store never means "fresh").
+
+Expired rows are deleted in the background, in bounded chunks.
+
+The store talks to Postgres through an asyncpg pool directly rather than
+through SQLAlchemy: the insert is one fixed statement on the hot path of
+every request, and the pool is created lazily, so a database that is down at
+some moment fails the requests of that moment, not the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from govmesh.runtime.db import libpq_database_url
+from govmesh.verification.core import ReplayStoreTimeout, ReplayStoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+_INSERT = """
+    INSERT INTO verification_replay (proof_key, expires_at)
+    SELECT k, to_timestamp(e) FROM unnest($1::bytea[], $2::float8[]) AS t(k, e)
+    ON CONFLICT (proof_key) DO NOTHING
+    RETURNING proof_key
+"""
+_SEEN = "SELECT 1 FROM verification_replay WHERE proof_key = $1"
+_CLEANUP = """
+    DELETE FROM verification_replay WHERE proof_key IN (
+        SELECT proof_key FROM verification_replay
+        WHERE expires_at < to_timestamp($1)
+        LIMIT $2
+    )
+"""
+
+
+@dataclass
+class _Waiting:
+    key: bytes
+    expires_at: float
+    future: asyncio.Future[bool]
+
+
+class PostgresReplayStore:
+    """ReplayStore on the verification_replay table, with group commit."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        pool_size: int = 4,
+        max_batch: int = 1024,
+        linger_s: float = 0.0,
+        flush_timeout_s: float = 1.0,
+        cleanup_interval_s: float = 30.0,
+        cleanup_margin_s: float = 5.0,
+        cleanup_chunk: int = 5000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._dsn = libpq_database_url(database_url)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._committer: asyncpg.Connection | None = None
+        self._max_batch = max_batch
+        self._linger_s = linger_s
+        self._flush_timeout_s = flush_timeout_s
+        self._cleanup_interval_s = cleanup_interval_s
+        self._cleanup_margin_s = cleanup_margin_s
+        self._cleanup_chunk = cleanup_chunk
+        self._clock = clock
+        self._pending: list[_Waiting] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        #: Counters for the logs and the benchmark.
+        self.batches = 0
+        self.inserted = 0
+
+    async def start(self) -> None:
+        """Start the committer and the cleanup task."""
+        self._tasks = [
+            asyncio.create_task(self._commit_loop(), name="replay-commit"),
+            asyncio.create_task(self._cleanup_loop(), name="replay-cleanup"),
+        ]
+
+    async def close(self) -> None:
+        """Stop the background tasks; nonces still waiting fail (their requests deny)."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail(self._pending, ReplayStoreUnavailable("verification is stopping"))
+        self._pending = []
+        await self._drop_committer()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self.batches:
+            logger.info(
+                "replay store: %d nonces committed in %d batches (%.1f per commit)",
+                self.inserted,
+                self.batches,
+                self.inserted / self.batches,
+            )
+
+    async def _connections(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=1, max_size=self._pool_size
+                    )
+        return self._pool
+
+    async def _committer_connection(self) -> asyncpg.Connection:
+        # The committer keeps one connection of its own: checking one out of
+        # the pool for every batch would double the CPU cost of a commit.
+        if self._committer is None or self._committer.is_closed():
+            self._committer = await asyncpg.connect(self._dsn)
+        return self._committer
+
+    async def _drop_committer(self) -> None:
+        connection, self._committer = self._committer, None
+        if connection is not None and not connection.is_closed():
+            connection.terminate()
+
+    async def check(self) -> None:
+        """Raise ReplayStoreUnavailable unless the table can be read (start-up check)."""
+        try:
+            async with asyncio.timeout(self._flush_timeout_s * 5):
+                pool = await self._connections()
+                await pool.fetchval("SELECT count(*) FROM verification_replay LIMIT 1")
+        except Exception as exc:
+            raise ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}") from None
+
+    async def remember(self, key: bytes, expires_at: float, *, timeout: float) -> bool:
+        """Insert `key` unless present; True when this call inserted it."""
+        if self._closed or not self._tasks:
+            raise ReplayStoreUnavailable("the replay store is not running")
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Waiting(key, expires_at, future))
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise ReplayStoreTimeout(f"no commit within {timeout * 1000:.0f} ms") from None
+
+    async def seen(self, key: bytes, *, timeout: float) -> bool:
+        """Whether `key` is recorded (a read only: nothing is burned)."""
+        try:
+            async with asyncio.timeout(timeout):
+                pool = await self._connections()
+                row = await pool.fetchval(_SEEN, key)
+        except TimeoutError:
+            raise ReplayStoreTimeout(f"no answer within {timeout * 1000:.0f} ms") from None
+        except Exception as exc:
+            raise ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}") from None
+        return row is not None
+
+    async def cleanup(self) -> int:
+        """Delete the rows that expired (with a margin for clock differences); returns how many."""
+        cutoff = self._clock() - self._cleanup_margin_s
+        deleted = 0
+        while True:
+            pool = await self._connections()
+            status = await pool.execute(_CLEANUP, cutoff, self._cleanup_chunk)
+            count = int(status.split()[-1])  # "DELETE <n>"
+            deleted += count
+            if count < self._cleanup_chunk:
+                return deleted
+
+    # -- group commit -------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._linger_s > 0:
+                await asyncio.sleep(self._linger_s)
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    await self._commit(batch)
+                except Exception as exc:  # the committer must outlive any one batch
+                    logger.exception("replay store commit crashed")
+                    self._fail(batch, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
+
+    async def _commit(self, batch: list[_Waiting]) -> None:
+        waiting = [w for w in batch if not w.future.done()]
+        if not waiting:
+            return
+        unique: dict[bytes, float] = {}
+        for item in waiting:
+            unique.setdefault(item.key, item.expires_at)
+        try:
+            async with asyncio.timeout(self._flush_timeout_s):
+                connection = await self._committer_connection()
+                rows = await connection.fetch(_INSERT, list(unique), list(unique.values()))
+                inserted = {bytes(row[0]) for row in rows}
+        except TimeoutError:
+            await self._drop_committer()  # its state is unknown after a cancelled statement
+            self._fail(waiting, ReplayStoreTimeout("the commit did not finish in time"))
+            return
+        except Exception as exc:
+            await self._drop_committer()
+            logger.warning("replay store commit failed", extra={"error": repr(exc)})
+            self._fail(waiting, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
+            return
+        self.batches += 1
+        self.inserted += len(inserted)
+        first: set[bytes] = set()
+        for item in waiting:
+            # Within one batch the first request with a key gets the insert;
+            # a second one with the same key is a replay of it.
+            fresh = item.key in inserted and item.key not in first
+            first.add(item.key)
+            if not item.future.done():
+                item.future.set_result(fresh)
+
+    @staticmethod
+    def _fail(items: list[_Waiting], error: ReplayStoreUnavailable) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cleanup_interval_s)
+            try:
+                deleted = await self.cleanup()
+            except Exception as exc:
+                logger.warning("replay store cleanup failed", extra={"error": repr(exc)})
+                continue
+            if deleted:
+                logger.info("expired proof nonces deleted", extra={"count": deleted})

@@ -1,0 +1,430 @@
+"""The authority over a real Postgres: publishing, refusals, epochs, rollback, shadows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from joserfc.jwk import OKPKey
+
+from govmesh.artifacts.keys import generate_ed25519, load_private_jwk
+from govmesh.cli.devsetup import SAMPLE_POLICY, DevSetup
+from govmesh.policy.authority import Authority, NotReady, Published
+from govmesh.policy.bundle import BundleRejected, BundleSource, PolicyFile, SchemaFile
+from govmesh.policy.core import PolicyRequest
+from govmesh.policy.shadow import ShadowRecorder
+from govmesh.policy.signing import (
+    Activation,
+    AdminKeys,
+    SignatureRejected,
+    load_admin_keys,
+    sign_activation,
+    sign_bundle,
+)
+from govmesh.policy.store import EpochConflict, PolicyStore, StoreError, UnknownBundle
+from govmesh.runtime.db import create_db_engine
+from tests.support.database import fetch
+
+STRICT = SAMPLE_POLICY.replace("<= 1000", "<= 100")
+
+
+def bundle(text: str = SAMPLE_POLICY, schema: str | None = None) -> BundleSource:
+    return BundleSource(
+        policies=(PolicyFile("policies.cedar", text),),
+        schema=SchemaFile("cedar", schema) if schema else None,
+    )
+
+
+def transfer(amount: float, resource: str = "account:acme/treasury") -> PolicyRequest:
+    return PolicyRequest(
+        principal="spiffe://govmesh.dev/agent/demo",
+        action="payments.transfer",
+        resource=resource,
+        context={"request": {"amount": amount}, "env": {}, "attribution": {}},
+    )
+
+
+@dataclass
+class Setup:
+    store: PolicyStore
+    keys: AdminKeys
+    admin: OKPKey
+    database_url: str
+    clock: list[float]
+
+    def authority(self, recorder: ShadowRecorder | None = None) -> Authority:
+        return Authority(
+            store=self.store, admin_keys=self.keys, recorder=recorder, clock=lambda: self.clock[0]
+        )
+
+    def statement(
+        self, epoch: int, active: str, shadow: str | None = None, key: OKPKey | None = None
+    ) -> str:
+        return sign_activation(
+            Activation(epoch, active, shadow), key or self.admin, clock=lambda: self.clock[0]
+        )
+
+    async def push(
+        self,
+        authority: Authority,
+        source: BundleSource,
+        *,
+        epoch: int | None,
+        shadow_of: str | None = None,
+        key: OKPKey | None = None,
+    ) -> Published:
+        """Publish `source`; activate it at `epoch` (as shadow of `shadow_of`), or stage it."""
+        signer = key or self.admin
+        statement = ""
+        if epoch is not None:
+            statement = (
+                self.statement(epoch, shadow_of, source.version, signer)
+                if shadow_of
+                else self.statement(epoch, source.version, None, signer)
+            )
+        return await authority.publish(
+            source.canonical(), sign_bundle(source.version, signer), statement
+        )
+
+
+@pytest.fixture
+async def setup(dev_setup: DevSetup, database_url: str) -> AsyncIterator[Setup]:
+    engine = create_db_engine(database_url)
+    try:
+        yield Setup(
+            store=PolicyStore(engine),
+            keys=load_admin_keys(dev_setup.trust_file),
+            admin=load_private_jwk(dev_setup.keys_dir / "policy-admin.jwk.json"),
+            database_url=database_url,
+            clock=[1_900_000_000.0],
+        )
+    finally:
+        await engine.dispose()
+
+
+async def counts(url: str) -> tuple[int, int]:
+    rows = await fetch(
+        url,
+        "SELECT (SELECT count(*) FROM policy_bundles) AS b, "
+        "(SELECT count(*) FROM policy_epochs) AS e",
+    )
+    return int(rows[0]["b"]), int(rows[0]["e"])
+
+
+async def test_nothing_is_answered_before_the_first_activation(setup: Setup) -> None:
+    authority = setup.authority()
+    await authority.refresh()
+
+    assert not authority.ready
+    with pytest.raises(NotReady):
+        authority.evaluate(transfer(1))
+
+    # A staged bundle is not an active one.
+    await setup.push(authority, bundle(), epoch=None)
+    assert not authority.ready
+
+
+async def test_publish_and_activate_then_answer_under_that_epoch(setup: Setup) -> None:
+    authority = setup.authority()
+
+    published = await setup.push(authority, bundle(), epoch=1)
+
+    assert published.created and published.epoch is not None and published.epoch.epoch == 1
+    answer = authority.evaluate(transfer(250))
+    assert answer.active.allowed
+    assert answer.active.determining == ("transfers-up-to-1000",)
+    assert (answer.snapshot.epoch, answer.snapshot.active.version) == (1, bundle().version)
+    rows = await fetch(setup.database_url, "SELECT version, signer_kid FROM policy_bundles")
+    assert [r["version"] for r in rows] == [bundle().version]
+    assert rows[0]["signer_kid"] == setup.admin.as_dict()["kid"]
+
+
+SCHEMA = """
+entity Agent; entity Resource;
+action "payments.transfer" appliesTo {
+  principal: [Agent], resource: [Resource],
+  context: { request: { amount: Long }, env: {}, attribution: {} }
+};
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "untrusted", "error", "named"),
+    [
+        (bundle(STRICT), True, SignatureRejected, "not a trusted policy admin"),
+        (bundle("permit (principal, action, resource"), False, BundleRejected, "does not parse"),
+        (bundle("// nothing here"), False, BundleRejected, "no policy"),
+        (
+            bundle(
+                'permit (principal, action == Action::"payments.transfer", resource) '
+                "when { context.request.amont < 5 };",
+                schema=SCHEMA,
+            ),
+            False,
+            BundleRejected,
+            "schema validation",
+        ),
+    ],
+)
+async def test_a_refused_bundle_leaves_the_old_one_active_and_nothing_written(
+    setup: Setup,
+    source: BundleSource,
+    untrusted: bool,
+    error: type[Exception],
+    named: str,
+) -> None:
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+    before = await counts(setup.database_url)
+
+    with pytest.raises(error, match=named):
+        await setup.push(authority, source, epoch=2, key=generate_ed25519() if untrusted else None)
+
+    assert await counts(setup.database_url) == before
+    assert authority.evaluate(transfer(250)).snapshot.epoch == 1
+    assert authority.evaluate(transfer(250)).active.allowed
+    other = setup.authority()
+    await other.refresh()
+    assert other.snapshot is not None and other.snapshot.active.version == bundle().version
+
+
+async def test_a_bundle_signed_for_other_content_is_refused(setup: Setup) -> None:
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+
+    with pytest.raises(SignatureRejected, match="another bundle"):
+        await authority.publish(
+            bundle(STRICT).canonical(),
+            sign_bundle(bundle(SAMPLE_POLICY + "\n").version, setup.admin),
+            setup.statement(2, bundle(STRICT).version),
+        )
+
+    assert await counts(setup.database_url) == (1, 1)
+
+
+async def test_a_failing_activation_publishes_nothing(setup: Setup) -> None:
+    # Bundle and epoch share one transaction: a refused epoch takes the bundle with it.
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+
+    with pytest.raises(EpochConflict):
+        await setup.push(authority, bundle(STRICT), epoch=5)
+    with pytest.raises(UnknownBundle):
+        await authority.publish(
+            bundle(STRICT).canonical(),
+            sign_bundle(bundle(STRICT).version, setup.admin),
+            setup.statement(2, bundle(STRICT).version, "f" * 64),
+        )
+
+    assert await counts(setup.database_url) == (1, 1)
+
+
+async def test_rollback_activates_an_older_bundle_at_a_new_epoch(setup: Setup) -> None:
+    authority = setup.authority()
+    first = await setup.push(authority, bundle(), epoch=1)
+    await setup.push(authority, bundle(STRICT), epoch=2)
+    assert not authority.evaluate(transfer(500)).active.allowed
+
+    record = await authority.activate(setup.statement(3, first.bundle.version))
+
+    assert record.epoch == 3
+    answer = authority.evaluate(transfer(500))
+    assert answer.active.allowed
+    assert (answer.snapshot.epoch, answer.snapshot.active.version) == (3, first.bundle.version)
+    history = await setup.store.history()
+    assert [(e.epoch, e.active_version) for e in history] == [
+        (3, bundle().version),
+        (2, bundle(STRICT).version),
+        (1, bundle().version),
+    ]
+
+
+async def test_statements_cannot_be_replayed_forged_or_kept_for_later(setup: Setup) -> None:
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+    second = setup.statement(2, bundle(STRICT).version)
+    await setup.push(authority, bundle(STRICT), epoch=None)
+    await authority.activate(second)
+
+    # Replayed: epoch 2 is taken for ever, so rolling forward again needs a new statement.
+    await authority.activate(setup.statement(3, bundle().version))
+    with pytest.raises(EpochConflict):
+        await authority.activate(second)
+    # Signed by a key the authority does not trust.
+    with pytest.raises(SignatureRejected, match="not a trusted"):
+        await authority.activate(setup.statement(4, bundle(STRICT).version, key=generate_ed25519()))
+    # Signed long ago.
+    stale = setup.statement(4, bundle(STRICT).version)
+    setup.clock[0] += 3600
+    with pytest.raises(SignatureRejected, match="fresh"):
+        await authority.activate(stale)
+    # A no-op is not a new epoch.
+    with pytest.raises(StoreError, match="already has exactly this state"):
+        await authority.activate(setup.statement(4, bundle().version))
+
+    assert authority.evaluate(transfer(500)).snapshot.epoch == 3
+
+
+async def test_epochs_and_bundles_are_append_only(setup: Setup) -> None:
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+
+    for statement in (
+        "UPDATE policy_epochs SET active_version = active_version",
+        "DELETE FROM policy_epochs",
+        "TRUNCATE policy_epochs CASCADE",
+        "UPDATE policy_bundles SET content = content",
+        "DELETE FROM policy_bundles",
+    ):
+        with pytest.raises(Exception, match="append-only"):
+            await fetch(setup.database_url, statement)
+
+    assert await counts(setup.database_url) == (1, 1)
+
+
+async def test_a_replica_restarting_serves_the_newest_epoch_and_continues_it(setup: Setup) -> None:
+    first = setup.authority()
+    await setup.push(first, bundle(), epoch=1)
+    await setup.push(first, bundle(STRICT), epoch=2)
+
+    restarted = setup.authority()
+    await restarted.refresh()
+
+    assert restarted.snapshot is not None
+    assert (restarted.snapshot.epoch, restarted.snapshot.active.version) == (
+        2,
+        bundle(STRICT).version,
+    )
+    record = await restarted.activate(setup.statement(3, bundle().version))
+    assert record.epoch == 3
+
+
+async def test_a_forged_epoch_in_the_store_stops_the_replica(setup: Setup) -> None:
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+    await setup.push(authority, bundle(STRICT), epoch=None)
+    intruder = generate_ed25519()
+    # Someone with write access to the database adds an epoch of their own.
+    await fetch(
+        setup.database_url,
+        "INSERT INTO policy_epochs (epoch, active_version, statement, signer_kid) "
+        "VALUES (2, $1, $2, 'intruder')",
+        bundle(STRICT).version,
+        setup.statement(2, bundle(STRICT).version, key=intruder),
+    )
+
+    await authority.refresh()
+
+    assert not authority.ready
+    assert "epoch 2" in authority.problem and "not a trusted" in authority.problem
+    with pytest.raises(NotReady):
+        authority.evaluate(transfer(1))
+
+
+async def test_a_tampered_bundle_in_the_store_is_not_loaded(setup: Setup) -> None:
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+    await setup.push(authority, bundle(STRICT), epoch=None)
+    await fetch(setup.database_url, "ALTER TABLE policy_bundles DISABLE TRIGGER USER")
+    tampered = bundle("permit (principal, action, resource);").canonical()
+    await fetch(
+        setup.database_url,
+        "UPDATE policy_bundles SET content = $1 WHERE version = $2",
+        tampered,
+        bundle(STRICT).version,
+    )
+    await fetch(
+        setup.database_url,
+        "INSERT INTO policy_epochs (epoch, active_version, statement, signer_kid) "
+        "VALUES (2, $1, $2, 'k')",
+        bundle(STRICT).version,
+        setup.statement(2, bundle(STRICT).version),
+    )
+    fresh = setup.authority()
+
+    await fresh.refresh()
+    await authority.refresh()
+
+    assert not fresh.ready
+    assert "does not hash to its version" in fresh.problem
+    # The replica that verified the bundle when it was published serves that, not the tampering.
+    answer = authority.evaluate(transfer(500))
+    assert answer.snapshot.epoch == 2 and not answer.active.allowed
+
+
+async def test_a_store_going_back_in_epochs_stops_the_replica(setup: Setup) -> None:
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+    await setup.push(authority, bundle(STRICT), epoch=2)
+    await fetch(setup.database_url, "ALTER TABLE policy_epochs DISABLE TRIGGER USER")
+    await fetch(setup.database_url, "DELETE FROM policy_epochs WHERE epoch = 2")
+
+    await authority.refresh()
+
+    assert not authority.ready
+    assert "went back" in authority.problem
+
+
+async def test_replicas_starting_together_activate_the_start_bundle_once(setup: Setup) -> None:
+    replicas = [setup.authority() for _ in range(3)]
+
+    await asyncio.gather(*(r.bootstrap(bundle(), setup.admin) for r in replicas))
+    await asyncio.gather(*(r.refresh() for r in replicas))
+
+    assert await counts(setup.database_url) == (1, 1)
+    assert {r.snapshot.epoch for r in replicas if r.snapshot} == {1}
+    # Started again with other policies: the next epoch, never an old one.
+    await replicas[0].bootstrap(bundle(STRICT), setup.admin)
+    await replicas[0].bootstrap(bundle(STRICT), setup.admin)
+    assert [e.epoch for e in await setup.store.history()] == [2, 1]
+
+
+async def test_the_start_bundle_must_be_signed_by_a_trusted_key(setup: Setup) -> None:
+    from govmesh.runtime.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="not trusted"):
+        await setup.authority().bootstrap(bundle(), generate_ed25519())
+
+
+async def test_shadow_is_evaluated_never_enforced_and_disagreements_recorded(
+    setup: Setup,
+) -> None:
+    recorder = ShadowRecorder(setup.store)
+    authority = setup.authority(recorder)
+    active = await setup.push(authority, bundle(), epoch=1)
+    await setup.push(authority, bundle(STRICT), epoch=2, shadow_of=active.bundle.version)
+
+    agree = authority.evaluate(transfer(50), request_digest="d-50", decision_id="id-50")
+    disagree = authority.evaluate(transfer(500), request_digest="d-500", decision_id="id-500")
+    await recorder.flush()
+
+    assert agree.active.allowed and agree.shadow is not None and agree.shadow.allowed
+    assert disagree.active.allowed  # enforced: the active bundle's answer
+    assert disagree.shadow is not None and not disagree.shadow.allowed
+    epochs, totals, records = await setup.store.shadow_report(
+        bundle().version, bundle(STRICT).version, 10
+    )
+    assert epochs == [2]
+    assert (totals.evaluated, totals.disagreed) == (2, 1)
+    assert [(r.decision_id, r.active_decision, r.shadow_decision) for r in records] == [
+        ("id-500", "ALLOW", "DENY")
+    ]
+    assert records[0].context["request"] == {"amount": 500}
+    assert records[0].active_determining == ("transfers-up-to-1000",)
+
+
+async def test_a_failing_shadow_never_changes_the_active_answer(setup: Setup) -> None:
+    authority = setup.authority(ShadowRecorder(setup.store))
+    active = await setup.push(authority, bundle(), epoch=1)
+    erroring = bundle(
+        SAMPLE_POLICY + '\n@id("broken") forbid (principal, action, resource) when { context.x };'
+    )
+    await setup.push(authority, erroring, epoch=2, shadow_of=active.bundle.version)
+
+    answer = authority.evaluate(transfer(250))
+
+    assert answer.active.allowed
+    assert answer.shadow is not None and not answer.shadow.allowed
+    assert "broken" in answer.shadow.errors[0]

@@ -1,0 +1,185 @@
+"""The Postgres replay store against a real Postgres: atomicity, group commit, cleanup, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from govmesh.runtime.db import libpq_database_url
+from govmesh.verification.core import ReplayStoreTimeout, ReplayStoreUnavailable
+from govmesh.verification.replay import PostgresReplayStore
+from tests.support.database import DatabaseFactory, fetch
+
+OpenStore = Callable[..., Awaitable[PostgresReplayStore]]
+
+
+def key(n: int | str) -> bytes:
+    return hashlib.sha256(str(n).encode()).digest()
+
+
+@pytest.fixture
+async def open_store(database_url: str) -> AsyncIterator[OpenStore]:
+    """Opens replay stores (each with its own connection pool); all closed afterwards."""
+    opened: list[PostgresReplayStore] = []
+
+    async def open_(url: str = database_url, **kwargs: object) -> PostgresReplayStore:
+        store = PostgresReplayStore(database_url=url, **kwargs)  # type: ignore[arg-type]
+        await store.start()
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.close()
+
+
+async def test_a_key_is_fresh_once(open_store: OpenStore) -> None:
+    store = await open_store()
+    later = time.time() + 60
+
+    assert await store.remember(key(1), later, timeout=5) is True
+    assert await store.remember(key(1), later, timeout=5) is False
+    assert await store.remember(key(2), later, timeout=5) is True
+
+
+async def test_seen_reads_without_recording(open_store: OpenStore) -> None:
+    store = await open_store()
+
+    assert await store.seen(key("x"), timeout=5) is False
+    assert await store.seen(key("x"), timeout=5) is False
+    assert await store.remember(key("x"), time.time() + 60, timeout=5) is True
+    assert await store.seen(key("x"), timeout=5) is True
+
+
+async def test_concurrent_inserts_are_group_committed(
+    open_store: OpenStore, database_url: str
+) -> None:
+    store = await open_store()
+    later = time.time() + 60
+
+    results = await asyncio.gather(*(store.remember(key(n), later, timeout=10) for n in range(300)))
+
+    assert all(results)
+    assert store.inserted == 300
+    assert store.batches < 30, "300 concurrent nonces should share a few commits"
+    rows = await fetch(database_url, "SELECT count(*) AS n FROM verification_replay")
+    assert rows[0]["n"] == 300
+
+
+async def test_the_same_key_twice_in_one_batch_is_fresh_once(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    later = time.time() + 60
+
+    results = await asyncio.gather(
+        *(store.remember(key("dup"), later, timeout=10) for _ in range(8))
+    )
+
+    assert results.count(True) == 1
+    assert store.batches == 1
+
+
+async def test_two_stores_racing_the_same_keys_admit_each_once(
+    open_store: OpenStore,
+) -> None:
+    # Two stores, two connection pools: the race is decided by Postgres.
+    first = await open_store()
+    second = await open_store()
+    later = time.time() + 60
+
+    for n in range(40):
+        a, b = await asyncio.gather(
+            first.remember(key(f"race-{n}"), later, timeout=10),
+            second.remember(key(f"race-{n}"), later, timeout=10),
+        )
+        assert [a, b].count(True) == 1, n
+
+
+async def test_cleanup_deletes_only_expired_rows(open_store: OpenStore, database_url: str) -> None:
+    store = await open_store(cleanup_margin_s=5.0, cleanup_chunk=2)
+    now = time.time()
+    await store.remember(key("old-1"), now - 60, timeout=5)
+    await store.remember(key("old-2"), now - 30, timeout=5)
+    await store.remember(key("old-3"), now - 10, timeout=5)
+    await store.remember(key("in-margin"), now - 1, timeout=5)
+    await store.remember(key("live"), now + 60, timeout=5)
+
+    deleted = await store.cleanup()
+
+    assert deleted == 3
+    rows = await fetch(database_url, "SELECT proof_key FROM verification_replay")
+    assert {bytes(r["proof_key"]) for r in rows} == {key("in-margin"), key("live")}
+
+
+async def test_cleanup_runs_in_the_background(open_store: OpenStore, database_url: str) -> None:
+    store = await open_store(cleanup_interval_s=0.05, cleanup_margin_s=0.0)
+    await store.remember(key("expired"), time.time() - 1, timeout=5)
+
+    for _ in range(200):
+        rows = await fetch(database_url, "SELECT count(*) AS n FROM verification_replay")
+        if rows[0]["n"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert rows[0]["n"] == 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_an_unreachable_store_never_says_fresh(open_store: OpenStore) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/nowhere"
+    store = await open_store(url)
+
+    with pytest.raises(ReplayStoreUnavailable):
+        await store.remember(key(1), time.time() + 60, timeout=5)
+    with pytest.raises(ReplayStoreUnavailable):
+        await store.seen(key(1), timeout=5)
+    with pytest.raises(ReplayStoreUnavailable):
+        await store.check()
+
+
+async def test_a_database_without_the_table_never_says_fresh(
+    open_store: OpenStore, databases: DatabaseFactory
+) -> None:
+    store = await open_store(databases.create(migrate=False))
+
+    with pytest.raises(ReplayStoreUnavailable):
+        await store.remember(key(1), time.time() + 60, timeout=5)
+    with pytest.raises(ReplayStoreUnavailable):
+        await store.check()
+
+
+async def test_a_store_that_does_not_answer_in_time_fails(
+    open_store: OpenStore, database_url: str
+) -> None:
+    store = await open_store(flush_timeout_s=5.0)
+    blocker = await asyncpg.connect(libpq_database_url(database_url))
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE verification_replay IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(ReplayStoreTimeout):
+            await store.remember(key("locked"), time.time() + 60, timeout=0.3)
+        await transaction.rollback()
+    finally:
+        await blocker.close()
+    # Once the lock is gone the store answers again (the timed-out nonce may or may not be in).
+    assert await store.remember(key("after"), time.time() + 60, timeout=10) is True
+
+
+async def test_a_closed_store_refuses(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.close()
+
+    with pytest.raises(ReplayStoreUnavailable):
+        await store.remember(key(1), time.time() + 60, timeout=5)

@@ -1,0 +1,226 @@
+"""The verification process itself: replicas, the replay store, key rotation, start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from sqlalchemy.engine import make_url
+
+from govmesh.artifacts.keys import generate_ed25519
+from govmesh.runtime.db import libpq_database_url
+from govmesh.v1 import verification_pb2_grpc
+from tests.support.database import DatabaseFactory
+from tests.support.processes import ServiceProcess
+from tests.support.verification import (
+    ISSUER,
+    Clock,
+    World,
+    failed_checks,
+    jwks,
+    make_world,
+    reason,
+    verify_request,
+    write_json,
+)
+
+Start = Callable[..., ServiceProcess]
+StubFor = Callable[[ServiceProcess], "verification_pb2_grpc.VerificationAsyncStub"]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return make_world(tmp_path / "trust", clock=Clock.live())
+
+
+@pytest.fixture
+def env(world: World, database_url: str) -> dict[str, str]:
+    return {
+        "GOVMESH_TRUST_FILE": str(world.trust_file),
+        "GOVMESH_DATABASE_URL": database_url,
+    }
+
+
+@pytest.fixture
+async def stub_for() -> AsyncIterator[StubFor]:
+    channels: list[grpc.aio.Channel] = []
+
+    def stub(process: ServiceProcess) -> verification_pb2_grpc.VerificationAsyncStub:
+        channel = grpc.aio.insecure_channel(process.address)
+        channels.append(channel)
+        return verification_pb2_grpc.VerificationStub(channel)
+
+    yield stub
+    for channel in channels:
+        await channel.close()
+
+
+async def test_two_replicas_racing_the_same_proof_admit_it_once(
+    services: Start, env: dict[str, str], world: World, stub_for: StubFor
+) -> None:
+    first = stub_for(services("verification", env))
+    second = stub_for(services("verification", env))
+    mandate = world.mandate()
+
+    for _ in range(25):
+        request = verify_request(world.request(mandate=mandate))
+        a, b = await asyncio.gather(
+            first.Verify(request, timeout=10), second.Verify(request, timeout=10)
+        )
+        assert sorted([a.verified, b.verified]) == [False, True]
+        loser = b if a.verified else a
+        assert reason(loser) == "REPLAY_DETECTED"
+        assert failed_checks(loser) == ["replay"]
+
+
+async def test_an_unreachable_replay_store_denies_and_recovers(
+    services: Start,
+    env: dict[str, str],
+    world: World,
+    stub_for: StubFor,
+    database_url: str,
+    pg_server_url: str,
+) -> None:
+    stub = stub_for(services("verification", env))
+    assert (await stub.Verify(verify_request(world.request()), timeout=10)).verified
+    name = make_url(database_url).database
+    admin = await asyncpg.connect(libpq_database_url(pg_server_url))
+    try:
+        # Our own test database stops taking connections and loses the ones it had.
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        answer = await stub.Verify(verify_request(world.request()), timeout=10)
+
+        assert not answer.verified
+        assert failed_checks(answer) == ["replay"]
+        assert reason(answer) in ("PEER_UNAVAILABLE", "PEER_TIMEOUT")
+        assert "replay store" in answer.message
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    answer = await stub.Verify(verify_request(world.request()), timeout=10)
+    assert answer.verified, answer.message
+
+
+async def test_a_removed_key_stops_verifying_with_the_next_request(
+    services: Start, env: dict[str, str], world: World, stub_for: StubFor
+) -> None:
+    stub = stub_for(services("verification", env))
+    mandate = world.mandate(key=world.issuer_es)
+    before = await stub.Verify(verify_request(world.request(mandate=mandate)), timeout=10)
+    assert before.verified  # and now in the verified-token cache
+
+    write_json(world.root / "issuer.jwks.json", jwks(world.issuer, world.issuer_rs))
+    after = await stub.Verify(verify_request(world.request(mandate=mandate)), timeout=10)
+
+    assert not after.verified
+    assert failed_checks(after) == ["signature"]
+    assert "issuer-es" in after.message
+    assert after.trust_version != before.trust_version
+
+
+async def test_a_rotated_in_key_verifies_with_the_next_request(
+    services: Start, env: dict[str, str], world: World, stub_for: StubFor
+) -> None:
+    stub = stub_for(services("verification", env))
+    new_key = generate_ed25519("issuer-ed-2")
+    mandate = world.mandate(key=new_key)
+    before = await stub.Verify(verify_request(world.request(mandate=mandate)), timeout=10)
+    assert failed_checks(before) == ["signature"]
+
+    write_json(world.root / "issuer.jwks.json", jwks(world.issuer, new_key))
+    after = await stub.Verify(verify_request(world.request(mandate=mandate)), timeout=10)
+
+    assert after.verified, after.message
+
+
+async def test_sighup_reloads_and_the_process_keeps_serving(
+    services: Start, env: dict[str, str], world: World, stub_for: StubFor
+) -> None:
+    process = services("verification", env)
+    stub = stub_for(process)
+
+    process.process.send_signal(signal.SIGHUP)
+    for _ in range(100):
+        if "SIGHUP" in process.log():
+            break
+        await asyncio.sleep(0.05)
+
+    assert process.process.poll() is None
+    assert "trust configuration checked on SIGHUP" in process.log()
+    assert (await stub.Verify(verify_request(world.request()), timeout=10)).verified
+
+
+async def test_a_trust_file_broken_after_start_denies_everything_until_fixed(
+    services: Start, env: dict[str, str], world: World, stub_for: StubFor
+) -> None:
+    stub = stub_for(services("verification", env))
+    good = world.trust_file.read_text()
+
+    world.trust_file.write_text("[[issuers]\nbroken")
+    broken = await stub.Verify(verify_request(world.request()), timeout=10)
+
+    assert not broken.verified
+    assert reason(broken) == "INTERNAL_ERROR"
+    assert {"signature", "issuer", "runtime"} <= set(failed_checks(broken))
+    world.trust_file.write_text(good)
+    for _ in range(100):
+        answer = await stub.Verify(verify_request(world.request()), timeout=10)
+        if answer.verified:
+            break
+        await asyncio.sleep(0.05)
+    assert answer.verified, answer.message
+
+
+def test_an_unusable_trust_file_stops_start_up(
+    services: Start, env: dict[str, str], world: World
+) -> None:
+    (world.root / "attestor.jwks.json").write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+
+    with pytest.raises(RuntimeError, match="private or symmetric key material") as raised:
+        services("verification", env)
+    assert "Traceback" not in str(raised.value)
+    assert "exited with 2" in str(raised.value)
+
+
+def test_a_database_without_the_schema_stops_start_up(
+    services: Start, env: dict[str, str], databases: DatabaseFactory
+) -> None:
+    bare = databases.create(migrate=False)
+
+    with pytest.raises(RuntimeError, match="govmesh db upgrade") as raised:
+        services("verification", {**env, "GOVMESH_DATABASE_URL": bare})
+    assert "exited with 2" in str(raised.value)
+
+
+def test_the_database_url_is_required(services: Start, world: World) -> None:
+    environment = {"GOVMESH_TRUST_FILE": str(world.trust_file), "GOVMESH_DATABASE_URL": ""}
+    saved = os.environ.pop("GOVMESH_DATABASE_URL", None)
+    try:
+        with pytest.raises(RuntimeError, match="GOVMESH_DATABASE_URL"):
+            services("verification", {k: v for k, v in environment.items() if v})
+    finally:
+        if saved is not None:
+            os.environ["GOVMESH_DATABASE_URL"] = saved
+
+
+async def test_the_answer_names_the_issuer_it_verified(
+    services: Start, env: dict[str, str], world: World, stub_for: StubFor
+) -> None:
+    stub = stub_for(services("verification", env))
+    request = world.request()
+
+    answer = await stub.Verify(verify_request(request), timeout=10)
+
+    assert answer.request_digest == request.request_digest
+    assert answer.claims.issuer == ISSUER
+    assert answer.claims.proof_id
+    assert len(answer.checks) == 11
