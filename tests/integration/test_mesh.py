@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
+from govmesh.cli.devsetup import DevSetup
 from govmesh.client import EngineClient
 from govmesh.v1 import common_pb2, engine_pb2
 from tests.integration.conftest import Mesh
@@ -274,11 +275,11 @@ def test_a_missing_trust_file_stops_the_start_with_a_message(tmp_path: Path) -> 
 
 
 def test_govmesh_serve_runs_a_service(
-    services: Callable[..., ServiceProcess], database_url: str
+    services: Callable[..., ServiceProcess], database_url: str, dev_setup: DevSetup
 ) -> None:
     lineage = services(
         "lineage",
-        {"GOVMESH_DATABASE_URL": database_url},
+        {"GOVMESH_DATABASE_URL": database_url, "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir)},
         command=[GOVMESH, "serve", "lineage"],
     )
     assert lineage.health() == 1  # SERVING
@@ -335,10 +336,15 @@ def test_sigterm_reports_not_serving_before_the_server_stops(
 
 
 def test_service_logs_are_one_json_object_per_line(
-    services: Callable[..., ServiceProcess], database_url: str
+    services: Callable[..., ServiceProcess], database_url: str, dev_setup: DevSetup
 ) -> None:
     lineage = services(
-        "lineage", {"GOVMESH_DATABASE_URL": database_url, "GOVMESH_LOG_FORMAT": "json"}
+        "lineage",
+        {
+            "GOVMESH_DATABASE_URL": database_url,
+            "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+            "GOVMESH_LOG_FORMAT": "json",
+        },
     )
     assert lineage.terminate() == 0
     records = [json.loads(line) for line in lineage.log().splitlines() if line.strip()]

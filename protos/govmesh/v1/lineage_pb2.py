@@ -22,32 +22,61 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from govmesh.v1 import common_pb2 as govmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18govmesh/v1/lineage.proto\x12\ngovmesh.v1\x1a\x17govmesh/v1/common.proto\"3\n\rAppendRequest\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\"a\n\x0e\x41ppendResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12+\n\x07receipt\x18\x02 \x01(\x0b\x32\x1a.govmesh.v1.LineageReceipt\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"@\n\x12\x41ppendBatchRequest\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.govmesh.v1.AppendRequest\"B\n\x13\x41ppendBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.govmesh.v1.AppendResponse\"\x16\n\x14GetCheckpointRequest\">\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"&\n\x0fGetEntryRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\"C\n\x10GetEntryResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x32\xb7\x02\n\x07Lineage\x12?\n\x06\x41ppend\x12\x19.govmesh.v1.AppendRequest\x1a\x1a.govmesh.v1.AppendResponse\x12N\n\x0b\x41ppendBatch\x12\x1e.govmesh.v1.AppendBatchRequest\x1a\x1f.govmesh.v1.AppendBatchResponse\x12T\n\rGetCheckpoint\x12 .govmesh.v1.GetCheckpointRequest\x1a!.govmesh.v1.GetCheckpointResponse\x12\x45\n\x08GetEntry\x12\x1b.govmesh.v1.GetEntryRequest\x1a\x1c.govmesh.v1.GetEntryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18govmesh/v1/lineage.proto\x12\ngovmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17govmesh/v1/common.proto\"3\n\rAppendRequest\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\"a\n\x0e\x41ppendResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12+\n\x07receipt\x18\x02 \x01(\x0b\x32\x1a.govmesh.v1.LineageReceipt\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"R\n\x12\x41ppendBatchRequest\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.govmesh.v1.AppendRequest\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"T\n\x13\x41ppendBatchResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.govmesh.v1.AppendResponse\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"<\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x11\n\twitnessed\x18\x02 \x01(\x08\"Q\n\x15GetCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\"D\n\x0fGetEntryRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\x05index\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x08\n\x06_index\"X\n\x10GetEntryResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\"\x7f\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12-\n\tlogged_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\tEntryPage\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.govmesh.v1.LogEntry\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0c\n\x04more\x18\x03 \x01(\x08\"s\n\x18GetInclusionProofRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\x05index\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x11\n\twitnessed\x18\x04 \x01(\x08\x42\x08\n\x06_index\"\x98\x01\n\x19GetInclusionProofResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\r\n\x05\x65ntry\x18\x04 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x05 \x01(\x0c\x12\x12\n\ncheckpoint\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x07 \x01(\t\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0e\n\x06second\x18\x02 \x01(\x04\"`\n\x1bGetConsistencyProofResponse\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0e\n\x06second\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"C\n\x12ListEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\x12\x11\n\tpage_size\x18\x03 \x01(\r\",\n\x16ListCheckpointsRequest\x12\x12\n\nafter_size\x18\x01 \x01(\x04\"b\n\x10\x43heckpointRecord\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x14\n\x0c\x63osignatures\x18\x04 \x03(\t\"C\n\x0e\x43heckpointPage\x12\x31\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1c.govmesh.v1.CheckpointRecord\"\xdc\x01\n\x13QueryEntriesRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0b\x61\x66ter_index\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05limit\x18\x07 \x01(\rB\x0e\n\x0c_after_index\".\n\x0bTailRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x10\n\x08\x66rom_end\x18\x02 \x01(\x08\"+\n\x15\x41\x64\x64\x43osignatureRequest\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\">\n\x16\x41\x64\x64\x43osignatureResponse\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x11\n\twitnesses\x18\x02 \x03(\t2\xce\x07\n\x07Lineage\x12?\n\x06\x41ppend\x12\x19.govmesh.v1.AppendRequest\x1a\x1a.govmesh.v1.AppendResponse\x12N\n\x0b\x41ppendBatch\x12\x1e.govmesh.v1.AppendBatchRequest\x1a\x1f.govmesh.v1.AppendBatchResponse\x12S\n\x0c\x41ppendStream\x12\x1e.govmesh.v1.AppendBatchRequest\x1a\x1f.govmesh.v1.AppendBatchResponse(\x01\x30\x01\x12T\n\rGetCheckpoint\x12 .govmesh.v1.GetCheckpointRequest\x1a!.govmesh.v1.GetCheckpointResponse\x12\x45\n\x08GetEntry\x12\x1b.govmesh.v1.GetEntryRequest\x1a\x1c.govmesh.v1.GetEntryResponse\x12`\n\x11GetInclusionProof\x12$.govmesh.v1.GetInclusionProofRequest\x1a%.govmesh.v1.GetInclusionProofResponse\x12\x66\n\x13GetConsistencyProof\x12&.govmesh.v1.GetConsistencyProofRequest\x1a\'.govmesh.v1.GetConsistencyProofResponse\x12\x46\n\x0bListEntries\x12\x1e.govmesh.v1.ListEntriesRequest\x1a\x15.govmesh.v1.EntryPage0\x01\x12S\n\x0fListCheckpoints\x12\".govmesh.v1.ListCheckpointsRequest\x1a\x1a.govmesh.v1.CheckpointPage0\x01\x12\x46\n\x0cQueryEntries\x12\x1f.govmesh.v1.QueryEntriesRequest\x1a\x15.govmesh.v1.EntryPage\x12\x38\n\x04Tail\x12\x17.govmesh.v1.TailRequest\x1a\x15.govmesh.v1.EntryPage0\x01\x12W\n\x0e\x41\x64\x64\x43osignature\x12!.govmesh.v1.AddCosignatureRequest\x1a\".govmesh.v1.AddCosignatureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'govmesh.v1.lineage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPENDREQUEST']._serialized_start=65
-  _globals['_APPENDREQUEST']._serialized_end=116
-  _globals['_APPENDRESPONSE']._serialized_start=118
-  _globals['_APPENDRESPONSE']._serialized_end=215
-  _globals['_APPENDBATCHREQUEST']._serialized_start=217
-  _globals['_APPENDBATCHREQUEST']._serialized_end=281
-  _globals['_APPENDBATCHRESPONSE']._serialized_start=283
-  _globals['_APPENDBATCHRESPONSE']._serialized_end=349
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=351
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=373
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=375
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=437
-  _globals['_GETENTRYREQUEST']._serialized_start=439
-  _globals['_GETENTRYREQUEST']._serialized_end=477
-  _globals['_GETENTRYRESPONSE']._serialized_start=479
-  _globals['_GETENTRYRESPONSE']._serialized_end=546
-  _globals['_LINEAGE']._serialized_start=549
-  _globals['_LINEAGE']._serialized_end=860
+  _globals['_APPENDREQUEST']._serialized_start=98
+  _globals['_APPENDREQUEST']._serialized_end=149
+  _globals['_APPENDRESPONSE']._serialized_start=151
+  _globals['_APPENDRESPONSE']._serialized_end=248
+  _globals['_APPENDBATCHREQUEST']._serialized_start=250
+  _globals['_APPENDBATCHREQUEST']._serialized_end=332
+  _globals['_APPENDBATCHRESPONSE']._serialized_start=334
+  _globals['_APPENDBATCHRESPONSE']._serialized_end=418
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=420
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=480
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=482
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=563
+  _globals['_GETENTRYREQUEST']._serialized_start=565
+  _globals['_GETENTRYREQUEST']._serialized_end=633
+  _globals['_GETENTRYRESPONSE']._serialized_start=635
+  _globals['_GETENTRYRESPONSE']._serialized_end=723
+  _globals['_LOGENTRY']._serialized_start=725
+  _globals['_LOGENTRY']._serialized_end=852
+  _globals['_ENTRYPAGE']._serialized_start=854
+  _globals['_ENTRYPAGE']._serialized_end=937
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=939
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1054
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1057
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1209
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1211
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1270
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1272
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1368
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1370
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1437
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1439
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1483
+  _globals['_CHECKPOINTRECORD']._serialized_start=1485
+  _globals['_CHECKPOINTRECORD']._serialized_end=1583
+  _globals['_CHECKPOINTPAGE']._serialized_start=1585
+  _globals['_CHECKPOINTPAGE']._serialized_end=1652
+  _globals['_QUERYENTRIESREQUEST']._serialized_start=1655
+  _globals['_QUERYENTRIESREQUEST']._serialized_end=1875
+  _globals['_TAILREQUEST']._serialized_start=1877
+  _globals['_TAILREQUEST']._serialized_end=1923
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_start=1925
+  _globals['_ADDCOSIGNATUREREQUEST']._serialized_end=1968
+  _globals['_ADDCOSIGNATURERESPONSE']._serialized_start=1970
+  _globals['_ADDCOSIGNATURERESPONSE']._serialized_end=2032
+  _globals['_LINEAGE']._serialized_start=2035
+  _globals['_LINEAGE']._serialized_end=3009
 # @@protoc_insertion_point(module_scope)

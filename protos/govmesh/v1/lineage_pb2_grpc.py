@@ -44,6 +44,11 @@ class LineageStub:
                 request_serializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.SerializeToString,
                 response_deserializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.FromString,
                 _registered_method=True)
+        self.AppendStream = channel.stream_stream(
+                '/govmesh.v1.Lineage/AppendStream',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/govmesh.v1.Lineage/GetCheckpoint',
                 request_serializer=govmesh_dot_v1_dot_lineage__pb2.GetCheckpointRequest.SerializeToString,
@@ -53,6 +58,41 @@ class LineageStub:
                 '/govmesh.v1.Lineage/GetEntry',
                 request_serializer=govmesh_dot_v1_dot_lineage__pb2.GetEntryRequest.SerializeToString,
                 response_deserializer=govmesh_dot_v1_dot_lineage__pb2.GetEntryResponse.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/govmesh.v1.Lineage/GetInclusionProof',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.GetInclusionProofResponse.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/govmesh.v1.Lineage/GetConsistencyProof',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.GetConsistencyProofResponse.FromString,
+                _registered_method=True)
+        self.ListEntries = channel.unary_stream(
+                '/govmesh.v1.Lineage/ListEntries',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.ListEntriesRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.EntryPage.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_stream(
+                '/govmesh.v1.Lineage/ListCheckpoints',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.CheckpointPage.FromString,
+                _registered_method=True)
+        self.QueryEntries = channel.unary_unary(
+                '/govmesh.v1.Lineage/QueryEntries',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.QueryEntriesRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.EntryPage.FromString,
+                _registered_method=True)
+        self.Tail = channel.unary_stream(
+                '/govmesh.v1.Lineage/Tail',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.TailRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.EntryPage.FromString,
+                _registered_method=True)
+        self.AddCosignature = channel.unary_unary(
+                '/govmesh.v1.Lineage/AddCosignature',
+                request_serializer=govmesh_dot_v1_dot_lineage__pb2.AddCosignatureRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_lineage__pb2.AddCosignatureResponse.FromString,
                 _registered_method=True)
 
 
@@ -73,15 +113,73 @@ class LineageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendStream(self, request_iterator, context):
+        """Appends batches over one long-lived stream (a fraction of a unary call's
+        cost per batch): each response answers the request with the same
+        sequence number, once its entries are committed; order is not promised.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCheckpoint(self, request, context):
-        """The newest signed checkpoint.
+        """The newest signed checkpoint (or one of a given size), with its cosignatures.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetEntry(self, request, context):
-        """One entry by decision id.
+        """One entry by decision id (or by index).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """An RFC 9162 inclusion proof for one entry against any tree size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """An RFC 9162 consistency proof between two tree sizes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEntries(self, request, context):
+        """Entries in index order, in pages (for auditors and mirrors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """Every checkpoint, smallest first, with its cosignatures.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryEntries(self, request, context):
+        """Entries by decision id, trace id, subject and time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tail(self, request, context):
+        """Entries from an index on, then each new one as it is committed, until cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddCosignature(self, request, context):
+        """Stores a witness cosignature on a checkpoint the log signed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +198,11 @@ def add_LineageServicer_to_server(servicer, server):
                     request_deserializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.FromString,
                     response_serializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.SerializeToString,
             ),
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.SerializeToString,
+            ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
                     request_deserializer=govmesh_dot_v1_dot_lineage__pb2.GetCheckpointRequest.FromString,
@@ -109,6 +212,41 @@ def add_LineageServicer_to_server(servicer, server):
                     servicer.GetEntry,
                     request_deserializer=govmesh_dot_v1_dot_lineage__pb2.GetEntryRequest.FromString,
                     response_serializer=govmesh_dot_v1_dot_lineage__pb2.GetEntryResponse.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.GetInclusionProofResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.GetConsistencyProofResponse.SerializeToString,
+            ),
+            'ListEntries': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListEntries,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.ListEntriesRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.EntryPage.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.CheckpointPage.SerializeToString,
+            ),
+            'QueryEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryEntries,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.QueryEntriesRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.EntryPage.SerializeToString,
+            ),
+            'Tail': grpc.unary_stream_rpc_method_handler(
+                    servicer.Tail,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.TailRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.EntryPage.SerializeToString,
+            ),
+            'AddCosignature': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCosignature,
+                    request_deserializer=govmesh_dot_v1_dot_lineage__pb2.AddCosignatureRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_lineage__pb2.AddCosignatureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +314,33 @@ class Lineage:
             _registered_method=True)
 
     @staticmethod
+    def AppendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/govmesh.v1.Lineage/AppendStream',
+            govmesh_dot_v1_dot_lineage__pb2.AppendBatchRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.AppendBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetCheckpoint(request,
             target,
             options=(),
@@ -219,6 +384,195 @@ class Lineage:
             '/govmesh.v1.Lineage/GetEntry',
             govmesh_dot_v1_dot_lineage__pb2.GetEntryRequest.SerializeToString,
             govmesh_dot_v1_dot_lineage__pb2.GetEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.Lineage/GetInclusionProof',
+            govmesh_dot_v1_dot_lineage__pb2.GetInclusionProofRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.GetInclusionProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.Lineage/GetConsistencyProof',
+            govmesh_dot_v1_dot_lineage__pb2.GetConsistencyProofRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.GetConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/govmesh.v1.Lineage/ListEntries',
+            govmesh_dot_v1_dot_lineage__pb2.ListEntriesRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.EntryPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/govmesh.v1.Lineage/ListCheckpoints',
+            govmesh_dot_v1_dot_lineage__pb2.ListCheckpointsRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.CheckpointPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.Lineage/QueryEntries',
+            govmesh_dot_v1_dot_lineage__pb2.QueryEntriesRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.EntryPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/govmesh.v1.Lineage/Tail',
+            govmesh_dot_v1_dot_lineage__pb2.TailRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.EntryPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCosignature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/govmesh.v1.Lineage/AddCosignature',
+            govmesh_dot_v1_dot_lineage__pb2.AddCosignatureRequest.SerializeToString,
+            govmesh_dot_v1_dot_lineage__pb2.AddCosignatureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,6 +2,8 @@
 
     DIR/trust.toml             the trust file (GOVMESH_TRUST_FILE)
     DIR/*.jwks.json            public keys the trust file and verifiers name
+    DIR/lineage.vkey           the C2SP verifier key of the lineage checkpoints
+                               (what `govmesh lineage verify|check-proof` trust)
     DIR/keys/                  govmesh's own signing keys (GOVMESH_KEYS_DIR)
     DIR/dev/                   the private keys of the parties govmesh trusts:
                                a development issuer, attestor and agent
@@ -27,6 +29,7 @@ from govmesh.artifacts.keys import (
     public_jwks,
     write_private_jwk,
 )
+from govmesh.lineage.keys import DEFAULT_ORIGIN, VKEY_FILE, log_vkey
 from govmesh.runtime.errors import ConfigurationError
 
 DEV_ISSUER = "https://issuer.govmesh.dev"
@@ -70,6 +73,11 @@ class DevSetup:
         return self.root / "keys"
 
     @property
+    def lineage_vkey(self) -> Path:
+        """The lineage log's C2SP verifier key (origin DEFAULT_ORIGIN)."""
+        return self.root / VKEY_FILE
+
+    @property
     def policies(self) -> Path:
         return self.root / "policies"
 
@@ -100,6 +108,8 @@ def write_dev_setup(root: Path) -> DevSetup:
         key = generate_ed25519()
         write_private_jwk(setup.keys_dir / f"{name}.jwk.json", key)
         _write_json(setup.root / f"{name}.jwks.json", public_jwks([key]))
+        if name == "lineage":
+            setup.lineage_vkey.write_text(log_vkey(key, DEFAULT_ORIGIN) + "\n")
     setup.trust_file.write_text(
         f"""\
 # govmesh trust configuration (DESIGN.md section 4); paths are relative to this file.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
 
+from pydantic import Field, field_validator
+
+from govmesh.lineage.keys import DEFAULT_ORIGIN
+from govmesh.lineage.notes import NoteError, check_key_name
 from govmesh.runtime.settings import ServerSettings
 
 
@@ -12,3 +16,29 @@ class LineageSettings(ServerSettings):
 
     listen: str = "127.0.0.1:50054"
     database_url: str = Field(description="the Postgres holding the log (GOVMESH_DATABASE_URL)")
+    keys_dir: Path = Field(
+        description="holds lineage.jwk.json, the checkpoint key (GOVMESH_KEYS_DIR)"
+    )
+    lineage_origin: str = Field(
+        default=DEFAULT_ORIGIN,
+        description="checkpoint origin line and log key name (GOVMESH_LINEAGE_ORIGIN)",
+    )
+    lineage_commit_max: int = Field(
+        default=2048, ge=1, le=16384, description="most entries committed in one transaction"
+    )
+    lineage_commit_linger_ms: float = Field(
+        default=0.0, ge=0.0, le=50.0, description="wait this long for company before a commit"
+    )
+    lineage_witnesses: str = Field(
+        default="",
+        description="witness verifier keys (or files of them) whose cosignatures are accepted",
+    )
+    lineage_pool_size: int = Field(default=8, ge=2, le=64)
+
+    @field_validator("lineage_origin")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        try:
+            return check_key_name(value)
+        except NoteError as exc:
+            raise ValueError(str(exc)) from None

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gc
+
 import grpc
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from govmesh.lineage.config import LineageSettings
+from govmesh.lineage.keys import load_log_signer, parse_vkeys
+from govmesh.lineage.notes import COSIGNATURE_V1
+from govmesh.lineage.sequencer import Sequencer
 from govmesh.lineage.servicer import LineageServicer
-from govmesh.lineage.store import LineageStore
-from govmesh.runtime.db import create_db_engine
+from govmesh.lineage.store import LogCorrupted, LogStore
+from govmesh.lineage.watch import CommitWatch
 from govmesh.runtime.entry import run_service
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.runtime.server import Health, serve
@@ -20,26 +22,52 @@ SERVICE_NAME = lineage_pb2.DESCRIPTOR.services_by_name["Lineage"].full_name
 
 
 class LineageService:
-    """Lifecycle of the lineage service."""
+    """Lifecycle of the lineage service: database, signing key, sequencer, watch."""
 
     service_names = (SERVICE_NAME,)
 
     def __init__(self, settings: LineageSettings) -> None:
         self._settings = settings
-        self._engine: AsyncEngine | None = None
+        self._store: LogStore | None = None
+        self._sequencer: Sequencer | None = None
+        self._watch: CommitWatch | None = None
         self._servicer: LineageServicer | None = None
 
     async def start(self, health: Health) -> None:
-        self._engine = create_db_engine(self._settings.database_url)
+        s = self._settings
+        signer = load_log_signer(s.keys_dir, s.lineage_origin)
+        witnesses = parse_vkeys(s.lineage_witnesses, sig_type=COSIGNATURE_V1)
         try:
-            async with self._engine.connect() as conn:
-                await conn.execute(text("SELECT size FROM lineage_head"))
-        except (SQLAlchemyError, OSError) as exc:
+            self._store = await LogStore.open(s.database_url, max_size=s.lineage_pool_size)
+            size, _ = await self._store.head()
+        except Exception as exc:
             raise ConfigurationError(
                 f"cannot use the lineage database: {exc.__class__.__name__}: {exc}"
                 "\n  (is GOVMESH_DATABASE_URL right, and did `govmesh db upgrade` run?)"
             ) from None
-        self._servicer = LineageServicer(store=LineageStore(engine=self._engine))
+        self._sequencer = Sequencer(
+            store=self._store,
+            signer=signer,
+            origin=s.lineage_origin,
+            max_batch=s.lineage_commit_max,
+            linger=s.lineage_commit_linger_ms / 1000,
+        )
+        try:
+            await self._sequencer.start()
+        except LogCorrupted as exc:
+            raise ConfigurationError(
+                f"the lineage log cannot be trusted: {exc}"
+                "\n  (run `govmesh lineage verify --database-url ...` to find what changed)"
+            ) from None
+        self._watch = CommitWatch(size)
+        self._sequencer.on_commit(self._watch.committed)
+        await self._watch.listen(self._store)
+        self._servicer = LineageServicer(
+            store=self._store, sequencer=self._sequencer, watch=self._watch, witnesses=witnesses
+        )
+        # Everything loaded so far lives as long as the process: keep it out of
+        # the collector's full passes, whose pauses would land on appends.
+        gc.freeze()
 
     def register(self, server: grpc.aio.Server) -> None:
         assert self._servicer is not None
@@ -49,8 +77,12 @@ class LineageService:
         return self._servicer is not None
 
     async def close(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
+        if self._sequencer is not None:
+            await self._sequencer.close()
+        if self._watch is not None:
+            await self._watch.close()
+        if self._store is not None:
+            await self._store.close()
 
 
 async def run(settings: LineageSettings) -> None:

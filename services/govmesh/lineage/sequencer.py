@@ -1,0 +1,314 @@
+"""Group commit: appends become contiguous leaves under one signed checkpoint per batch.
+
+`Sequencer.append` queues a group of checked entries (one RPC's worth) and
+waits. A single committer task takes every queued group, up to `max_batch`
+entries, and commits them in one transaction:
+
+1. Lock the counter row; read the committed size and root.
+2. If another writer moved the head (or a commit's outcome was unknown),
+   reload the compact range from stored hashes and re-establish trust: it
+   must hash to the head's root, the stored checkpoint of that size must carry
+   the log's valid signature over that root, and it must be consistent with
+   the last tree this process trusted. Otherwise nothing is signed.
+3. Refuse decision ids already logged (or repeated in the batch).
+4. Give each remaining entry the next index, hash it into the compact range
+   and record the perfect subtrees it completes.
+5. Sign one checkpoint for the new tree: it extends the trusted tree by
+   construction, so the log never signs two inconsistent checkpoints.
+6. Insert rows and checkpoint, advance the counter row, commit.
+7. Only then hand out receipts.
+
+A failed transaction leaves nothing behind: its checkpoint is discarded
+unseen, and the next batch starts from the head again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from govmesh.lineage import merkle
+from govmesh.lineage.core import Entry, EntryRejected, Receipt
+from govmesh.lineage.notes import Checkpoint, NoteError, NoteSigner, open_checkpoint
+from govmesh.lineage.store import LogCorrupted, LogStore, LogTransaction
+
+logger = logging.getLogger(__name__)
+
+
+class SequencerStopped(Exception):
+    """The sequencer is closed; nothing more is appended."""
+
+
+@dataclass(frozen=True)
+class TrustedTree:
+    """A committed tree this process verified or built: its compact range and checkpoint."""
+
+    frontier: merkle.Frontier
+    root: bytes
+    checkpoint: str
+
+    @property
+    def size(self) -> int:
+        return self.frontier.size
+
+
+@dataclass
+class _Plan:
+    """A batch laid out on top of a trusted tree: rows to insert and the new root."""
+
+    frontier: merkle.Frontier
+    root: bytes
+    rows: list[tuple[Any, ...]]
+    placed: list[int | EntryRejected]
+
+
+@dataclass
+class _Group:
+    entries: Sequence[Entry]
+    future: asyncio.Future[list[Receipt | EntryRejected]]
+
+
+class Sequencer:
+    """Batches appends into transactions and signs one checkpoint per batch."""
+
+    def __init__(
+        self,
+        *,
+        store: LogStore,
+        signer: NoteSigner,
+        origin: str,
+        max_batch: int = 2048,
+        linger: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._origin = origin
+        self._max_batch = max_batch
+        self._linger = linger
+        self._clock = clock
+        self._queue: list[_Group] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._trusted: TrustedTree | None = None
+        self._listeners: list[Callable[[int], None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self.batches = 0
+
+    @property
+    def trusted(self) -> TrustedTree | None:
+        """The newest tree this process committed or verified."""
+        return self._trusted
+
+    def on_commit(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(new_size)` after every commit."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Verify the stored log head, then start committing."""
+        async with self._store.transaction() as tx:
+            size, root = await tx.lock_head()
+            self._trusted = await self._establish(tx, size, root)
+        self._task = asyncio.create_task(self._run(), name="lineage-sequencer")
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop taking appends, let queued ones commit for up to `grace` seconds, then stop."""
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for group in self._queue:
+            if not group.future.done():
+                group.future.set_exception(SequencerStopped("lineage is stopping"))
+        self._queue.clear()
+
+    async def append(self, entries: Sequence[Entry]) -> list[Receipt | EntryRejected]:
+        """Commit `entries`; in order, a receipt for each one or why it was refused."""
+        if self._stopping or self._task is None or self._task.done():
+            raise SequencerStopped("lineage is not accepting appends")
+        future: asyncio.Future[list[Receipt | EntryRejected]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(_Group(entries, future))
+        self._idle.clear()
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                if self._linger > 0 and sum(len(g.entries) for g in self._queue) < self._max_batch:
+                    await asyncio.sleep(self._linger)
+                batch: list[_Group] = []
+                count = 0
+                while self._queue and (
+                    not batch or count + len(self._queue[0].entries) <= self._max_batch
+                ):
+                    group = self._queue.pop(0)
+                    if group.future.done():  # the caller gave up; its entries are not sent
+                        continue
+                    batch.append(group)
+                    count += len(group.entries)
+                if batch:
+                    await self._commit_groups(batch)
+            self._idle.set()
+
+    async def _commit_groups(self, batch: list[_Group]) -> None:
+        entries = [e for g in batch for e in g.entries]
+        try:
+            results = await self._commit(entries)
+        except Exception as exc:
+            if isinstance(exc, LogCorrupted):
+                logger.error("lineage refuses to sign: %s", exc)
+            else:
+                logger.warning("lineage batch failed", extra={"error": repr(exc)})
+            for group in batch:
+                if not group.future.done():
+                    group.future.set_exception(exc)
+            return
+        self.batches += 1
+        offset = 0
+        for group in batch:
+            part = results[offset : offset + len(group.entries)]
+            offset += len(group.entries)
+            if not group.future.done():
+                group.future.set_result(part)
+        if self._trusted is not None:
+            for listener in self._listeners:
+                listener(self._trusted.size)
+
+    async def _commit(self, entries: Sequence[Entry]) -> list[Receipt | EntryRejected]:
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        trusted = self._trusted
+        if trusted is not None:
+            # The common case, in one round trip: the head is still the tree this
+            # process trusts and no entry is a duplicate. The database checks both
+            # under the counter row's lock and answers otherwise without writing;
+            # then the checkpoint signed here is dropped unseen and the batch takes
+            # the locked path below.
+            plan = self._plan(trusted, entries, set(), now)
+            if plan.rows:
+                note = self._sign(plan)
+                outcome = await self._store.append_if_head(
+                    trusted.size, trusted.root, plan.rows, plan.frontier.size, plan.root, note
+                )
+                if outcome == "appended":
+                    return self._committed(plan, note)
+        return await self._commit_locked(entries, now)
+
+    async def _commit_locked(
+        self, entries: Sequence[Entry], now: datetime
+    ) -> list[Receipt | EntryRejected]:
+        async with self._store.transaction() as tx:
+            # 1. The counter row, locked until commit.
+            size, root = await tx.lock_head()
+            # 2. Trust the head only as this process left it, or after re-verifying it.
+            trusted = self._trusted
+            if trusted is None or trusted.size != size or trusted.root != root:
+                trusted = await self._establish(tx, size, root)
+                self._trusted = trusted
+            # 3. Duplicates are refused, in the log and within the batch.
+            taken = await tx.taken([e.decision_id for e in entries])
+            # 4. Indices and stored subtree hashes.
+            plan = self._plan(trusted, entries, taken, now)
+            if not plan.rows:
+                return [p for p in plan.placed if isinstance(p, EntryRejected)]
+            # 5. One checkpoint for the new tree, which extends the trusted one.
+            note = self._sign(plan)
+            # 6. Rows, checkpoint and counter in the same transaction.
+            await tx.insert_entries(plan.rows)
+            await tx.publish(plan.frontier.size, plan.root, note)
+        # 7. Committed: receipts now.
+        return self._committed(plan, note)
+
+    @staticmethod
+    def _plan(
+        trusted: TrustedTree, entries: Sequence[Entry], taken: set[uuid.UUID], now: datetime
+    ) -> _Plan:
+        frontier = trusted.frontier.copy()
+        rows = []
+        placed: list[int | EntryRejected] = []
+        for e in entries:
+            if e.decision_id in taken:
+                placed.append(EntryRejected(f"decision {e.decision_id} is already logged"))
+                continue
+            taken.add(e.decision_id)
+            index = frontier.size
+            completed = frontier.append(e.leaf_hash)
+            rows.append(
+                (
+                    index,
+                    e.decision_id,
+                    e.data,
+                    e.leaf_hash,
+                    b"".join(completed),
+                    now,
+                    e.kind,
+                    e.time,
+                    e.subject,
+                    e.trace_id,
+                )
+            )
+            placed.append(index)
+        return _Plan(frontier, frontier.root(), rows, placed)
+
+    def _sign(self, plan: _Plan) -> str:
+        return self._signer.sign(Checkpoint(self._origin, plan.frontier.size, plan.root).text())
+
+    def _committed(self, plan: _Plan, note: str) -> list[Receipt | EntryRejected]:
+        self._trusted = TrustedTree(plan.frontier, plan.root, note)
+        leaves = {r[0]: r[3] for r in plan.rows}
+        size = plan.frontier.size
+        return [
+            p
+            if isinstance(p, EntryRejected)
+            else Receipt(index=p, leaf_hash=leaves[p], tree_size=size, checkpoint=note)
+            for p in plan.placed
+        ]
+
+    async def _establish(self, tx: LogTransaction, size: int, root: bytes) -> TrustedTree:
+        """Verify the stored head of `size` and `root`; LogCorrupted if it cannot be trusted."""
+        previous = self._trusted
+        if previous is not None and size < previous.size:
+            raise LogCorrupted(f"the log shrank from {previous.size} to {size} entries")
+        if size == 0:
+            if root != merkle.EMPTY_ROOT:
+                raise LogCorrupted("an empty log with a root hash")
+            return TrustedTree(merkle.Frontier(), root, "")
+        ranges = merkle.frontier_ranges(size)
+        perfect = await tx.perfect_hashes(ranges)
+        frontier = merkle.Frontier.from_parts(size, [perfect[r] for r in ranges])
+        if frontier.root() != root:
+            raise LogCorrupted(f"stored subtree hashes do not hash to the head at size {size}")
+        stored = await tx.checkpoint(size)
+        if stored is None:
+            raise LogCorrupted(f"no checkpoint for the head at size {size}")
+        try:
+            signed = open_checkpoint(stored.note, self._signer.verifier, origin=self._origin)
+        except NoteError as exc:
+            raise LogCorrupted(f"the checkpoint at size {size} is not ours: {exc}") from None
+        if signed.size != size or signed.root != root:
+            raise LogCorrupted(f"the checkpoint at size {size} does not match the head")
+        if previous is not None and 0 < previous.size < size:
+            proof = await tx.tree_hashes(merkle.consistency_ranges(previous.size, size))
+            try:
+                merkle.verify_consistency(previous.size, size, previous.root, root, proof)
+            except merkle.ProofError as exc:
+                raise LogCorrupted(
+                    f"the log at size {size} is not consistent with size {previous.size}: {exc}"
+                ) from None
+        return TrustedTree(frontier, root, stored.note)

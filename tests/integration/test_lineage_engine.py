@@ -1,0 +1,88 @@
+"""Decisions of the real engine, proven offline with the lineage CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from govmesh.cli.devsetup import DEV_SUBJECT
+from govmesh.client import EngineClient
+from govmesh.lineage import merkle
+from govmesh.lineage.client import LineageClient
+from govmesh.lineage.notes import VerifierKey, open_checkpoint
+from tests.integration.conftest import Mesh
+
+
+def govmesh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "govmesh.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_engine_decisions_carry_checkpoints_and_prove_offline(
+    start_mesh: Callable[..., Mesh], tmp_path: Path
+) -> None:
+    mesh = start_mesh()
+    key = VerifierKey.parse(mesh.setup.lineage_vkey.read_text())
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        allowed = await engine.authorize(**mesh.request())
+        denied = await engine.authorize(**mesh.request(context={"amount": 5000}))
+    assert allowed.decision == "ALLOW" and denied.decision == "DENY"
+
+    async with await LineageClient.connect(mesh.lineage.address) as lineage:
+        for result in (allowed, denied):
+            assert result.lineage is not None
+            signed = open_checkpoint(result.lineage.checkpoint, key)
+            assert signed.size == result.lineage.tree_size > result.lineage.index
+            proof = await lineage.inclusion_proof(result.decision_id, tree_size=signed.size)
+            merkle.verify_inclusion(
+                result.lineage.index,
+                signed.size,
+                result.lineage.leaf_hash,
+                list(proof.hashes),
+                signed.root,
+            )
+
+    lineage_at = ("--target", mesh.lineage.address)
+    listed = govmesh("lineage", "query", "--subject", DEV_SUBJECT, *lineage_at)
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [line["decision_id"] for line in lines] == [allowed.decision_id, denied.decision_id]
+    assert lines[1]["entry"]["reason"] == "POLICY_MISMATCH"
+    tailed = govmesh("lineage", "tail", "--count", "2", *lineage_at)
+    assert [json.loads(line)["index"] for line in tailed.stdout.splitlines()] == [0, 1]
+
+    bundle = tmp_path / "allow.proof.json"
+    exported = govmesh("lineage", "proof", allowed.decision_id, "-o", str(bundle), *lineage_at)
+    assert exported.returncode == 0, exported.stderr
+
+    # Offline: nothing runs any more.
+    for process in (mesh.engine, mesh.lineage, mesh.policy, mesh.verification):
+        process.terminate()
+    checked = govmesh("lineage", "check-proof", str(bundle), "--vkey", str(mesh.setup.lineage_vkey))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"OK: decision {allowed.decision_id} (ALLOW) is entry" in checked.stdout
+    tampered = tmp_path / "tampered.json"
+    doc = json.loads(bundle.read_text())
+    doc["index"] += 1
+    tampered.write_text(json.dumps(doc))
+    refused = govmesh(
+        "lineage", "check-proof", str(tampered), "--vkey", str(mesh.setup.lineage_vkey)
+    )
+    assert refused.returncode == 1 and refused.stdout.startswith("INVALID")
+
+    audited = govmesh(
+        "lineage",
+        "verify",
+        "--database-url",
+        mesh.database_url,
+        "--vkey",
+        str(mesh.setup.lineage_vkey),
+    )
+    assert audited.returncode == 0, audited.stdout
+    assert "2 decisions, counter contiguous from 0" in audited.stdout

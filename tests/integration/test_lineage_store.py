@@ -1,0 +1,419 @@
+"""The log in a real Postgres: group commit, contiguity, duplicates, proofs, immutability."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from govmesh.artifacts.canonical import canonical_json
+from govmesh.lineage import merkle
+from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
+from govmesh.lineage.notes import Checkpoint, NoteSigner, open_checkpoint
+from govmesh.lineage.sequencer import Sequencer
+from govmesh.lineage.store import LogCorrupted, LogStore
+from govmesh.runtime.db import libpq_database_url
+from tests.support.database import fetch
+
+ORIGIN = "test.govmesh.local/lineage"
+
+
+def make_entry(n: int = 0, **fields: Any) -> Entry:
+    decision_id = str(uuid.uuid4())
+    doc = {
+        "v": 1,
+        "type": "decision",
+        "decision_id": decision_id,
+        "engine": {"id": "engine-a", "seq": n},
+        "time": "2026-11-26T10:00:00.000+00:00",
+        "subject": "spiffe://govmesh.dev/agent/demo",
+        "decision": "DENY",
+        "trace_id": None,
+        **fields,
+    }
+    return check_entry(canonical_json(doc), decision_id)
+
+
+@pytest.fixture
+def signer() -> NoteSigner:
+    return NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[LogStore]:
+    opened = await LogStore.open(database_url)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def sequencer(store: LogStore, signer: NoteSigner) -> AsyncIterator[Sequencer]:
+    seq = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    await seq.start()
+    yield seq
+    await seq.close()
+
+
+def receipts(results: list[Receipt | EntryRejected]) -> list[Receipt]:
+    assert all(isinstance(r, Receipt) for r in results), results
+    return [r for r in results if isinstance(r, Receipt)]
+
+
+async def all_leaves(store: LogStore) -> list[bytes]:
+    rows = await store.entries(0, limit=1_000_000)
+    return [merkle.leaf_hash(r.entry) for r in rows]
+
+
+async def test_receipts_come_after_commit_with_a_checkpoint_that_proves_the_entry(
+    store: LogStore, sequencer: Sequencer, signer: NoteSigner, database_url: str
+) -> None:
+    entries = [make_entry(i) for i in range(5)]
+    got = receipts(await sequencer.append(entries))
+
+    assert [r.index for r in got] == [0, 1, 2, 3, 4]
+    assert {r.tree_size for r in got} == {5}
+    signed = open_checkpoint(got[0].checkpoint, signer.verifier, origin=ORIGIN)
+    assert signed.size == 5
+    for entry, receipt in zip(entries, got, strict=True):
+        assert receipt.leaf_hash == merkle.leaf_hash(entry.data)
+        proof = await store.tree_hashes(merkle.inclusion_ranges(receipt.index, 5))
+        merkle.verify_inclusion(receipt.index, 5, receipt.leaf_hash, proof, signed.root)
+    # Stored byte for byte, and visible to another connection: committed.
+    rows = await fetch(database_url, "SELECT idx, entry FROM lineage_entries ORDER BY idx")
+    assert [bytes(r["entry"]) for r in rows] == [e.data for e in entries]
+
+
+async def test_duplicate_decision_ids_are_refused_and_the_rest_commit(
+    sequencer: Sequencer,
+) -> None:
+    first = make_entry(0)
+    receipts(await sequencer.append([first]))
+    again = make_entry(1)
+    results = await sequencer.append([first, again, again, make_entry(2)])
+
+    assert isinstance(results[0], EntryRejected) and "already logged" in str(results[0])
+    assert isinstance(results[1], Receipt) and results[1].index == 1
+    assert isinstance(results[2], EntryRejected)
+    assert isinstance(results[3], Receipt) and results[3].index == 2
+
+
+async def test_a_batch_of_only_duplicates_signs_nothing(
+    sequencer: Sequencer, store: LogStore
+) -> None:
+    entry = make_entry()
+    receipts(await sequencer.append([entry]))
+    results = await sequencer.append([entry])
+    assert isinstance(results[0], EntryRejected)
+    assert [c.tree_size for c in await store.checkpoints()] == [1]
+
+
+async def test_concurrent_appends_are_grouped_into_few_transactions(
+    sequencer: Sequencer, store: LogStore
+) -> None:
+    results = await asyncio.gather(*(sequencer.append([make_entry(i)]) for i in range(200)))
+    indices = sorted(r.index for group in results for r in receipts(group))
+    assert indices == list(range(200))
+    assert sequencer.batches < 200
+    # Every receipt's checkpoint is one the log stored.
+    sizes = {c.tree_size for c in await store.checkpoints()}
+    assert {r.tree_size for group in results for r in receipts(group)} <= sizes
+
+
+async def test_two_writers_on_one_database_keep_indices_contiguous_and_checkpoints_consistent(
+    database_url: str, signer: NoteSigner
+) -> None:
+    stores = [await LogStore.open(database_url) for _ in range(2)]
+    writers = [Sequencer(store=s, signer=signer, origin=ORIGIN) for s in stores]
+    for w in writers:
+        await w.start()
+    try:
+
+        async def write(w: Sequencer, n: int) -> list[Receipt]:
+            out = []
+            for i in range(n):
+                out += receipts(await w.append([make_entry(i), make_entry(i)]))
+            return out
+
+        got = await asyncio.gather(write(writers[0], 40), write(writers[1], 40))
+    finally:
+        for w in writers:
+            await w.close()
+    indices = sorted(r.index for rs in got for r in rs)
+    assert indices == list(range(160))
+    leaves = await all_leaves(stores[0])
+    for cp in await stores[0].checkpoints():
+        signed = open_checkpoint(cp.note, signer.verifier, origin=ORIGIN)
+        assert signed.root == merkle.reference_root(leaves[: signed.size])
+    for s in stores:
+        await s.close()
+
+
+async def _crash(*args: Any, **kwargs: Any) -> Any:
+    raise ConnectionResetError("the database went away mid-commit")
+
+
+async def _moved(*args: Any, **kwargs: Any) -> str:
+    return "moved"
+
+
+@pytest.mark.parametrize("path", ["one-statement append", "locked transaction"])
+async def test_a_failed_append_leaves_no_trace_and_no_gap(
+    sequencer: Sequencer, store: LogStore, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    from govmesh.lineage import store as store_module
+
+    receipts(await sequencer.append([make_entry(0)]))
+    with monkeypatch.context() as patched:
+        if path == "one-statement append":
+            patched.setattr(store_module.LogStore, "append_if_head", _crash)
+        else:
+            patched.setattr(store_module.LogStore, "append_if_head", _moved)
+            patched.setattr(store_module.LogTransaction, "publish", _crash)
+        with pytest.raises(ConnectionResetError):
+            await sequencer.append([make_entry(1), make_entry(2)])
+
+    assert await store.head() == (1, (await store.checkpoint(1)).root_hash)  # type: ignore[union-attr]
+    got = receipts(await sequencer.append([make_entry(3)]))
+    assert got[0].index == 1
+    assert len(await store.entries(0)) == 2
+
+
+async def test_the_locked_path_appends_when_the_head_moved_under_a_writer(
+    store: LogStore, signer: NoteSigner
+) -> None:
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    await first.start()
+    await second.start()
+    try:
+        receipts(await first.append([make_entry(0)]))
+        # `second` still trusts the empty tree: its one-statement append is
+        # refused, and its locked path verifies the moved head and appends.
+        got = receipts(await second.append([make_entry(1)]))
+        assert got[0].index == 1
+        again = await second.append([make_entry(2), *[make_entry(3)] * 2])
+        assert isinstance(again[2], EntryRejected)
+    finally:
+        await first.close()
+        await second.close()
+    leaves = await all_leaves(store)
+    for cp in await store.checkpoints():
+        assert cp.root_hash == merkle.reference_root(leaves[: cp.tree_size])
+
+
+async def test_proofs_from_stored_hashes_hold_for_every_tree_size(
+    sequencer: Sequencer, store: LogStore
+) -> None:
+    for n in range(1, 40):
+        receipts(await sequencer.append([make_entry(j) for j in range(n % 3 + 1)]))
+    leaves = await all_leaves(store)
+    size = len(leaves)
+    for tree_size in range(1, size + 1):
+        root = merkle.reference_root(leaves[:tree_size])
+        for index in {0, tree_size // 2, tree_size - 1}:
+            proof = await store.tree_hashes(merkle.inclusion_ranges(index, tree_size))
+            merkle.verify_inclusion(index, tree_size, leaves[index], proof, root)
+        for old in {1, tree_size // 3 or 1, tree_size - 1 or 1}:
+            proof = await store.tree_hashes(merkle.consistency_ranges(old, tree_size))
+            merkle.verify_consistency(
+                old, tree_size, merkle.reference_root(leaves[:old]), root, proof
+            )
+
+
+async def test_a_restarted_sequencer_continues_the_same_tree(
+    store: LogStore, signer: NoteSigner
+) -> None:
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    await first.start()
+    receipts(await first.append([make_entry(i) for i in range(7)]))
+    await first.close()
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    await second.start()
+    got = receipts(await second.append([make_entry(7)]))
+    await second.close()
+    assert got[0].index == 7
+    leaves = await all_leaves(store)
+    signed = open_checkpoint(got[0].checkpoint, signer.verifier, origin=ORIGIN)
+    assert signed.root == merkle.reference_root(leaves)
+
+
+async def _superuser(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(libpq_database_url(url))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+DISABLE = "ALTER TABLE lineage_entries DISABLE TRIGGER lineage_entries_append_only"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        # A stored subtree hash altered: the compact range no longer hashes to the head.
+        lambda: (
+            DISABLE,
+            "UPDATE lineage_entries SET nodes = sha256(nodes) WHERE idx = 3",
+        ),
+        # The head's checkpoint replaced by one signed with another key.
+        lambda: (
+            "ALTER TABLE lineage_checkpoints DISABLE TRIGGER lineage_checkpoints_append_only",
+            "UPDATE lineage_checkpoints SET note = replace(note, 'test.govmesh', 'evil') "
+            "WHERE tree_size = 4",
+        ),
+    ],
+)
+async def test_a_new_writer_refuses_to_sign_over_a_tampered_head(
+    store: LogStore, signer: NoteSigner, database_url: str, tamper: Callable[[], tuple[str, ...]]
+) -> None:
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    await first.start()
+    receipts(await first.append([make_entry(i) for i in range(4)]))
+    await first.close()
+    await _superuser(database_url, *tamper())
+
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    with pytest.raises(LogCorrupted):
+        await second.start()
+
+
+async def rehash_all(conn: asyncpg.Connection) -> list[bytes]:
+    """What a careful tamperer does after editing entries: recompute every stored hash."""
+    rows = await conn.fetch("SELECT idx, entry FROM lineage_entries ORDER BY idx")
+    frontier = merkle.Frontier()
+    leaves = []
+    for row in rows:
+        leaf = merkle.leaf_hash(bytes(row["entry"]))
+        nodes = b"".join(frontier.append(leaf))
+        await conn.execute(
+            "UPDATE lineage_entries SET leaf_hash = $2, nodes = $3 WHERE idx = $1",
+            row["idx"],
+            leaf,
+            nodes,
+        )
+        leaves.append(leaf)
+    return leaves
+
+
+async def test_a_running_writer_never_signs_over_a_fork_even_one_signed_with_its_key(
+    sequencer: Sequencer, store: LogStore, signer: NoteSigner, database_url: str
+) -> None:
+    receipts(await sequencer.append([make_entry(i) for i in range(4)]))
+    # Someone holding the log key rewrites entry 1, appends entry 4 and signs a
+    # checkpoint for the forked tree of size 5. The running writer trusted
+    # size 4; the fork is not an extension of it, so it must stop signing.
+    forged, extra = make_entry(1, decision="ALLOW"), make_entry(4)
+    conn = await asyncpg.connect(libpq_database_url(database_url))
+    try:
+        await conn.execute(DISABLE)
+        await conn.execute(
+            "UPDATE lineage_entries SET entry = $1, decision_id = $2 WHERE idx = 1",
+            forged.data,
+            forged.decision_id,
+        )
+        await conn.execute(
+            "INSERT INTO lineage_entries (idx, decision_id, entry, leaf_hash, nodes, logged_at) "
+            "VALUES (4, $1, $2, $3, '', now())",
+            extra.decision_id,
+            extra.data,
+            extra.leaf_hash,
+        )
+        root = merkle.reference_root(await rehash_all(conn))
+        await conn.execute(
+            "INSERT INTO lineage_checkpoints (tree_size, root_hash, note) VALUES (5, $1, $2)",
+            root,
+            signer.sign(Checkpoint(ORIGIN, 5, root).text()),
+        )
+        await conn.execute("UPDATE lineage_head SET size = 5, root_hash = $1", root)
+    finally:
+        await conn.close()
+
+    with pytest.raises(LogCorrupted, match="not consistent"):
+        await sequencer.append([make_entry(5)])
+    assert [c.tree_size for c in await store.checkpoints()] == [4, 5]
+
+
+# --- immutability in the database ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE lineage_entries SET entry = 'x' WHERE idx = 0",
+        "DELETE FROM lineage_entries WHERE idx = 0",
+        "TRUNCATE lineage_entries CASCADE",
+        "UPDATE lineage_checkpoints SET note = 'x'",
+        "DELETE FROM lineage_checkpoints",
+        "TRUNCATE lineage_checkpoints CASCADE",
+        "UPDATE lineage_cosignatures SET line = 'x'",
+        "DELETE FROM lineage_cosignatures",
+        "TRUNCATE lineage_cosignatures",
+        "DELETE FROM lineage_head",
+        "TRUNCATE lineage_head",
+        "UPDATE lineage_head SET size = 0",
+        "UPDATE lineage_head SET size = 9",
+    ],
+)
+async def test_the_database_refuses_changes_to_the_log_even_for_replicas(
+    sequencer: Sequencer, database_url: str, statement: str
+) -> None:
+    receipts(await sequencer.append([make_entry(0), make_entry(1)]))
+    conn = await asyncpg.connect(libpq_database_url(database_url))
+    try:
+        # Triggers ENABLED ALWAYS fire even where replication skips ordinary ones.
+        await conn.execute("SET session_replication_role = replica")
+        with pytest.raises(
+            asyncpg.PostgresError, match=r"append-only|may only grow|does not match"
+        ):
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+    rows = await fetch(database_url, "SELECT count(*) AS n FROM lineage_entries")
+    assert rows[0]["n"] == 2
+
+
+async def test_the_writer_role_may_only_insert_and_select(
+    sequencer: Sequencer, database_url: str, signer: NoteSigner
+) -> None:
+    receipts(await sequencer.append([make_entry(0)]))
+    role = f"lineage_svc_{uuid.uuid4().hex[:8]}"
+    await _superuser(database_url, f"CREATE ROLE {role} LOGIN IN ROLE govmesh_lineage_writer")
+    try:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(libpq_database_url(database_url)).set(username=role)
+        as_service = url.render_as_string(hide_password=False)
+        limited = await LogStore.open(as_service)
+        try:
+            seq = Sequencer(store=limited, signer=signer, origin=ORIGIN)
+            await seq.start()
+            got = receipts(await seq.append([make_entry(1)]))
+            await seq.close()
+            assert got[0].index == 1
+        finally:
+            await limited.close()
+        conn = await asyncpg.connect(as_service)
+        try:
+            for statement in (
+                "UPDATE lineage_entries SET entry = 'x'",
+                "DELETE FROM lineage_entries",
+                "TRUNCATE lineage_entries",
+                "ALTER TABLE lineage_entries DISABLE TRIGGER lineage_entries_append_only",
+                "UPDATE lineage_checkpoints SET note = 'x'",
+            ):
+                with pytest.raises(
+                    (asyncpg.InsufficientPrivilegeError, asyncpg.PostgresError),
+                    match=r"permission denied|must be owner",
+                ):
+                    await conn.execute(statement)
+        finally:
+            await conn.close()
+    finally:
+        await _superuser(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
