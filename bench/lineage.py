@@ -9,7 +9,8 @@
 3. Throughput: several clients send AppendBatch calls of --batch entries
    back to back; prints sustained appends/s.
 4. Latency: an open-loop load of --rate appends/s through the engine's own
-   batching client (linger 1 ms, batches of up to 256); prints p50/p99/max
+   batching clients (the AppendStream client, and the engine's own AppendBatch
+   batcher with the engine's settings); prints p50/p99/max
    from submitting an append to holding its receipt.
 5. Proofs: inclusion proofs (by decision id, against the newest checkpoint)
    and consistency proofs (between random sizes) through gRPC at the loaded
@@ -196,9 +197,12 @@ async def latency(address: str, *, rate: float, seconds: float, stream: bool) ->
         batcher = StreamingLineage(channel, max_batch=256, linger=0.001)
         how = "AppendStream, batches of <= 256 after <= 1 ms"
     else:
-        batcher = BatchingLineage(transport=GrpcLineage(channel), max_batch=256, linger=0.001)
+        # The engine's own settings (EngineSettings defaults).
+        batcher = BatchingLineage(
+            transport=GrpcLineage(channel), max_batch=256, linger=0.001, max_in_flight=8
+        )
         batcher.start()
-        how = "the engine's unary AppendBatch batcher, <= 256 after <= 1 ms"
+        how = "the engine's unary AppendBatch batcher (<= 256 after <= 1 ms, 8 in flight)"
     maker = Entries(f"latency-engine-{stream}")
     samples: list[float] = []
     failures = 0

@@ -47,9 +47,10 @@ class EngineSettings(ServerSettings):
     # batch call, and this many batch calls in flight per peer.
     peer_batch_max: int = Field(default=128, ge=1, le=1024)
     peer_max_in_flight: int = Field(default=4, ge=1, le=64)
+    peer_linger_ms: float = Field(default=0.0, ge=0, le=100)
     lineage_batch_max: int = Field(default=256, ge=1, le=4096)
     lineage_max_in_flight: int = Field(default=8, ge=1, le=64)
-    lineage_linger_ms: float = Field(default=0.0, ge=0, le=100)
+    lineage_linger_ms: float = Field(default=1.0, ge=0, le=100)
 
     @model_validator(mode="after")
     def _budget_covers_a_peer(self) -> EngineSettings:

@@ -97,13 +97,21 @@ class GrpcPolicy:
 class BatchedVerification:
     """The verification peer, its calls from concurrent decisions sent as VerifyBatch."""
 
-    def __init__(self, peer: GrpcVerification, *, max_batch: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        peer: GrpcVerification,
+        *,
+        max_batch: int,
+        max_in_flight: int,
+        linger: float = 0.0,
+    ) -> None:
         self._batcher: Batcher[verification_pb2.VerifyRequest, verification_pb2.VerifyResponse]
         self._batcher = Batcher(
             name="verification",
             send=lambda requests, timeout: peer.verify_batch(requests, timeout=timeout),
             max_batch=max_batch,
             max_in_flight=max_in_flight,
+            linger=linger,
         )
 
     def start(self) -> None:
@@ -121,13 +129,16 @@ class BatchedVerification:
 class BatchedPolicy:
     """The policy peer, its calls from concurrent decisions sent as EvaluateBatch."""
 
-    def __init__(self, peer: GrpcPolicy, *, max_batch: int, max_in_flight: int) -> None:
+    def __init__(
+        self, peer: GrpcPolicy, *, max_batch: int, max_in_flight: int, linger: float = 0.0
+    ) -> None:
         self._batcher: Batcher[policy_pb2.EvaluateRequest, policy_pb2.EvaluateResponse]
         self._batcher = Batcher(
             name="policy",
             send=lambda requests, timeout: peer.evaluate_batch(requests, timeout=timeout),
             max_batch=max_batch,
             max_in_flight=max_in_flight,
+            linger=linger,
         )
 
     def start(self) -> None:

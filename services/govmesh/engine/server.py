@@ -69,10 +69,14 @@ class EngineService:
             GrpcVerification(verification),
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
+            linger=s.peer_linger_ms / 1000,
         )
         self._verification.start()
         self._policy = BatchedPolicy(
-            GrpcPolicy(policy), max_batch=s.peer_batch_max, max_in_flight=s.peer_max_in_flight
+            GrpcPolicy(policy),
+            max_batch=s.peer_batch_max,
+            max_in_flight=s.peer_max_in_flight,
+            linger=s.peer_linger_ms / 1000,
         )
         self._policy.start()
         self._drainer = asyncio.create_task(
