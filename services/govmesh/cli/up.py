@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,9 @@ async def _up(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     configure_logging(service="up", fmt="text")
+    # The embedded Postgres asks platformdirs for a runtime directory, which
+    # warns on hosts without XDG_RUNTIME_DIR and then uses /tmp as it should.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     return asyncio.run(_up(args))
 
 
