@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from govmesh.engine.batching import Batcher
@@ -94,63 +96,36 @@ class GrpcPolicy:
         return list(answer.responses)
 
 
-class BatchedVerification:
+class BatchedVerification(Batcher[verification_pb2.VerifyRequest, verification_pb2.VerifyResponse]):
     """The verification peer, its calls from concurrent decisions sent as VerifyBatch."""
 
-    def __init__(
-        self,
-        peer: GrpcVerification,
-        *,
-        max_batch: int,
-        max_in_flight: int,
-        linger: float = 0.0,
-    ) -> None:
-        self._batcher: Batcher[verification_pb2.VerifyRequest, verification_pb2.VerifyResponse]
-        self._batcher = Batcher(
+    def __init__(self, peer: GrpcVerification, **options: Any) -> None:
+        super().__init__(
             name="verification",
             send=lambda requests, timeout: peer.verify_batch(requests, timeout=timeout),
-            max_batch=max_batch,
-            max_in_flight=max_in_flight,
-            linger=linger,
+            **options,
         )
-
-    def start(self) -> None:
-        self._batcher.start()
-
-    async def close(self) -> None:
-        await self._batcher.close()
 
     async def verify(
         self, request: verification_pb2.VerifyRequest, *, timeout: float
     ) -> verification_pb2.VerifyResponse:
-        return await self._batcher.submit(request, timeout=timeout)
+        return await self.submit(request, timeout=timeout)
 
 
-class BatchedPolicy:
+class BatchedPolicy(Batcher[policy_pb2.EvaluateRequest, policy_pb2.EvaluateResponse]):
     """The policy peer, its calls from concurrent decisions sent as EvaluateBatch."""
 
-    def __init__(
-        self, peer: GrpcPolicy, *, max_batch: int, max_in_flight: int, linger: float = 0.0
-    ) -> None:
-        self._batcher: Batcher[policy_pb2.EvaluateRequest, policy_pb2.EvaluateResponse]
-        self._batcher = Batcher(
+    def __init__(self, peer: GrpcPolicy, **options: Any) -> None:
+        super().__init__(
             name="policy",
             send=lambda requests, timeout: peer.evaluate_batch(requests, timeout=timeout),
-            max_batch=max_batch,
-            max_in_flight=max_in_flight,
-            linger=linger,
+            **options,
         )
-
-    def start(self) -> None:
-        self._batcher.start()
-
-    async def close(self) -> None:
-        await self._batcher.close()
 
     async def evaluate(
         self, request: policy_pb2.EvaluateRequest, *, timeout: float
     ) -> policy_pb2.EvaluateResponse:
-        return await self._batcher.submit(request, timeout=timeout)
+        return await self.submit(request, timeout=timeout)
 
 
 class GrpcLineage:

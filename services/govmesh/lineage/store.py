@@ -11,6 +11,7 @@ O(log n) primary-key rows.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -87,11 +88,12 @@ def _entry(row: asyncpg.Record) -> StoredEntry:
     )
 
 
-class _Reads:
+class _Reads(abc.ABC):
     """Queries shared by the pool and by an open transaction."""
 
+    @abc.abstractmethod
     def _conn(self) -> Any:
-        raise NotImplementedError
+        """What the queries run on: the pool, or the transaction's connection."""
 
     async def perfect_hashes(self, ranges: Iterable[Range]) -> dict[Range, bytes]:
         """The stored hashes of perfect subtrees; LogCorrupted if one is missing."""
