@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from joserfc.jwk import OKPKey
@@ -23,8 +25,15 @@ from govmesh.policy.signing import (
     sign_activation,
     sign_bundle,
 )
-from govmesh.policy.store import EpochConflict, PolicyStore, StoreError, UnknownBundle
+from govmesh.policy.store import (
+    EpochConflict,
+    PolicyStore,
+    ShadowRecord,
+    StoreError,
+    UnknownBundle,
+)
 from govmesh.runtime.db import create_db_engine
+from tests.integration.policy_faults import PostgresProxy
 from tests.support.database import fetch
 
 STRICT = SAMPLE_POLICY.replace("<= 1000", "<= 100")
@@ -428,3 +437,118 @@ async def test_a_failing_shadow_never_changes_the_active_answer(setup: Setup) ->
     assert answer.active.allowed
     assert answer.shadow is not None and not answer.shadow.allowed
     assert "broken" in answer.shadow.errors[0]
+
+
+async def _shadowing(setup: Setup, recorder: ShadowRecorder) -> Authority:
+    authority = setup.authority(recorder)
+    active = await setup.push(authority, bundle(), epoch=1)
+    await setup.push(authority, bundle(STRICT), epoch=2, shadow_of=active.bundle.version)
+    return authority
+
+
+def disagreeing(
+    context: dict[str, Any], principal: str = "spiffe://govmesh.dev/agent/demo"
+) -> PolicyRequest:
+    return PolicyRequest(
+        principal=principal,
+        action="payments.transfer",
+        resource="account:acme/treasury",
+        context={"request": {"amount": 500, **context}, "env": {}, "attribution": {}},
+    )
+
+
+async def test_requests_postgres_cannot_store_as_given_are_still_recorded(setup: Setup) -> None:
+    # Postgres refuses NUL in text and in jsonb: a caller's NUL must not stop the recording.
+    recorder = ShadowRecorder(setup.store)
+    authority = await _shadowing(setup, recorder)
+    authority.evaluate(disagreeing({"note": "a\x00b", "k\x00": 1}), decision_id="nul")
+    authority.evaluate(disagreeing({}, principal="agent\x00x"), decision_id="principal")
+    await recorder.flush()
+    authority.evaluate(disagreeing({"note": "later"}), decision_id="later")
+    await recorder.flush()
+
+    _, totals, records = await setup.store.shadow_report(
+        bundle().version, bundle(STRICT).version, 10
+    )
+
+    assert (totals.evaluated, totals.disagreed, totals.dropped) == (3, 3, 0)
+    assert recorder.pending == 0
+    by_id = {r.decision_id: r for r in records}
+    assert set(by_id) == {"nul", "principal", "later"}
+    assert by_id["nul"].context["request"]["note"] == "a\x00b"
+    assert by_id["nul"].context["request"]["k\x00"] == 1
+    assert by_id["principal"].principal == "agent\ufffdx"
+
+
+def _record(
+    decision_id: str, epoch: int = 2, context: dict[str, Any] | None = None
+) -> ShadowRecord:
+    return ShadowRecord(
+        epoch=epoch,
+        request_digest="digest",
+        decision_id=decision_id,
+        principal="spiffe://govmesh.dev/agent/demo",
+        action="payments.transfer",
+        resource="account:acme/treasury",
+        context={"request": {"amount": 500}} if context is None else context,
+        active_decision="ALLOW",
+        active_determining=("transfers-up-to-1000",),
+        active_errors=(),
+        shadow_decision="DENY",
+        shadow_determining=(),
+        shadow_errors=(),
+    )
+
+
+async def test_a_record_the_store_refuses_is_dropped_counted_and_the_rest_recorded(
+    setup: Setup,
+) -> None:
+    recorder = ShadowRecorder(setup.store)
+    await _shadowing(setup, recorder)
+    # Whatever cannot be stored, for reasons nobody foresaw (here: text that is not
+    # UTF-8, a context without a JSON form), is dropped alone and counted as dropped;
+    # the records around it are kept.
+    for n in range(7):
+        recorder.observe(2, _record(f"good-{n}"))
+        if n == 3:
+            recorder.observe(2, _record("bad-\ud800"))
+        if n == 5:
+            recorder.observe(2, _record("nan", context={"ratio": math.nan}))
+    recorder.observe(99, _record("no-such-epoch", epoch=99))
+    await recorder.flush()
+    await recorder.flush()
+    recorder.observe(2, _record("after"))
+    await recorder.flush()
+
+    _, totals, records = await setup.store.shadow_report(
+        bundle().version, bundle(STRICT).version, 20
+    )
+
+    assert recorder.pending == 0  # nothing is retried for ever
+    assert {r.decision_id for r in records} == {f"good-{n}" for n in range(7)} | {"after"}
+    assert (totals.evaluated, totals.disagreed, totals.dropped) == (10, 10, 2)
+
+
+async def test_a_store_away_keeps_the_records_for_later(setup: Setup) -> None:
+    await _shadowing(setup, ShadowRecorder(setup.store))
+    proxy = PostgresProxy(setup.database_url)
+    engine = create_db_engine(proxy.url)
+    try:
+        recorder = ShadowRecorder(PolicyStore(engine))
+        proxy.cut()
+        recorder.observe(2, _record("kept"))
+        await recorder.flush()
+        assert recorder.pending == 2  # the record and its epoch's counters, nothing dropped
+
+        proxy.restore()
+        await recorder.flush()
+    finally:
+        await engine.dispose()
+        proxy.close()
+
+    assert recorder.pending == 0
+    _, totals, records = await setup.store.shadow_report(
+        bundle().version, bundle(STRICT).version, 5
+    )
+    assert [r.decision_id for r in records] == ["kept"]
+    assert (totals.evaluated, totals.disagreed, totals.dropped) == (1, 1, 0)

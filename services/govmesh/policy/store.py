@@ -10,6 +10,7 @@ in the same transaction: a bundle is never half-published or half-activated.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from govmesh.artifacts.canonical import CanonicalizationError, canonical_json
 from govmesh.policy.signing import SignedActivation
 from govmesh.runtime.db import libpq_database_url
 
@@ -159,7 +161,7 @@ disagreements_table = Table(
     Column("principal", Text, nullable=False),
     Column("action", Text, nullable=False),
     Column("resource", Text, nullable=False),
-    Column("context", JSONB, nullable=False),
+    Column("context", Text, nullable=False),  # JSON text (migration 0201)
     Column("active_decision", Text, nullable=False),
     Column("active_determining", JSONB, nullable=False),
     Column("active_errors", JSONB, nullable=False),
@@ -220,7 +222,7 @@ def _record(row: Any) -> ShadowRecord:
         principal=row.principal,
         action=row.action,
         resource=row.resource,
-        context=row.context,
+        context=json.loads(row.context),
         active_decision=row.active_decision,
         active_determining=tuple(row.active_determining),
         active_errors=tuple(row.active_errors),
@@ -229,6 +231,35 @@ def _record(row: Any) -> ShadowRecord:
         shadow_errors=tuple(row.shadow_errors),
         recorded_at=row.recorded_at,
     )
+
+
+def _text(value: str) -> str:
+    # Postgres text cannot hold NUL: a caller's NUL is kept visible as U+FFFD.
+    return value.replace("\x00", "\ufffd")
+
+
+def _disagreement_row(record: ShadowRecord) -> dict[str, Any]:
+    """A disagreement as stored: the context as canonical JSON text, which Postgres always
+    accepts (JSON escapes NUL and every other control character), the rest NUL-free."""
+    try:
+        context = canonical_json(record.context).decode()
+    except CanonicalizationError as exc:
+        raise ValueError(f"the request context has no canonical JSON: {exc}") from None
+    return {
+        "epoch": record.epoch,
+        "request_digest": _text(record.request_digest),
+        "decision_id": _text(record.decision_id),
+        "principal": _text(record.principal),
+        "action": _text(record.action),
+        "resource": _text(record.resource),
+        "context": context,
+        "active_decision": record.active_decision,
+        "active_determining": [_text(t) for t in record.active_determining],
+        "active_errors": [_text(t) for t in record.active_errors],
+        "shadow_decision": record.shadow_decision,
+        "shadow_determining": [_text(t) for t in record.shadow_determining],
+        "shadow_errors": [_text(t) for t in record.shadow_errors],
+    }
 
 
 class PolicyStore:
@@ -393,34 +424,25 @@ class PolicyStore:
 
     # --- shadow disagreements -------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Raise unless the store answers a query."""
+        async with self._engine.connect() as conn:
+            await conn.execute(select(1))
+
     async def record_shadow(
         self, records: Sequence[ShadowRecord], counts: dict[int, ShadowCounts]
     ) -> None:
-        """Append disagreements and add to the per-epoch counters, in one transaction."""
+        """Append disagreements and add to the per-epoch counters, in one transaction.
+
+        Raises ValueError for a record that has no stored form (its context
+        has no canonical JSON, e.g. NaN, or its text is not Unicode).
+        """
+        rows = [_disagreement_row(r) for r in records]
         async with self._engine.begin() as conn:
-            if records:
-                await conn.execute(
-                    insert(disagreements_table),
-                    [
-                        {
-                            "epoch": r.epoch,
-                            "request_digest": r.request_digest,
-                            "decision_id": r.decision_id,
-                            "principal": r.principal,
-                            "action": r.action,
-                            "resource": r.resource,
-                            "context": r.context,
-                            "active_decision": r.active_decision,
-                            "active_determining": list(r.active_determining),
-                            "active_errors": list(r.active_errors),
-                            "shadow_decision": r.shadow_decision,
-                            "shadow_determining": list(r.shadow_determining),
-                            "shadow_errors": list(r.shadow_errors),
-                        }
-                        for r in records
-                    ],
-                )
-            for epoch, count in counts.items():
+            if rows:
+                await conn.execute(insert(disagreements_table), rows)
+            # In epoch order, so that replicas adding to the same counters never deadlock.
+            for epoch, count in sorted(counts.items()):
                 upsert = insert(counts_table).values(
                     epoch=epoch,
                     evaluated=count.evaluated,
