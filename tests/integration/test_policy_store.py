@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import pytest
 from joserfc.jwk import OKPKey
 
@@ -32,7 +33,7 @@ from govmesh.policy.store import (
     StoreError,
     UnknownBundle,
 )
-from govmesh.runtime.db import create_db_engine
+from govmesh.runtime.db import create_db_engine, libpq_database_url
 from tests.integration.policy_faults import PostgresProxy
 from tests.support.database import fetch
 
@@ -289,6 +290,29 @@ async def test_epochs_and_bundles_are_append_only(setup: Setup) -> None:
     ):
         with pytest.raises(Exception, match="append-only"):
             await fetch(setup.database_url, statement)
+
+    assert await counts(setup.database_url) == (1, 1)
+
+
+async def test_append_only_holds_for_sessions_in_replica_mode_too(setup: Setup) -> None:
+    # session_replication_role = replica skips ordinary triggers (what logical
+    # replication and some restore tools set); the append-only ones must still fire.
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+    conn = await asyncpg.connect(libpq_database_url(setup.database_url))
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        for statement in (
+            "DELETE FROM policy_epochs",
+            "UPDATE policy_epochs SET active_version = active_version",
+            "TRUNCATE policy_epochs CASCADE",
+            "DELETE FROM policy_bundles",
+            "TRUNCATE policy_bundles CASCADE",
+        ):
+            with pytest.raises(asyncpg.PostgresError, match="append-only"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
 
     assert await counts(setup.database_url) == (1, 1)
 
