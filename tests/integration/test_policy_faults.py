@@ -8,14 +8,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2
 
 from govmesh.cli.devsetup import DevSetup
+from govmesh.policy.bundle import read_bundle_source
+from govmesh.runtime.db import libpq_database_url
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 from tests.integration.test_policy_service import STRICT, Cli, evaluate, folder, wait_for
+from tests.support.database import run_sync
 from tests.support.processes import ServiceProcess
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def script(url: str, statements: str) -> None:
+    """Run SQL statements on `url` as the superuser the tests connect as."""
+    conn = await asyncpg.connect(libpq_database_url(url))
+    try:
+        await conn.execute(statements)
+    finally:
+        await conn.close()
+
+
+def health(service: ServiceProcess) -> int:
+    try:
+        return service.health()
+    except grpc.RpcError:
+        return -1
 
 
 @pytest.fixture
@@ -32,6 +56,7 @@ def policy_env(dev_setup: DevSetup, database_url: str, tmp_path: Path) -> dict[s
         "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
         "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
         "GOVMESH_POLICY_PATH": str(dev_setup.policies),
+        "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "state" / "policy-epoch.json"),
     }
 
 
@@ -84,3 +109,45 @@ def test_a_request_with_nul_characters_never_stops_the_shadow_report(
     ask(replica, disagreeing)
     wait_for(lambda: report()["disagreed"] == 6, "the next disagreement")
     assert evaluate(replica, 500).decision == common_pb2.ALLOW
+
+
+# --- M4: a store rolled back is not served, even after a restart ------------------------
+
+
+def test_a_restarted_replica_refuses_a_store_rolled_back_behind_it(
+    services: Callable[..., ServiceProcess],
+    policy_env: dict[str, str],
+    cli: Cli,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    replica = services("policy", policy_env)
+    freeze = folder(tmp_path, "freeze", STRICT)
+    code, out = cli(replica, "push", str(freeze))
+    assert code == 0 and "epoch 2" in out, out
+    assert evaluate(replica, 500).decision == common_pb2.DENY
+    assert replica.terminate() == 0
+    # Whoever owns the tables deletes the freeze while the replica is down.
+    run_sync(
+        script(
+            database_url,
+            "BEGIN; ALTER TABLE policy_epochs DISABLE TRIGGER USER; "
+            "DELETE FROM policy_epochs WHERE epoch = 2; "
+            "ALTER TABLE policy_epochs ENABLE TRIGGER USER; COMMIT",
+        )
+    )
+
+    restarted = services("policy", policy_env, wait_serving=False)
+
+    wait_for(lambda: "went back from epoch 2 to 1" in restarted.log(), "the refusal")
+    assert health(restarted) == NOT_SERVING
+    with pytest.raises(grpc.RpcError) as refused:
+        evaluate(restarted, 500)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "went back from epoch 2 to 1" in str(refused.value.details())
+    # An admin activating the freeze again, at a new epoch, is served at once.
+    code, out = cli(restarted, "activate", read_bundle_source(freeze).version)
+    assert code == 0 and "epoch 2" in out, out
+    assert health(restarted) == SERVING
+    answer = evaluate(restarted, 500)
+    assert (answer.bundle.epoch, answer.decision) == (2, common_pb2.DENY)

@@ -91,11 +91,12 @@ def cli(
 
 
 @pytest.fixture
-def policy_env(dev_setup: DevSetup, database_url: str) -> dict[str, str]:
+def policy_env(dev_setup: DevSetup, database_url: str, tmp_path: Path) -> dict[str, str]:
     return {
         "GOVMESH_DATABASE_URL": database_url,
         "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
         "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+        "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "state" / "policy-epoch.json"),
     }
 
 

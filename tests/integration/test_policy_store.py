@@ -6,6 +6,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,6 +18,7 @@ from govmesh.cli.devsetup import SAMPLE_POLICY, DevSetup
 from govmesh.policy.authority import Authority, NotReady, Published
 from govmesh.policy.bundle import BundleRejected, BundleSource, PolicyFile, SchemaFile
 from govmesh.policy.core import PolicyRequest
+from govmesh.policy.floor import EpochFloor
 from govmesh.policy.shadow import ShadowRecorder
 from govmesh.policy.signing import (
     Activation,
@@ -63,10 +65,16 @@ class Setup:
     admin: OKPKey
     database_url: str
     clock: list[float]
+    #: This host's record of the newest epoch verified (shared by the replicas of a test).
+    state_file: Path
 
     def authority(self, recorder: ShadowRecorder | None = None) -> Authority:
         return Authority(
-            store=self.store, admin_keys=self.keys, recorder=recorder, clock=lambda: self.clock[0]
+            store=self.store,
+            admin_keys=self.keys,
+            floor=EpochFloor(self.state_file),
+            recorder=recorder,
+            clock=lambda: self.clock[0],
         )
 
     def statement(
@@ -100,7 +108,7 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(dev_setup: DevSetup, database_url: str) -> AsyncIterator[Setup]:
+async def setup(dev_setup: DevSetup, database_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
     engine = create_db_engine(database_url)
     try:
         yield Setup(
@@ -109,6 +117,7 @@ async def setup(dev_setup: DevSetup, database_url: str) -> AsyncIterator[Setup]:
             admin=load_private_jwk(dev_setup.keys_dir / "policy-admin.jwk.json"),
             database_url=database_url,
             clock=[1_900_000_000.0],
+            state_file=tmp_path / "state" / "policy-epoch.json",
         )
     finally:
         await engine.dispose()
@@ -398,6 +407,40 @@ async def test_a_store_going_back_in_epochs_stops_the_replica(setup: Setup) -> N
 
     assert not authority.ready
     assert "went back" in authority.problem
+
+
+async def test_a_restarted_replica_refuses_a_store_rolled_back_behind_what_it_verified(
+    setup: Setup,
+) -> None:
+    first = setup.authority()
+    await setup.push(first, bundle(), epoch=1)
+    await setup.push(first, bundle(STRICT), epoch=2)  # e.g. an emergency freeze
+    # The newest epoch disappears (a superuser, a backup restored), while no replica runs.
+    await fetch(setup.database_url, "ALTER TABLE policy_epochs DISABLE TRIGGER USER")
+    await fetch(setup.database_url, "DELETE FROM policy_epochs WHERE epoch = 2")
+
+    restarted = setup.authority()
+    await restarted.refresh()
+
+    assert not restarted.ready
+    assert "went back from epoch 2 to 1" in restarted.problem
+    assert str(setup.state_file) in restarted.problem
+    with pytest.raises(NotReady):
+        restarted.evaluate(transfer(500))
+    # An empty store is no way around it either.
+    await fetch(setup.database_url, "DELETE FROM policy_epochs")
+    await setup.authority().refresh()
+    assert not setup.authority().ready
+
+    # A new signed epoch at or past the one verified is served again.
+    await fetch(setup.database_url, "ALTER TABLE policy_epochs ENABLE TRIGGER USER")
+    await restarted.activate(setup.statement(1, bundle().version))
+    await restarted.refresh()
+    assert not restarted.ready
+    await restarted.activate(setup.statement(2, bundle(STRICT).version))
+    assert restarted.ready
+    answer = restarted.evaluate(transfer(500))
+    assert answer.snapshot.epoch == 2 and not answer.active.allowed
 
 
 async def test_replicas_starting_together_activate_the_start_bundle_once(setup: Setup) -> None:

@@ -7,6 +7,10 @@ NOTIFY, or at the latest from its periodic check, verifies it (the admin's
 signed statement, each bundle's hash and signature), compiles it and only
 then swaps. A replica that cannot load the newest epoch stops answering
 rather than answer under a state that is no longer the active one.
+
+The newest epoch a replica has verified is also kept on its disk (see
+floor.py): a store that goes back to an older epoch, even while the replica
+was down, is refused, never served.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from govmesh.policy.bundle import (
     parse_bundle_content,
 )
 from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate, plain_json
+from govmesh.policy.floor import EpochFloor
 from govmesh.policy.shadow import ShadowRecorder
 from govmesh.policy.signing import (
     ACTIVATION_MAX_AGE_S,
@@ -106,6 +111,7 @@ class Authority:
         *,
         store: PolicyStore,
         admin_keys: AdminKeys,
+        floor: EpochFloor,
         recorder: ShadowRecorder | None = None,
         clock: Callable[[], float] = time.time,
         on_ready: Callable[[bool], Awaitable[None]] | None = None,
@@ -116,7 +122,13 @@ class Authority:
         self._clock = clock
         self._on_ready = on_ready
         self._snapshot: Snapshot | None = None
-        self._newest_seen = 0
+        self._floor = floor
+        # Raises FloorError (a start-up error) when the state file is unusable.
+        self._newest_seen = floor.read()
+        if self._newest_seen:
+            logger.info(
+                "the newest policy epoch verified here is %d (%s)", self._newest_seen, floor.path
+            )
         self._failed_epoch: int | None = None
         self._compiled: dict[str, CompiledBundle] = {}
         self._lock = asyncio.Lock()
@@ -214,14 +226,17 @@ class Authority:
         current = self._snapshot
         if record is None:
             if self._newest_seen:
-                await self._fail(f"the store lost its policy epochs (had {self._newest_seen})")
+                await self._fail(
+                    f"the store has no policy epoch, but epoch {self._newest_seen} was "
+                    f"verified here{self._floor_hint()}"
+                )
             return
         if current is not None and record.epoch == current.epoch:
             return
         if record.epoch < self._newest_seen:
             await self._fail(
                 f"the store went back from epoch {self._newest_seen} to {record.epoch}; "
-                "refusing to serve an older state"
+                f"refusing to serve an older state{self._floor_hint()}"
             )
             return
         if record.epoch == self._failed_epoch:
@@ -238,7 +253,21 @@ class Authority:
             return
         await self._swap(snapshot)
 
+    def _floor_hint(self) -> str:
+        return (
+            f" (the newest epoch verified here is recorded in {self._floor.path}: activate a "
+            f"new epoch of at least {self._newest_seen}, or restore the missing ones; remove "
+            "that file only if the store was rolled back on purpose)"
+        )
+
     async def _load(self, record: EpochRecord) -> Snapshot:
+        """The snapshot of `record`, verified.
+
+        1. An admin signed the statement, and it says what the row says.
+        2. The epoch is recorded on disk as seen, before it can be served.
+        3. Every bundle it names verifies and compiles.
+        """
+        # 1. The statement.
         statement = verify_activation(record.statement, self._keys)
         if statement.activation != Activation(
             record.epoch, record.active_version, record.shadow_version
@@ -246,6 +275,16 @@ class Authority:
             raise SignatureRejected(
                 f"epoch {record.epoch} in the store is not what its signed statement says"
             )
+        # 2. The floor.
+        if record.epoch > self._newest_seen:
+            try:
+                await asyncio.to_thread(self._floor.raise_to, record.epoch, record.active_version)
+            except Exception as exc:
+                raise OSError(
+                    f"cannot record epoch {record.epoch} in {self._floor.path}: {exc}"
+                ) from None
+            self._newest_seen = record.epoch
+        # 3. The bundles.
         active = await self._bundle(record.active_version)
         shadow = await self._bundle(record.shadow_version) if record.shadow_version else None
         return Snapshot(record.epoch, active, shadow)

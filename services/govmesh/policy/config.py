@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import platformdirs
 from pydantic import Field
+from sqlalchemy.engine import make_url
 
+from govmesh.runtime.db import libpq_database_url
 from govmesh.runtime.settings import ServerSettings
 
 
@@ -35,3 +39,19 @@ class PolicySettings(ServerSettings):
         description="how often to check the store for a new epoch, whatever NOTIFY says",
     )
     shadow_flush_interval_s: float = Field(default=0.5, gt=0.0, le=60.0)
+    policy_state_file: Path | None = Field(
+        default=None,
+        description="where this replica records the newest policy epoch it verified, to refuse "
+        "a store rolled back behind it, across restarts too; on a volume that outlives the "
+        "process (default: one file per database under the user's state folder)",
+    )
+
+    def state_file(self) -> Path:
+        """GOVMESH_POLICY_STATE_FILE, or the default file for this database."""
+        if self.policy_state_file is not None:
+            return self.policy_state_file
+        # One file per database (never its password), so that one machine can run
+        # replicas of several stores without mixing up their epochs.
+        database = make_url(libpq_database_url(self.database_url)).set(password=None)
+        key = hashlib.sha256(database.render_as_string().encode()).hexdigest()[:16]
+        return platformdirs.user_state_path("govmesh") / "policy" / f"epoch-{key}.json"

@@ -1,7 +1,8 @@
 """The policy authority process: `govmesh serve policy`.
 
 Start-up: read the trusted policy-admin keys from the trust file, open the
-store, sign and activate GOVMESH_POLICY_PATH when it is set and not already
+store, read the newest epoch this replica verified before (its state file),
+sign and activate GOVMESH_POLICY_PATH when it is set and not already
 the active bundle, load the newest epoch, then follow the store (LISTEN/NOTIFY
 plus a periodic check). Health is SERVING exactly while a valid bundle is
 loaded.
@@ -22,6 +23,7 @@ from govmesh.artifacts.keys import load_private_jwk
 from govmesh.policy.authority import Authority
 from govmesh.policy.bundle import BundleRejected, read_bundle_source
 from govmesh.policy.config import PolicySettings
+from govmesh.policy.floor import EpochFloor
 from govmesh.policy.servicer import PolicyServicer
 from govmesh.policy.shadow import ShadowRecorder
 from govmesh.policy.signing import SignatureRejected, load_admin_keys
@@ -78,7 +80,11 @@ class PolicyService:
         store = PolicyStore(self._engine)
         self._recorder = ShadowRecorder(store)
         authority = Authority(
-            store=store, admin_keys=admin_keys, recorder=self._recorder, on_ready=self._on_ready
+            store=store,
+            admin_keys=admin_keys,
+            floor=EpochFloor(settings.state_file()),
+            recorder=self._recorder,
+            on_ready=self._on_ready,
         )
         self._authority = authority
         if settings.policy_path is not None:
