@@ -4,6 +4,8 @@ a store rolled back, an authority that hands out doctored bundles."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from govmesh.cli.devsetup import DevSetup
 from govmesh.policy.bundle import read_bundle_source
 from govmesh.runtime.db import libpq_database_url
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
+from tests.integration.policy_faults import PostgresProxy
 from tests.integration.test_policy_service import STRICT, Cli, evaluate, folder, wait_for
 from tests.support.database import run_sync
 from tests.support.processes import ServiceProcess
@@ -151,3 +154,70 @@ def test_a_restarted_replica_refuses_a_store_rolled_back_behind_it(
     assert health(restarted) == SERVING
     answer = evaluate(restarted, 500)
     assert (answer.bundle.epoch, answer.decision) == (2, common_pb2.DENY)
+
+
+# --- M3: a replica cut off from its store stops answering, and comes back ---------------
+
+
+def test_a_replica_that_loses_its_database_stops_answering_then_recovers(
+    services: Callable[..., ServiceProcess],
+    policy_env: dict[str, str],
+    cli: Cli,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    fast = {"GOVMESH_REFRESH_INTERVAL_S": "1"}  # so staleness is bounded at 3 s
+    proxy = PostgresProxy(database_url)
+    try:
+        cut_off = services("policy", {**policy_env, **fast, "GOVMESH_DATABASE_URL": proxy.url})
+        other = services(
+            "policy",
+            {
+                **policy_env,
+                **fast,
+                "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "other" / "epoch.json"),
+            },
+        )
+        assert (evaluate(cut_off, 500).bundle.epoch, evaluate(cut_off, 500).decision) == (
+            1,
+            common_pb2.ALLOW,
+        )
+        # The healthy replica is asked without pause the whole time: it must never flap.
+        answered: list[int] = []
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    answered.append(evaluate(other, 500).bundle.epoch)
+                except grpc.RpcError as exc:
+                    failures.append(str(exc))
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            proxy.cut()
+            # An emergency freeze, activated while the first replica cannot hear of it.
+            code, out = cli(other, "push", str(folder(tmp_path, "freeze", STRICT)))
+            assert code == 0 and "epoch 2" in out, out
+
+            wait_for(lambda: health(cut_off) == NOT_SERVING, "the cut-off replica to stop")
+            with pytest.raises(grpc.RpcError) as refused:
+                evaluate(cut_off, 500)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "has not confirmed epoch 1" in str(refused.value.details())
+
+            proxy.restore()
+            wait_for(lambda: health(cut_off) == SERVING, "the replica to recover on its own")
+            time.sleep(1)
+        finally:
+            stop.set()
+            worker.join(30)
+        answer = evaluate(cut_off, 500)
+        assert (answer.bundle.epoch, answer.decision) == (2, common_pb2.DENY)
+        assert not failures, failures[:3]
+        assert answered and answered[-1] == 2
+        assert health(other) == SERVING
+    finally:
+        proxy.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.keys import generate_ed25519, load_private_jwk
 from govmesh.cli.devsetup import SAMPLE_POLICY, DevSetup
-from govmesh.policy.authority import Authority, NotReady, Published
+from govmesh.policy.authority import Authority, NotReady, Published, staleness_limit
 from govmesh.policy.bundle import BundleRejected, BundleSource, PolicyFile, SchemaFile
 from govmesh.policy.core import PolicyRequest
 from govmesh.policy.floor import EpochFloor
@@ -32,6 +32,7 @@ from govmesh.policy.store import (
     EpochConflict,
     PolicyStore,
     ShadowRecord,
+    StoredBundle,
     StoreError,
     UnknownBundle,
 )
@@ -68,13 +69,19 @@ class Setup:
     #: This host's record of the newest epoch verified (shared by the replicas of a test).
     state_file: Path
 
-    def authority(self, recorder: ShadowRecorder | None = None) -> Authority:
+    #: The monotonic clock staleness is measured with.
+    ticks: list[float] = field(default_factory=lambda: [1000.0])
+
+    def authority(
+        self, recorder: ShadowRecorder | None = None, store: PolicyStore | None = None
+    ) -> Authority:
         return Authority(
-            store=self.store,
+            store=store or self.store,
             admin_keys=self.keys,
             floor=EpochFloor(self.state_file),
             recorder=recorder,
             clock=lambda: self.clock[0],
+            monotonic=lambda: self.ticks[0],
         )
 
     def statement(
@@ -619,3 +626,68 @@ async def test_a_store_away_keeps_the_records_for_later(setup: Setup) -> None:
     )
     assert [r.decision_id for r in records] == ["kept"]
     assert (totals.evaluated, totals.disagreed, totals.dropped) == (1, 1, 0)
+
+
+async def test_an_epoch_the_store_stops_confirming_is_not_served_past_the_limit(
+    setup: Setup,
+) -> None:
+    authority = setup.authority()
+    await setup.push(authority, bundle(), epoch=1)
+    limit = staleness_limit(5.0)
+    assert limit == 15.0
+
+    setup.ticks[0] += limit - 0.1
+    await authority.enforce_freshness(limit)
+    assert authority.ready  # confirmed at publish time, within the limit
+    await authority.refresh()  # the store confirms epoch 1 again
+    setup.ticks[0] += limit - 0.1
+    await authority.enforce_freshness(limit)
+    assert authority.ready
+
+    setup.ticks[0] += 0.2  # no confirmation for longer than the limit
+    await authority.enforce_freshness(limit)
+
+    assert not authority.ready
+    assert "has not confirmed epoch 1" in authority.problem
+    with pytest.raises(NotReady):
+        authority.evaluate(transfer(1))
+    await authority.refresh()  # the store answers again
+    assert authority.ready
+    assert authority.evaluate(transfer(250)).active.allowed
+
+
+class _Flaky(PolicyStore):
+    """The store, failing its next `failures` bundle reads (a dropped connection)."""
+
+    failures = 0
+
+    async def bundle(self, version: str) -> StoredBundle | None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("connection reset by peer")
+        return await super().bundle(version)
+
+
+async def test_a_newer_epoch_that_cannot_be_loaded_stops_the_old_one_at_once(
+    setup: Setup, database_url: str
+) -> None:
+    engine = create_db_engine(database_url)
+    try:
+        flaky = _Flaky(engine)
+        admin = setup.authority()
+        await setup.push(admin, bundle(), epoch=1)
+        replica = setup.authority(store=flaky)
+        await replica.refresh()
+        assert replica.ready
+        await setup.push(admin, bundle(STRICT), epoch=2)
+        flaky.failures = 1
+
+        await replica.refresh()  # knows of epoch 2, cannot load it
+
+        assert not replica.ready
+        assert "cannot load policy epoch 2 yet" in replica.problem
+        await replica.refresh()  # the next refresh loads it
+        assert replica.ready
+        assert not replica.evaluate(transfer(500)).active.allowed
+    finally:
+        await engine.dispose()

@@ -11,6 +11,15 @@ rather than answer under a state that is no longer the active one.
 The newest epoch a replica has verified is also kept on its disk (see
 floor.py): a store that goes back to an older epoch, even while the replica
 was down, is refused, never served.
+
+Staleness is bounded. A replica that cannot reach its store cannot hear of a
+new epoch either (an emergency freeze, say), so the epoch it serves is only
+good while the store keeps confirming it: after STALE_AFTER_REFRESHES refresh
+intervals without a confirmation, or as soon as it knows of a newer epoch it
+cannot load, the replica stops answering (UNAVAILABLE, health NOT_SERVING)
+and serves again on its own once the store confirms an epoch. The check runs
+on the refresh loop, never per request, so a healthy replica under load
+confirms its epoch every interval and never flaps.
 """
 
 from __future__ import annotations
@@ -65,6 +74,15 @@ logger = logging.getLogger(__name__)
 #: How many compiled bundles a replica keeps beyond the ones it serves.
 _COMPILED_SPARE = 2
 _BOOTSTRAP_ATTEMPTS = 5
+#: Refresh intervals without the store confirming the served epoch before a replica stops.
+STALE_AFTER_REFRESHES = 3
+#: ...but never sooner than this: sub-second intervals must not turn a slow query into an outage.
+MIN_STALE_AFTER_S = 1.0
+
+
+def staleness_limit(interval_s: float) -> float:
+    """How long an epoch may go unconfirmed by the store when it is checked every `interval_s`."""
+    return max(STALE_AFTER_REFRESHES * interval_s, MIN_STALE_AFTER_S)
 
 
 class NotReady(Exception):
@@ -114,12 +132,16 @@ class Authority:
         floor: EpochFloor,
         recorder: ShadowRecorder | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         on_ready: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._keys = admin_keys
         self._recorder = recorder
         self._clock = clock
+        self._monotonic = monotonic
+        #: When (monotonic) the store last said that the served epoch is the newest.
+        self._confirmed_at: float | None = None
         self._on_ready = on_ready
         self._snapshot: Snapshot | None = None
         self._floor = floor
@@ -211,18 +233,31 @@ class Authority:
     async def refresh(self) -> None:
         """Load the newest epoch if it is newer than the one served.
 
-        A store that cannot be reached leaves the snapshot as it is: the
-        state cannot change without the store either.
+        A store that cannot be reached leaves the snapshot as it is, but
+        unconfirmed: `enforce_freshness` stops serving it once that lasts.
         """
         async with self._lock:
+            asked = self._monotonic()
             try:
                 record = await self._store.current()
             except Exception as exc:
                 logger.warning("cannot read the active policy epoch: %s", exc)
                 return
-            await self._follow(record)
+            await self._follow(record, asked)
 
-    async def _follow(self, record: EpochRecord | None) -> None:
+    async def enforce_freshness(self, limit_s: float) -> None:
+        """Stop answering when the store has not confirmed the served epoch for `limit_s`."""
+        snapshot = self._snapshot
+        if snapshot is None or self._confirmed_at is None:
+            return
+        age = self._monotonic() - self._confirmed_at
+        if age > limit_s:
+            await self._fail(
+                f"the policy store has not confirmed epoch {snapshot.epoch} for {age:.1f} s "
+                f"(at most {limit_s:g} s): a newer epoch may be active"
+            )
+
+    async def _follow(self, record: EpochRecord | None, asked: float) -> None:
         current = self._snapshot
         if record is None:
             if self._newest_seen:
@@ -232,6 +267,7 @@ class Authority:
                 )
             return
         if current is not None and record.epoch == current.epoch:
+            self._confirmed_at = asked
             return
         if record.epoch < self._newest_seen:
             await self._fail(
@@ -249,8 +285,11 @@ class Authority:
             await self._fail(f"cannot load policy epoch {record.epoch}: {exc}")
             return
         except Exception as exc:
-            logger.warning("cannot load policy epoch %d yet: %s", record.epoch, exc)
+            # Perhaps passing (the store dropped a query): tried again at the next refresh.
+            # Until then the served epoch is known to be replaced, so it is not served.
+            await self._fail(f"cannot load policy epoch {record.epoch} yet: {exc}")
             return
+        self._confirmed_at = asked
         await self._swap(snapshot)
 
     def _floor_hint(self) -> str:
@@ -353,19 +392,33 @@ class Authority:
         return compile_bundle(source)
 
     async def run(self, *, listener: EpochListener | None, interval_s: float) -> None:
-        """Follow the store until cancelled: on every NOTIFY, and every `interval_s` regardless."""
+        """Follow the store until cancelled: on every NOTIFY, and every `interval_s` regardless.
+
+        Staleness is checked every `interval_s` too, also while a refresh
+        hangs on a store that does not answer.
+        """
+        limit_s = staleness_limit(interval_s)
         listening = asyncio.create_task(listener.run()) if listener is not None else None
+        refreshing: asyncio.Task[None] | None = None
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), interval_s)
                 self._wake.clear()
-                await self.refresh()
+                refreshing = asyncio.create_task(self.refresh())
+                while True:
+                    done, _ = await asyncio.wait({refreshing}, timeout=interval_s)
+                    await self.enforce_freshness(limit_s)
+                    if done:
+                        break
+                if refreshing.exception() is not None:
+                    logger.error("policy refresh failed", exc_info=refreshing.exception())
         finally:
-            if listening is not None:
-                listening.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listening
+            for task in (refreshing, listening):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     # --- changing the state -----------------------------------------------------------
 

@@ -36,7 +36,8 @@ class PolicySettings(ServerSettings):
         default=5.0,
         gt=0.0,
         le=3600.0,
-        description="how often to check the store for a new epoch, whatever NOTIFY says",
+        description="how often to check the store for a new epoch, whatever NOTIFY says; "
+        "an epoch the store has not confirmed for 3 intervals is no longer served",
     )
     shadow_flush_interval_s: float = Field(default=0.5, gt=0.0, le=60.0)
     policy_state_file: Path | None = Field(
