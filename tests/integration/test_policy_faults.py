@@ -16,13 +16,15 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 
+from govmesh.artifacts.keys import generate_ed25519
 from govmesh.cli.devsetup import DevSetup
 from govmesh.policy.bundle import read_bundle_source
+from govmesh.policy.signing import sign_bundle
 from govmesh.runtime.db import libpq_database_url
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 from tests.integration.policy_faults import PostgresProxy
 from tests.integration.test_policy_service import STRICT, Cli, evaluate, folder, wait_for
-from tests.support.database import run_sync
+from tests.support.database import fetch, run_sync
 from tests.support.processes import ServiceProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -221,3 +223,70 @@ def test_a_replica_that_loses_its_database_stops_answering_then_recovers(
         assert health(other) == SERVING
     finally:
         proxy.close()
+
+
+# --- L4: local evaluation only of bundles that are what was asked for, and signed --------
+
+
+def test_test_and_diff_refuse_a_fetched_bundle_that_is_not_the_version_or_not_signed(
+    services: Callable[..., ServiceProcess],
+    policy_env: dict[str, str],
+    cli: Cli,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    replica = services("policy", policy_env)
+    strict = folder(tmp_path, "strict", STRICT)
+    version = read_bundle_source(strict).version
+    code, out = cli(replica, "push", "--stage", str(strict))  # compiled and kept by the replica
+    assert code == 0, out
+    requests = tmp_path / "requests.json"
+    requests.write_text(
+        json.dumps(
+            {
+                "principal": "spiffe://govmesh.dev/agent/demo",
+                "action": "payments.transfer",
+                "resource": "account:acme/treasury",
+                "context": {"request": {"amount": 500}},
+            }
+        )
+    )
+    code, out = cli(replica, "test", str(requests), "--bundle", version[:12], "--json")
+    assert code == 0 and json.loads(out)["results"][0]["decision"] == "DENY", out
+
+    # The stored content is swapped for a bundle that permits everything.
+    allow_all = folder(tmp_path, "allow-all", "permit (principal, action, resource);")
+    doctored = read_bundle_source(allow_all).canonical()
+    run_sync(fetch(database_url, "ALTER TABLE policy_bundles DISABLE TRIGGER USER"))
+    run_sync(
+        fetch(
+            database_url,
+            "UPDATE policy_bundles SET content = $1 WHERE version = $2",
+            doctored,
+            version,
+        )
+    )
+    for arguments in (
+        ("test", str(requests), "--bundle", version[:12]),
+        ("test", str(requests), "--bundle", version),
+        ("diff", "--requests", str(requests), "--base", str(strict), "--against", version),
+    ):
+        code, out = cli(replica, *arguments)
+        assert code == 1, out
+        assert "does not hash to" in out and version in out, out
+        assert "ALLOW" not in out and "DENY" not in out, out
+
+    # The right content, but the signature is a stranger's.
+    stranger = generate_ed25519()
+    run_sync(
+        fetch(
+            database_url,
+            "UPDATE policy_bundles SET content = $1, signature = $2 WHERE version = $3",
+            read_bundle_source(strict).canonical(),
+            sign_bundle(version, stranger),
+            version,
+        )
+    )
+    code, out = cli(replica, "test", str(requests), "--bundle", version)
+    assert code == 1, out
+    assert "not a trusted policy admin" in out and "DENY" not in out, out

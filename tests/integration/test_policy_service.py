@@ -74,6 +74,7 @@ class Cli:
         self._capsys = capsys
         self._monkeypatch = monkeypatch
         monkeypatch.setenv("GOVMESH_KEYS_DIR", str(setup.keys_dir))
+        monkeypatch.setenv("GOVMESH_TRUST_FILE", str(setup.trust_file))
 
     def __call__(self, target: ServiceProcess, *args: str) -> tuple[int, str]:
         self._monkeypatch.setenv("GOVMESH_POLICY_TARGET", target.address)

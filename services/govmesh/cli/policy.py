@@ -15,6 +15,11 @@ GOVMESH_KEYS_DIR/policy-admin.jwk.json, else the development key of `govmesh
 up`. VERSION is a bundle version or a unique prefix of it (at least 4 digits);
 B is a .cedar file or folder on disk, or a VERSION.
 
+A bundle that `test` and `diff` fetch from the authority is evaluated only if
+its content hashes to the version asked for and a policy admin named by
+--trust (else GOVMESH_TRUST_FILE, else the trust file of `govmesh up`) signed
+that version: what is tested is what replicas would enforce.
+
 Exit codes: 0 done; 1 refused by the authority, a `test` expectation not met,
 or (like diff(1)) disagreements found; 2 unusable arguments or files.
 """
@@ -45,7 +50,15 @@ from govmesh.policy.bundle import (
     read_bundle_source,
 )
 from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate
-from govmesh.policy.signing import Activation, sign_activation, sign_bundle
+from govmesh.policy.signing import (
+    Activation,
+    AdminKeys,
+    SignatureRejected,
+    load_admin_keys,
+    sign_activation,
+    sign_bundle,
+    verify_bundle_signature,
+)
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
@@ -435,18 +448,52 @@ def _compile_path(spec: str) -> CompiledBundle:
         raise ConfigurationError(f"{spec}: {exc}") from None
 
 
-async def _fetch(admin: Admin, version: str | None, *, shadow: bool) -> CompiledBundle:
-    """A bundle from the authority: by version, or the active (or shadow) one."""
+def _admin_keys(args: argparse.Namespace) -> AdminKeys:
+    if args.trust:
+        path = Path(args.trust)
+    elif os.environ.get("GOVMESH_TRUST_FILE"):
+        path = Path(os.environ["GOVMESH_TRUST_FILE"])
+    else:
+        path = dev_setup(data_dir(args.data_dir)).trust_file
+    return load_admin_keys(path)
+
+
+async def _fetch(
+    admin: Admin, version: str | None, *, shadow: bool, keys: Callable[[], AdminKeys]
+) -> CompiledBundle:
+    """A bundle from the authority: by version, or the active (or shadow) one.
+
+    Checked as a replica checks it before compiling it:
+    1. The content is a canonical bundle whose version (its hash) is the one
+       asked for (or starts with the prefix asked for).
+    2. A policy admin the trust file names signed exactly that version.
+    """
     if not version:
         state = await admin.state()
         version = state.current.shadow_version if shadow else state.current.active_version
         if not version:
             raise Refused("no shadow bundle is set" if shadow else "no bundle is active")
     response = await admin.bundle(version)
+    # 1. Content.
     try:
-        return compile_bundle(parse_bundle_content(response.bundle.content))
+        source = parse_bundle_content(response.bundle.content)
     except BundleRejected as exc:
-        raise Refused(f"bundle {version} does not compile here: {exc}") from None
+        raise Refused(f"bundle {version} is not a bundle: {exc}") from None
+    wanted = version.strip().lower()
+    if not source.version.startswith(wanted) or source.version != response.info.version:
+        raise Refused(
+            f"the content the authority sent for {response.info.version or version} does not "
+            f"hash to {wanted} (it hashes to {source.version}): refusing to evaluate it"
+        )
+    # 2. Signature.
+    try:
+        verify_bundle_signature(response.bundle.signature, source.version, keys())
+    except SignatureRejected as exc:
+        raise Refused(f"bundle {source.version} is refused: {exc}") from None
+    try:
+        return compile_bundle(source)
+    except BundleRejected as exc:
+        raise Refused(f"bundle {source.version} does not compile here: {exc}") from None
 
 
 def _decision_doc(decision: PolicyDecision) -> dict[str, Any]:
@@ -466,11 +513,18 @@ def _local(args: argparse.Namespace, specs: Sequence[str | None], work: Callable
     if all(bundle is not None for bundle in local):
         return work(*local)
 
+    trusted: list[AdminKeys] = []
+
+    def keys() -> AdminKeys:
+        if not trusted:
+            trusted.append(_admin_keys(args))
+        return trusted[0]
+
     async def remote(admin: Admin) -> int:
         bundles = [
             bundle
             if bundle is not None
-            else await _fetch(admin, spec, shadow=(n == 1 and spec is None))
+            else await _fetch(admin, spec, shadow=(n == 1 and spec is None), keys=keys)
             for n, (bundle, spec) in enumerate(zip(local, specs, strict=True))
         ]
         return work(*bundles)
@@ -602,10 +656,17 @@ def _diff(args: argparse.Namespace) -> int:
 # --- the command tree -----------------------------------------------------------------------
 
 
-def _common(parser: argparse.ArgumentParser, *, signs: bool = False) -> None:
+def _common(parser: argparse.ArgumentParser, *, signs: bool = False, checks: bool = False) -> None:
     add_data_dir_argument(parser)
     parser.add_argument("--target", help="the policy authority, HOST:PORT (GOVMESH_POLICY_TARGET)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    if checks:
+        parser.add_argument(
+            "--trust",
+            help="trust TOML naming the policy-admin keys whose signatures a bundle fetched "
+            "from the authority must carry (default GOVMESH_TRUST_FILE, else the one of "
+            "`govmesh up`)",
+        )
     if signs:
         parser.add_argument(
             "--key", help=f"policy-admin private JWK (default GOVMESH_KEYS_DIR/{ADMIN_KEY_FILE})"
@@ -655,7 +716,7 @@ def register(commands: Any) -> None:
     )
     test.add_argument("--bundle", help="a .cedar file/folder or a VERSION (default: the active)")
     test.add_argument("--json", action="store_true")
-    _common(test)
+    _common(test, checks=True)
     test.set_defaults(func=_test)
 
     diff = sub.add_parser("diff", help="requests on which the shadow and active bundles disagree")
@@ -665,5 +726,5 @@ def register(commands: Any) -> None:
     diff.add_argument("--base", help="with --requests: the bundle to compare (default: active)")
     diff.add_argument("--against", help="with --requests: the other bundle (default: shadow)")
     diff.add_argument("--json", action="store_true")
-    _common(diff)
+    _common(diff, checks=True)
     diff.set_defaults(func=_diff)
