@@ -138,6 +138,11 @@ class FileSpool:
         finally:
             os.close(dir_fd)
 
+    async def flush(self) -> None:
+        """Wait until every deny put so far is on disk (or failed)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer})
+
     def pending(self) -> list[Path]:
         """Spooled groups, oldest first."""
         return sorted(self._dir.glob("*.spool"))
