@@ -106,6 +106,16 @@ async def test_every_decision_is_one_canonical_lineage_entry() -> None:
         ({"resource": "r" * 1025}, "resource too long"),
         ({"mandate": "x" * 20_000}, "mandate too long"),
         ({"proof": "é.é.é"}, "non-ASCII proof"),
+        ({"resource": "account:acme/treasury/../frozen"}, "dot-dot segment"),
+        ({"resource": "account:acme/./frozen"}, "dot segment"),
+        ({"resource": "account:acme//frozen"}, "empty segment"),
+        ({"resource": "account:acme/frozen "}, "trailing space"),
+        ({"resource": " account:acme/frozen"}, "leading space"),
+        ({"resource": "account:acme/%2e%2e/frozen"}, "encoded dot segment"),
+        ({"resource": "account:acme%2Ffrozen"}, "encoded slash"),
+        ({"resource": "account:acme\\frozen"}, "backslash"),
+        ({"resource": "account:acme/cafe\u0301"}, "not NFC"),
+        ({"action": "payments transfer"}, "space in action"),
         ({"context": {"blob": "x" * 20_000}}, "context too large"),
         ({"context": {"a": [[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]}}, "context too deep"),
     ],
@@ -132,6 +142,17 @@ async def test_a_context_holding_nan_is_malformed_not_a_crash() -> None:
 
     assert response.decision == DENY
     assert reason(response) == "MALFORMED_REQUEST"
+
+
+@pytest.mark.parametrize(
+    "resource",
+    ["url:https://bank.example/accounts/7", "s3:bucket/dir/", "account:acme/.hidden", "café"],
+)
+async def test_ordinary_resources_are_not_refused(resource: str) -> None:
+    h = build_engine()
+    response = await h.engine.authorize(authorize_request(resource=resource))
+
+    assert response.decision == ALLOW, response.message
 
 
 async def test_policy_sees_the_claimed_subject_environment_and_attribution() -> None:

@@ -11,7 +11,9 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -235,8 +237,30 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+# Spellings of a path that executors commonly collapse to another resource:
+# dot segments, empty segments, and their percent-encoded forms.
+_ALIASING = re.compile(r"(^|/)\.{1,2}(/|$)|(?<!:)//|%2e|%2f|%5c|\\", re.IGNORECASE)
+
+
 def _printable(text: str) -> bool:
     return text.isprintable()
+
+
+def _canonical_name(text: str, what: str) -> None:
+    """Refuse names that another spelling could stand for.
+
+    A policy that forbids `account:acme/frozen` must not be passed by
+    `account:acme/treasury/../frozen`, `account:acme//frozen` or a trailing
+    space: executors act on the string in the grant, and some of them
+    normalise it. Names are taken as exact, NFC-normalised strings; matching
+    them byte for byte is the executor's contract.
+    """
+    if text != text.strip():
+        raise MalformedRequest(f"{what} has leading or trailing whitespace")
+    if not unicodedata.is_normalized("NFC", text):
+        raise MalformedRequest(f"{what} is not NFC-normalised Unicode")
+    if _ALIASING.search(text):
+        raise MalformedRequest(f"{what} has dot segments, empty segments or encoded separators")
 
 
 def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
@@ -252,6 +276,10 @@ def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
         raise MalformedRequest(f"resource must be 1..{MAX_RESOURCE_CHARS} characters")
     if not _printable(request.resource):
         raise MalformedRequest("resource contains control characters")
+    _canonical_name(request.action, "action")
+    if any(c.isspace() for c in request.action):
+        raise MalformedRequest("action contains whitespace")
+    _canonical_name(request.resource, "resource")
     for name in ("mandate", "proof", "attestation"):
         value = getattr(request, name)
         if len(value) > MAX_ARTIFACT_CHARS:
