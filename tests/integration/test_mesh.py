@@ -16,9 +16,10 @@ from typing import Any
 import grpc
 import pytest
 
+from govmesh.artifacts.canonical import request_digest
 from govmesh.cli.devsetup import DevSetup
-from govmesh.client import EngineClient
-from govmesh.v1 import common_pb2, engine_pb2
+from govmesh.client import EngineClient, load_engine_keys, verify_grant
+from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 from tests.integration.conftest import Mesh
 from tests.support.commands import GOVMESH
 from tests.support.database import fetch
@@ -32,8 +33,17 @@ async def test_allow_end_to_end_is_committed_to_lineage(start_mesh: Callable[...
 
     assert result.decision == "ALLOW", result
     assert result.allowed
-    assert result.grant.count(".") == 2
     assert result.lineage is not None
+    # The executing side checks the grant with the engine's published key.
+    claims = verify_grant(
+        result.grant,
+        engine_keys=load_engine_keys(mesh.setup.root / "engine.jwks.json"),
+        action="payments.transfer",
+        resource="account:acme/treasury",
+        context={"amount": 250},
+    )
+    assert claims["jti"] == result.decision_id
+    assert claims["lin"]["index"] == result.lineage.index
     rows = await fetch(
         mesh.database_url,
         "SELECT idx, entry, leaf_hash FROM lineage_entries WHERE decision_id = $1::uuid",
@@ -369,3 +379,32 @@ def test_the_sync_client_gets_the_same_answers(start_mesh: Callable[..., Mesh]) 
     assert not unanswered.answered
     assert unanswered.decision == "DENY"
     assert unanswered.reason in {"PEER_UNAVAILABLE", "PEER_TIMEOUT"}
+
+
+async def test_a_caller_that_hangs_up_cannot_keep_its_deny_out_of_the_log(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh(engine_env=TIGHT)
+    mesh.verification.pause()
+    request = mesh.authorize_request(resource="account:acme/frozen")  # policy forbids
+    async with grpc.aio.insecure_channel(mesh.engine.address) as channel:
+        stub = engine_pb2_grpc.AuthorizationEngineStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await stub.Authorize(request, timeout=0.1)
+    assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    digest = request_digest(request.action, request.resource, {"amount": 250})
+    rows: list[Any] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not rows:
+        await asyncio.sleep(0.2)
+        rows = await fetch(
+            mesh.database_url,
+            "SELECT entry FROM lineage_entries WHERE convert_from(entry, 'UTF8')::jsonb"
+            " ->> 'request_digest' = $1",
+            digest,
+        )
+    assert rows, "the decision of a caller that hung up was not recorded"
+    entry = json.loads(rows[0]["entry"])
+    assert entry["decision"] == "DENY"
+    assert entry["reason"] == "POLICY_MISMATCH"

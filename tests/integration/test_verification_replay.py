@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from govmesh.artifacts.canonical import request_digest
+from govmesh.artifacts.keys import generate_ed25519, public_jwks
+from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT, write_dev_setup
+from govmesh.client import Initiator, issue_mandate
 from govmesh.runtime.db import libpq_database_url
-from govmesh.verification.core import ReplayStoreTimeout, ReplayStoreUnavailable
+from govmesh.verification.core import (
+    ReplayStoreTimeout,
+    ReplayStoreUnavailable,
+    VerificationConfig,
+    VerificationInput,
+    Verifier,
+)
 from govmesh.verification.replay import PostgresReplayStore
+from govmesh.verification.trustsource import TrustSource
 from tests.support.database import DatabaseFactory, fetch
 
 OpenStore = Callable[..., Awaitable[PostgresReplayStore]]
@@ -183,3 +196,58 @@ async def test_a_closed_store_refuses(open_store: OpenStore) -> None:
 
     with pytest.raises(ReplayStoreUnavailable):
         await store.remember(key(1), time.time() + 60, timeout=5)
+
+
+async def test_a_key_rotated_in_during_the_replay_lookup_cannot_let_a_proof_pass_twice(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The mandate is signed by a key the issuer is rotating in. The first
+    # examination fails (key unknown), so step 11 only reads the nonce; the
+    # rotation lands during that read and step 12 re-examines under it.
+    setup = write_dev_setup(tmp_path / "trust")
+    old_key, new_key = setup.dev_key("issuer"), generate_ed25519()
+    agent = Initiator(setup.dev_key("agent"))
+
+    class RotatesDuringLookup(PostgresReplayStore):
+        rotate: Callable[[], object] | None = None
+
+        async def seen(self, key: bytes, *, timeout: float) -> bool:
+            if self.rotate is not None:
+                self.rotate()
+                self.rotate = None
+            return await super().seen(key, timeout=timeout)
+
+    store = RotatesDuringLookup(database_url=database_url)
+    await store.start()
+    try:
+        verifier = Verifier(
+            trust=TrustSource(setup.trust_file, cache_size=100),
+            replay=store,
+            clock=time.time,
+            config=VerificationConfig(),
+        )
+        mandate = issue_mandate(
+            new_key,
+            issuer=DEV_ISSUER,
+            subject=DEV_SUBJECT,
+            holder_thumbprint=agent.thumbprint,
+            scope=[{"action": "payments.transfer", "resource": "account:acme/*"}],
+        )
+        context = {"amount": 1}
+        request = VerificationInput(
+            request_digest=request_digest("payments.transfer", "account:acme/t", context),
+            action="payments.transfer",
+            resource="account:acme/t",
+            context=context,
+            mandate=mandate,
+            proof=agent.proof(mandate, "payments.transfer", "account:acme/t", context),
+        )
+        store.rotate = lambda: (setup.root / "issuer.jwks.json").write_text(
+            json.dumps(public_jwks([old_key, new_key]))
+        )
+        results = [await verifier.verify(request, timeout=2.0) for _ in range(3)]
+    finally:
+        await store.close()
+
+    assert [r.verified for r in results] == [True, False, False]
+    assert all(o.check.value == "replay" for o in results[1].failed)

@@ -113,3 +113,44 @@ async def test_requests_wait_for_a_slot_and_join_the_next_batch() -> None:
 
     assert answers == [n * 2 for n in range(1, 12)]
     assert sizes == [1, 10]
+
+
+async def test_a_batch_never_carries_more_bytes_than_a_peer_accepts() -> None:
+    sizes: list[int] = []
+
+    async def send(requests: list[bytes], timeout: float) -> list[int]:
+        sizes.append(sum(len(r) for r in requests))
+        await asyncio.sleep(0.001)
+        return [len(r) for r in requests]
+
+    batcher: Batcher[bytes, int] = Batcher(
+        name="test", send=send, size=len, max_batch_bytes=1000, max_in_flight=1
+    )
+    batcher.start()
+    try:
+        blocker = asyncio.ensure_future(batcher.submit(b"x", timeout=5))
+        await asyncio.sleep(0)
+        answers = await asyncio.gather(
+            blocker, *(batcher.submit(b"y" * 300, timeout=5) for _ in range(10))
+        )
+    finally:
+        await batcher.close()
+
+    assert answers == [1] + [300] * 10
+    assert max(sizes) <= 1000
+    # A request larger than the limit still travels, alone.
+
+
+async def test_closing_fails_the_callers_of_batches_in_flight() -> None:
+    async def send(requests: list[int], timeout: float) -> list[int]:
+        await asyncio.sleep(3600)
+        return requests
+
+    batcher: Batcher[int, int] = Batcher(name="test", send=send)
+    batcher.start()
+    caller = asyncio.ensure_future(batcher.submit(1, timeout=3600))
+    await asyncio.sleep(0.01)
+    await batcher.close()
+
+    with pytest.raises(PeerUnavailable, match="stopping"):
+        await asyncio.wait_for(caller, 2)

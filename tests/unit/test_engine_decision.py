@@ -106,6 +106,16 @@ async def test_every_decision_is_one_canonical_lineage_entry() -> None:
         ({"resource": "r" * 1025}, "resource too long"),
         ({"mandate": "x" * 20_000}, "mandate too long"),
         ({"proof": "é.é.é"}, "non-ASCII proof"),
+        ({"resource": "account:acme/treasury/../frozen"}, "dot-dot segment"),
+        ({"resource": "account:acme/./frozen"}, "dot segment"),
+        ({"resource": "account:acme//frozen"}, "empty segment"),
+        ({"resource": "account:acme/frozen "}, "trailing space"),
+        ({"resource": " account:acme/frozen"}, "leading space"),
+        ({"resource": "account:acme/%2e%2e/frozen"}, "encoded dot segment"),
+        ({"resource": "account:acme%2Ffrozen"}, "encoded slash"),
+        ({"resource": "account:acme\\frozen"}, "backslash"),
+        ({"resource": "account:acme/cafe\u0301"}, "not NFC"),
+        ({"action": "payments transfer"}, "space in action"),
         ({"context": {"blob": "x" * 20_000}}, "context too large"),
         ({"context": {"a": [[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]}}, "context too deep"),
     ],
@@ -132,6 +142,17 @@ async def test_a_context_holding_nan_is_malformed_not_a_crash() -> None:
 
     assert response.decision == DENY
     assert reason(response) == "MALFORMED_REQUEST"
+
+
+@pytest.mark.parametrize(
+    "resource",
+    ["url:https://bank.example/accounts/7", "s3:bucket/dir/", "account:acme/.hidden", "café"],
+)
+async def test_ordinary_resources_are_not_refused(resource: str) -> None:
+    h = build_engine()
+    response = await h.engine.authorize(authorize_request(resource=resource))
+
+    assert response.decision == ALLOW, response.message
 
 
 async def test_policy_sees_the_claimed_subject_environment_and_attribution() -> None:
@@ -294,9 +315,13 @@ async def test_a_full_spool_disk_still_answers_deny() -> None:
     assert reason(response) == "LINEAGE_UNAVAILABLE"
 
 
-async def test_a_stuck_spool_disk_does_not_hold_the_answer_past_the_budget() -> None:
+async def test_a_stuck_spool_disk_holds_the_answer_only_for_the_spool_timeout() -> None:
     config = DecisionConfig(
-        verification_timeout=0.05, policy_timeout=0.05, lineage_timeout=0.05, budget=0.3
+        verification_timeout=0.05,
+        policy_timeout=0.05,
+        lineage_timeout=0.05,
+        budget=0.3,
+        spool_timeout=0.2,
     )
     h = build_engine(
         lineage=FakeLineage(error=PeerUnavailable("down")),
@@ -306,9 +331,21 @@ async def test_a_stuck_spool_disk_does_not_hold_the_answer_past_the_budget() -> 
     started = time.monotonic()
     response = await h.engine.authorize(authorize_request())
 
-    assert time.monotonic() - started < config.budget + 0.5
+    assert time.monotonic() - started < config.budget + config.spool_timeout + 0.5
     assert response.decision == DENY
     assert reason(response) == "LINEAGE_UNAVAILABLE"
+
+
+async def test_a_deny_is_answered_only_once_durable_even_past_the_budget() -> None:
+    # Lineage takes the whole budget and fails; the spool needs 0.2 s more.
+    config = DecisionConfig(
+        verification_timeout=0.05, policy_timeout=0.05, lineage_timeout=1.0, budget=0.1
+    )
+    h = build_engine(lineage=FakeLineage(delay=3600), spool=FakeSpool(delay=0.2), config=config)
+    response = await h.engine.authorize(authorize_request())
+
+    assert reason(response) == "LINEAGE_UNAVAILABLE"
+    assert len(h.spool.entries) == 1  # on disk before the answer left
 
 
 async def test_a_receipt_is_recorded_in_the_response() -> None:
@@ -569,3 +606,70 @@ async def test_concurrent_decisions_do_not_mix_answers() -> None:
     assert len({r.decision_id for r in responses}) == 50
     seqs = sorted(e["engine"]["seq"] for e in h.lineage.decoded())
     assert seqs == list(range(50))
+
+
+# --- unsigned content the engine reads before verification ------------------------------
+
+
+def _raw_jws(payload: bytes) -> str:
+    return ".".join([b64url(b'{"alg":"EdDSA"}'), b64url(payload), b64url(b"sig")])
+
+
+@pytest.mark.parametrize(
+    ("mandate", "why"),
+    [
+        (_raw_jws(b'{"sub": "\\ud800"}'), "lone surrogate escaped in JSON"),
+        (_raw_jws(b'{"sub": "\xed\xa0\x80"}'), "lone surrogate as raw bytes"),
+        (_raw_jws(b'{"sub": "x", "att": {"n": ' + b"9" * 400 + b"}}"), "huge integer"),
+        (_raw_jws(b'{"sub": "' + b"x" * 3000 + b'"}'), "subject longer than a SPIFFE ID"),
+        (_raw_jws(b'{"sub": "x", "att": ' + b"[" * 5000 + b"]" * 5000 + b"}"), "deep nesting"),
+    ],
+)
+async def test_unreadable_claims_are_never_evaluated_and_the_deny_is_recorded(
+    mandate: str, why: str
+) -> None:
+    h = build_engine(verification=_verification(lambda r: None))
+    response = await h.engine.authorize(authorize_request(mandate=mandate))
+
+    assert response.decision == DENY, why
+    assert h.policy.calls == [], why
+    [entry] = h.lineage.decoded()
+    assert entry["decision_id"] == response.decision_id
+    assert entry["claimed_subject"] is None
+
+
+async def test_claimed_attestation_values_with_no_canonical_form_deny_not_crash() -> None:
+    attestation = _raw_jws(b'{"env": {"n": ' + b"1" * 400 + b"}}")
+    h = build_engine()
+    response = await h.engine.authorize(authorize_request(attestation=attestation))
+
+    assert response.decision == DENY
+    assert h.policy.calls == []
+    assert len(h.lineage.entries) == 1
+
+
+async def test_a_failure_on_one_side_cancels_the_other_and_is_recorded_once() -> None:
+    h = build_engine()
+    h.verification.error = RuntimeError("bug")
+    h.policy.delay = 0.2
+    response = await h.engine.authorize(authorize_request())
+    await asyncio.sleep(0.3)  # had policy been left running, it would answer now
+
+    assert reason(response) == "INTERNAL_ERROR"
+    assert len(h.lineage.entries) == 1
+    assert [e["engine"]["seq"] for e in h.lineage.decoded()] == [0]
+
+
+async def test_every_decision_takes_one_counter_value_even_when_recording_is_retried() -> None:
+    h = build_engine()
+
+    def broken(claims: Any) -> str:
+        raise ValueError("key unusable")
+
+    h.engine._grants.sign = broken  # type: ignore[method-assign]
+    await h.engine.authorize(authorize_request())  # recorded ALLOW, then DENY INTERNAL_ERROR
+    h.engine._grants.sign = lambda claims: "g.g.g"  # type: ignore[method-assign]
+    await h.engine.authorize(authorize_request())
+
+    seqs = [e["engine"]["seq"] for e in h.lineage.decoded()]
+    assert sorted(set(seqs)) == [0, 1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -277,4 +278,71 @@ async def test_a_disk_that_refuses_the_spool_fails_every_put_of_the_group(
     results = await asyncio.gather(*(spool.put(*entry()) for _ in range(3)), return_exceptions=True)
 
     assert all(isinstance(r, OSError) and r.errno == 28 for r in results)
+    assert spool.pending() == []
+
+
+async def test_a_spool_group_larger_than_a_call_drains_in_several(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    big = [entry(pad="é" * 20_000) for _ in range(300)]  # about 12 MB in one group
+    await asyncio.gather(*(spool.put(data, did) for data, did in big))
+    transport = MemoryTransport()
+
+    assert await spool.drain(transport) == 300
+    assert len(transport.batches) >= 4
+    assert len(transport.log) == 300
+
+
+async def test_a_group_that_cannot_drain_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    stuck_data, stuck_id = entry(n=1)
+    await spool.put(stuck_data, stuck_id)
+    later = [entry(n=n) for n in range(2, 5)]
+    for data, did in later:
+        await spool.put(data, did)
+
+    class RefusesOne(MemoryTransport):
+        async def append_batch(
+            self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
+        ) -> list[lineage_pb2.AppendResponse]:
+            if any(r.decision_id == stuck_id for r in requests):
+                raise PeerUnavailable("RESOURCE_EXHAUSTED")
+            return await super().append_batch(requests, timeout=timeout)
+
+    transport = RefusesOne()
+    assert await spool.drain(transport) == 3
+    assert set(transport.log) == {did for _, did in later}
+    assert len(spool.pending()) == 1
+
+
+async def test_a_retried_drain_does_not_amend_twice(tmp_path: Path) -> None:
+    # Two denies whose ALLOWs were committed late: both need amendments. The
+    # second amendment fails once, so the group is drained again.
+    logged = {}
+    denies = []
+    for _ in range(2):
+        did = str(uuid.uuid4())
+        logged[did] = canonical_json({"decision_id": did, "decision": "ALLOW"})
+        denies.append((canonical_json({"decision_id": did, "decision": "DENY"}), did))
+    spool = FileSpool(tmp_path)
+    await asyncio.gather(*(spool.put(data, did) for data, did in denies))  # one group
+
+    class FailsThirdCall(MemoryTransport):
+        calls = 0
+
+        async def append_batch(
+            self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
+        ) -> list[lineage_pb2.AppendResponse]:
+            self.calls += 1
+            if self.calls == 3:
+                raise PeerUnavailable("lineage restarting")
+            return await super().append_batch(requests, timeout=timeout)
+
+    transport = FailsThirdCall(log=dict(logged))
+    with contextlib.suppress(PeerUnavailable):
+        await spool.drain(transport)
+    assert len(spool.pending()) == 1
+    await spool.drain(transport)
+
+    amendments = [json.loads(e) for e in transport.log.values() if b'"amendment"' in e]
+    assert sorted(a["amends"] for a in amendments) == sorted(logged)
     assert spool.pending() == []

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -235,13 +236,27 @@ def test_no_answer_is_a_deny(code: grpc.StatusCode, reason: str) -> None:
     assert not result.allowed
 
 
-def test_an_allow_without_grant_or_receipt_is_not_allowed() -> None:
-    bare = engine_pb2.AuthorizeResponse(decision=common_pb2.ALLOW, decision_id="d")
-    assert not AuthorizationResult.from_response(bare).allowed
-    with_grant = engine_pb2.AuthorizeResponse(decision=common_pb2.ALLOW, decision_id="d", grant="g")
-    assert not AuthorizationResult.from_response(with_grant).allowed
-    with_grant.lineage.tree_size = 1
-    assert AuthorizationResult.from_response(with_grant).allowed
+def test_an_allow_is_allowed_only_with_grant_receipt_and_this_requests_digest() -> None:
+    def allowed(**fields: Any) -> bool:
+        response = engine_pb2.AuthorizeResponse(
+            decision=common_pb2.ALLOW, decision_id="d", grant="g", request_digest="mine"
+        )
+        response.lineage.tree_size = 1
+        for name, value in fields.items():
+            if name == "lineage":
+                response.ClearField("lineage")
+            else:
+                setattr(response, name, value)
+        return AuthorizationResult.from_response(response, expected_digest="mine").allowed
+
+    assert allowed()
+    assert not allowed(grant="")
+    assert not allowed(lineage=None)
+    assert not allowed(request_digest="another request's")
+    assert not allowed(reason=common_pb2.MALFORMED_REQUEST)
+    bare = engine_pb2.AuthorizeResponse(decision=common_pb2.ALLOW, decision_id="d", grant="g")
+    bare.lineage.tree_size = 1
+    assert not AuthorizationResult.from_response(bare).allowed  # no digest to compare with
 
 
 def test_an_unknown_decision_or_reason_reads_as_deny() -> None:
@@ -255,3 +270,16 @@ def test_an_unknown_decision_or_reason_reads_as_deny() -> None:
         engine_pb2.AuthorizeResponse(decision=common_pb2.DENY)
     )
     assert silent.reason == "INTERNAL_ERROR"
+
+
+async def test_a_closed_client_answers_deny_instead_of_raising() -> None:
+    from govmesh.client import EngineClient
+
+    client = await EngineClient.connect("127.0.0.1:1", timeout=1)
+    await client.close()
+    result = await client.authorize(
+        action="a", resource="r", mandate="m", proof="p", context={"n": 1}
+    )
+    assert result.decision == "DENY"
+    assert not result.answered
+    assert not result.allowed

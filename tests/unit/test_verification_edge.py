@@ -239,3 +239,29 @@ def test_invalid_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, wor
 
     with pytest.raises(SettingsError, match="GOVMESH_PROOF_WINDOW_S"):
         load_settings(VerificationSettings)
+
+
+async def test_a_proof_jti_that_is_not_utf8_is_invalid_not_an_internal_error(
+    world: World,
+) -> None:
+    import json
+
+    from govmesh.artifacts.canonical import b64url
+
+    verifier, _, store = world.verifier()
+    mandate = world.mandate()
+    # Signed by hand: JSON can carry the escape "\ud800", which is no UTF-8.
+    claims = world.proof_claims(mandate, jti="\ud800")
+    header = {"alg": "EdDSA", "typ": "govmesh-pop+jwt", "jwk": world.agent.public_jwk}
+    signing_input = ".".join(
+        b64url(json.dumps(part, ensure_ascii=True).encode()) for part in (header, claims)
+    )
+    signature = world.agent.key.private_key.sign(signing_input.encode())  # type: ignore[union-attr,call-arg]
+    proof = f"{signing_input}.{b64url(signature)}"
+
+    result = await verifier.verify(world.request(mandate=mandate, proof=proof))
+
+    assert not result.verified
+    assert [o.check.value for o in result.failed] == ["replay"]
+    assert result.reason == common_pb2.INVALID_VERIFICATION
+    assert store.keys == {}

@@ -26,16 +26,20 @@ from govmesh.client.artifacts import (
     thumbprint,
 )
 from govmesh.client.engine import AuthorizationResult, EngineClient, SyncEngineClient
+from govmesh.client.grants import GrantError, load_engine_keys, verify_grant
 
 __all__ = [
     "AuthorizationResult",
     "EngineClient",
+    "GrantError",
     "Initiator",
     "SyncEngineClient",
     "issue_attestation",
     "issue_mandate",
     "jwk_thumbprint",
+    "load_engine_keys",
     "mandate_hash",
     "request_digest",
     "thumbprint",
+    "verify_grant",
 ]

@@ -11,6 +11,7 @@ from typing import Any, Self
 import grpc
 from google.protobuf import json_format
 
+from govmesh.artifacts.canonical import CanonicalizationError, request_digest
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 1.0
@@ -29,20 +30,31 @@ class AuthorizationResult:
     message: str = ""
     request_digest: str = ""
     answered: bool = field(default=True)  # False when the engine gave no answer
+    #: The digest of the request this client sent; an answer for another does not allow.
+    expected_digest: str = ""
 
     @property
     def allowed(self) -> bool:
-        """True only for an answered ALLOW that carries a grant and a lineage receipt."""
+        """True only for an answered ALLOW for this very request, with a grant and a receipt.
+
+        The executing side still verifies the grant itself (govmesh.client.verify_grant)
+        before it runs anything: this says what the engine answered, not more.
+        """
         return (
             self.answered
             and self.decision == "ALLOW"
+            and self.reason == "DENY_REASON_UNSPECIFIED"
             and bool(self.grant)
             and bool(self.decision_id)
             and self.lineage is not None
+            and bool(self.expected_digest)
+            and self.request_digest == self.expected_digest
         )
 
     @classmethod
-    def from_response(cls, response: engine_pb2.AuthorizeResponse) -> AuthorizationResult:
+    def from_response(
+        cls, response: engine_pb2.AuthorizeResponse, *, expected_digest: str = ""
+    ) -> AuthorizationResult:
         """Translate the wire answer; an unknown decision reads as DENY."""
         decision = "ALLOW" if response.decision == common_pb2.ALLOW else "DENY"
         try:
@@ -60,11 +72,19 @@ class AuthorizationResult:
             lineage=response.lineage if response.HasField("lineage") else None,
             message=response.message,
             request_digest=response.request_digest,
+            expected_digest=expected_digest,
         )
 
     @classmethod
-    def no_answer(cls, error: grpc.aio.AioRpcError) -> AuthorizationResult:
+    def no_answer(cls, error: grpc.aio.AioRpcError | Exception) -> AuthorizationResult:
         """The DENY a caller gets when the engine did not answer."""
+        if not isinstance(error, grpc.aio.AioRpcError):
+            return cls(
+                decision="DENY",
+                reason="PEER_UNAVAILABLE",
+                message=f"no answer from the engine: {error}",
+                answered=False,
+            )
         code = error.code()
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             reason = "PEER_TIMEOUT"
@@ -162,10 +182,21 @@ class EngineClient:
     ) -> AuthorizationResult:
         """Send a prepared AuthorizeRequest; any failure returns a DENY."""
         try:
+            expected = request_digest(
+                request.action, request.resource, json_format.MessageToDict(request.context)
+            )
+        except (CanonicalizationError, ValueError, TypeError) as exc:
+            return AuthorizationResult(
+                decision="DENY",
+                reason="MALFORMED_REQUEST",
+                message=f"context has no canonical form: {exc}",
+                answered=False,
+            )
+        try:
             response = await self._stub.Authorize(request, timeout=timeout or self._timeout)
-        except grpc.aio.AioRpcError as exc:
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
             return AuthorizationResult.no_answer(exc)
-        return AuthorizationResult.from_response(response)
+        return AuthorizationResult.from_response(response, expected_digest=expected)
 
     async def close(self) -> None:
         """Close the channel."""

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
+#: The most bytes of requests one batch call carries: below the 4 MiB a peer
+#: accepts, with room for the call's own framing.
+MAX_BATCH_BYTES = 3 * 1024 * 1024
+
 #: Sends one batch within `timeout` seconds; returns one answer per request.
 SendBatch = Callable[[list[Req], float], Awaitable[Sequence[Resp]]]
 
@@ -50,15 +54,19 @@ class Batcher(Generic[Req, Resp]):
         name: str,
         send: SendBatch[Req, Resp],
         max_batch: int = 256,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        size: Callable[[Req], int] | None = None,
         linger: float = 0.0,
         max_in_flight: int = 4,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch < 1 or max_in_flight < 1:
+        if max_batch < 1 or max_in_flight < 1 or max_batch_bytes < 1:
             raise ValueError("a batcher needs room for one request and one batch")
         self._name = name
         self._send_batch = send
         self._max_batch = max_batch
+        self._max_bytes = max_batch_bytes
+        self._size = size
         self._linger = linger
         self._monotonic = monotonic
         self._queue: list[_Pending[Req, Resp]] = []
@@ -77,8 +85,10 @@ class Batcher(Generic[Req, Resp]):
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        for task in list(self._tasks):
+        in_flight = list(self._tasks)
+        for task in in_flight:
             task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(PeerUnavailable("engine stopping"))
@@ -102,9 +112,7 @@ class Batcher(Generic[Req, Resp]):
             # meanwhile join it.
             await self._slots.acquire()
             self._wake.clear()
-            # Callers that gave up are not sent: their decision is already a DENY.
-            batch = [p for p in self._queue[: self._max_batch] if not p.future.done()]
-            del self._queue[: self._max_batch]
+            batch = self._take()
             if self._queue:
                 self._wake.set()
             if not batch:
@@ -113,6 +121,26 @@ class Batcher(Generic[Req, Resp]):
             task = asyncio.create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[_Pending[Req, Resp]]:
+        # Up to max_batch requests and max_batch_bytes of them (at least one):
+        # one caller's large requests never push a batch past what the peer
+        # accepts and so fail everybody else's. Callers that gave up are not
+        # sent: their decision is already a DENY.
+        batch: list[_Pending[Req, Resp]] = []
+        taken = used = 0
+        for pending in self._queue:
+            if len(batch) == self._max_batch:
+                break
+            if not pending.future.done():
+                cost = self._size(pending.request) if self._size else 0
+                if batch and used + cost > self._max_bytes:
+                    break
+                used += cost
+                batch.append(pending)
+            taken += 1
+        del self._queue[:taken]
+        return batch
 
     async def _send(self, batch: list[_Pending[Req, Resp]]) -> None:
         try:
@@ -129,6 +157,9 @@ class Batcher(Generic[Req, Resp]):
                     pending.future.set_result(answer)
         except PeerError as exc:
             _fail(batch, exc)
+        except asyncio.CancelledError:
+            _fail(batch, PeerUnavailable(f"{self._name}: engine stopping"))
+            raise
         except Exception as exc:
             logger.exception("%s batch failed", self._name)
             _fail(batch, PeerUnavailable(repr(exc)))

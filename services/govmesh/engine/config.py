@@ -39,6 +39,12 @@ class EngineSettings(ServerSettings):
 
     spool_dir: Path = Field(default_factory=_default_spool)
     spool_retry_s: float = Field(default=1.0, gt=0, le=300)
+    spool_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="how long a deny may wait to be durable in the spool before it is answered",
+    )
     engine_id: str | None = Field(
         default=None, description="defaults to host name and a random suffix"
     )

@@ -11,7 +11,9 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
 from govmesh.artifacts.canonical import (
+    SAFE_INTEGER,
     CanonicalizationError,
     b64url,
     b64url_decode,
@@ -45,6 +48,8 @@ MAX_RESOURCE_CHARS = 1024
 MAX_CONTEXT_BYTES = 16 * 1024
 MAX_CONTEXT_DEPTH = 16
 MAX_ARTIFACT_CHARS = 16 * 1024
+#: SPIFFE IDs are at most 2048 bytes; a longer subject is not one govmesh serves.
+MAX_SUBJECT_CHARS = 2048
 
 
 # --- what the engine talks to ------------------------------------------------
@@ -143,11 +148,16 @@ class DecisionConfig:
     policy_timeout: float
     lineage_timeout: float
     budget: float
+    #: How long a deny that lineage could not take may wait to be durable in
+    #: the spool before it is answered anyway. Past the budget on purpose: a
+    #: late DENY harms nobody, an unrecorded one breaks "nothing lost".
+    spool_timeout: float = 2.0
 
 
 @dataclass
 class _Decision:
     decision_id: str
+    seq: int
     digest: str
     started: float
     failures: list[Failure] = field(default_factory=list)
@@ -162,6 +172,31 @@ class _Decision:
 
 class _Inconsistent(Exception):
     pass
+
+
+def _loggable(value: Any) -> Any:
+    # Strings with lone surrogates become their backslash escapes; integers
+    # beyond I-JSON become strings: a form canonical JSON always accepts.
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return value if isinstance(value, int) and abs(value) <= SAFE_INTEGER else str(value)
+    if isinstance(value, dict):
+        return {_loggable(k): _loggable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_loggable(v) for v in value]
+    return str(value)
+
+
+def _entry_bytes(entry: dict[str, Any]) -> bytes:
+    """The entry as canonical JSON; a value that has no canonical form is escaped, not fatal."""
+    try:
+        return canonical_json(entry)
+    except CanonicalizationError:
+        logger.warning("entry holds values without a canonical form; recording them escaped")
+        return canonical_json(_loggable(entry))
 
 
 def _log_spool_failure(decision_id: str) -> Callable[[asyncio.Future[None]], None]:
@@ -202,8 +237,30 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+# Spellings of a path that executors commonly collapse to another resource:
+# dot segments, empty segments, and their percent-encoded forms.
+_ALIASING = re.compile(r"(^|/)\.{1,2}(/|$)|(?<!:)//|%2e|%2f|%5c|\\", re.IGNORECASE)
+
+
 def _printable(text: str) -> bool:
     return text.isprintable()
+
+
+def _canonical_name(text: str, what: str) -> None:
+    """Refuse names that another spelling could stand for.
+
+    A policy that forbids `account:acme/frozen` must not be passed by
+    `account:acme/treasury/../frozen`, `account:acme//frozen` or a trailing
+    space: executors act on the string in the grant, and some of them
+    normalise it. Names are taken as exact, NFC-normalised strings; matching
+    them byte for byte is the executor's contract.
+    """
+    if text != text.strip():
+        raise MalformedRequest(f"{what} has leading or trailing whitespace")
+    if not unicodedata.is_normalized("NFC", text):
+        raise MalformedRequest(f"{what} is not NFC-normalised Unicode")
+    if _ALIASING.search(text):
+        raise MalformedRequest(f"{what} has dot segments, empty segments or encoded separators")
 
 
 def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
@@ -219,6 +276,10 @@ def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
         raise MalformedRequest(f"resource must be 1..{MAX_RESOURCE_CHARS} characters")
     if not _printable(request.resource):
         raise MalformedRequest("resource contains control characters")
+    _canonical_name(request.action, "action")
+    if any(c.isspace() for c in request.action):
+        raise MalformedRequest("action contains whitespace")
+    _canonical_name(request.resource, "resource")
     for name in ("mandate", "proof", "attestation"):
         value = getattr(request, name)
         if len(value) > MAX_ARTIFACT_CHARS:
@@ -241,8 +302,8 @@ def _jws_payload(token: str) -> dict[str, Any] | None:
     if len(parts) != 3:
         return None
     try:
-        payload = json.loads(b64url_decode(parts[1]))
-    except ValueError:
+        payload = json.loads(b64url_decode(parts[1]).decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return payload if isinstance(payload, dict) else None
 
@@ -265,7 +326,16 @@ def claimed_inputs(request: engine_pb2.AuthorizeRequest) -> Claimed | None:
         observed = attestation.get("env") if attestation else None
         if isinstance(observed, dict):
             env = observed
-    return Claimed(subject=mandate["sub"], env=env, attribution=attribution)
+    claimed = Claimed(subject=mandate["sub"], env=env, attribution=attribution)
+    if len(claimed.subject) > MAX_SUBJECT_CHARS:
+        return None
+    try:
+        # What cannot be canonical JSON (lone surrogates, integers past 2^53)
+        # can neither reach policy as a Struct nor the log as an entry.
+        canonical_json({"sub": claimed.subject, "env": env, "att": attribution})
+    except CanonicalizationError:
+        return None
+    return claimed
 
 
 def check_verification(
@@ -418,7 +488,14 @@ class Engine:
 
         Any exception on this path ends in DENY INTERNAL_ERROR, never in ALLOW.
         """
-        decision = _Decision(decision_id=str(uuid.uuid4()), digest="", started=self._monotonic())
+        # Every decision takes its place in this engine's counter once, here:
+        # the auditor reads a missing number as a decision that was lost.
+        decision = _Decision(
+            decision_id=str(uuid.uuid4()),
+            seq=next(self._sequence),
+            digest="",
+            started=self._monotonic(),
+        )
         if isinstance(request, UnreadableRequest):
             # 1. Validate: not even a protobuf.
             decision.fail("request", common_pb2.MALFORMED_REQUEST, request.detail)
@@ -537,7 +614,11 @@ class Engine:
             except _Inconsistent as exc:
                 decision.fail("policy", common_pb2.INCONSISTENT_ANSWERS, str(exc))
 
-        await asyncio.gather(verify(), evaluate())
+        # A TaskGroup, not gather: if one side fails, the other is cancelled
+        # and nothing touches the decision after its entry is built.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(verify())
+            group.create_task(evaluate())
 
     def _allowed(self, decision: _Decision) -> bool:
         # 5. ALLOW only with no failure, a verified mandate and a policy ALLOW.
@@ -558,7 +639,7 @@ class Engine:
             "v": 1,
             "type": "decision",
             "decision_id": decision.decision_id,
-            "engine": {"id": self._engine_id, "seq": next(self._sequence)},
+            "engine": {"id": self._engine_id, "seq": decision.seq},
             "time": datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="milliseconds"),
             "request_digest": decision.digest or None,
             "subject": verified.subject if verified else None,
@@ -612,7 +693,7 @@ class Engine:
         if not allowed and not decision.failures:
             decision.fail("engine", common_pb2.INTERNAL_ERROR, "no complete answer to decide on")
         entry = self._entry(decision, action, resource, allowed)
-        data = canonical_json(entry)
+        data = _entry_bytes(entry)
 
         # 6. Lineage: no log, no execution.
         receipt: common_pb2.LineageReceipt | None = None
@@ -640,7 +721,7 @@ class Engine:
                 failed_checks=self._failed_names(decision),
                 grant_id=None,
             )
-            data = canonical_json(entry)
+            data = _entry_bytes(entry)
         if not allowed and receipt is None:
             await self._spool_deny(decision, data)
 
@@ -662,12 +743,13 @@ class Engine:
         )
 
     async def _spool_deny(self, decision: _Decision, data: bytes) -> None:
-        # Answer once the deny is durable, but never past the budget: the write
-        # goes on in the background and a failure is logged.
+        # Answer once the deny is durable. A disk that does not answer within
+        # spool_timeout does not hold the answer for ever: the write goes on
+        # in the background and its failure is logged.
         write = asyncio.ensure_future(self._spool.put(data, decision.decision_id))
         write.add_done_callback(_log_spool_failure(decision.decision_id))
         with contextlib.suppress(TimeoutError, OSError, ValueError):
-            await asyncio.wait_for(asyncio.shield(write), max(self._remaining(decision), 0.0))
+            await asyncio.wait_for(asyncio.shield(write), self._config.spool_timeout)
 
     async def _finish_safely(
         self, decision: _Decision, action: str, resource: str

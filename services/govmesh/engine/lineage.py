@@ -9,11 +9,12 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
+from hashlib import sha256
 from pathlib import Path
 from typing import Protocol
 
 from govmesh.artifacts.canonical import canonical_json
-from govmesh.engine.batching import Batcher
+from govmesh.engine.batching import MAX_BATCH_BYTES, Batcher
 from govmesh.engine.core import PeerError, PeerUnavailable
 from govmesh.lineage.core import leaf_hash
 from govmesh.v1 import common_pb2, lineage_pb2
@@ -59,6 +60,7 @@ class BatchingLineage:
         self._batcher: Batcher[lineage_pb2.AppendRequest, lineage_pb2.AppendResponse] = Batcher(
             name="lineage",
             send=lambda requests, timeout: transport.append_batch(requests, timeout=timeout),
+            size=lineage_pb2.AppendRequest.ByteSize,
             max_batch=max_batch,
             linger=linger,
             max_in_flight=max_in_flight,
@@ -78,6 +80,24 @@ class BatchingLineage:
         """Append one entry; returns its receipt once lineage committed it."""
         request = lineage_pb2.AppendRequest(entry=entry, decision_id=decision_id)
         return check_receipt(entry, await self._batcher.submit(request, timeout=timeout))
+
+
+#: The namespace of amendment ids (uuid5 of the amended id and the answered entry).
+_AMENDMENTS = uuid.UUID("5f1d3c2e-6a7b-4c8d-9e0f-a1b2c3d4e5f6")
+
+
+def _chunks(entries: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    # AppendBatch calls of at most 256 entries and MAX_BATCH_BYTES.
+    chunks: list[list[tuple[str, bytes]]] = [[]]
+    used = 0
+    for decision_id, entry in entries:
+        cost = len(entry) + len(decision_id) + 16
+        if chunks[-1] and (len(chunks[-1]) == 256 or used + cost > MAX_BATCH_BYTES):
+            chunks.append([])
+            used = 0
+        chunks[-1].append((decision_id, entry))
+        used += cost
+    return [chunk for chunk in chunks if chunk]
 
 
 class FileSpool:
@@ -138,6 +158,11 @@ class FileSpool:
         finally:
             os.close(dir_fd)
 
+    async def flush(self) -> None:
+        """Wait until every deny put so far is on disk (or failed)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer})
+
     def pending(self) -> list[Path]:
         """Spooled groups, oldest first."""
         return sorted(self._dir.glob("*.spool"))
@@ -158,45 +183,59 @@ class FileSpool:
         interrupted repeats safely). An entry whose decision id is logged with
         other bytes (an ALLOW committed after the engine had given up on it
         and answered DENY) is recorded as an amendment naming that decision.
+        A group that cannot drain now does not hold back the groups after it;
+        raises the last error when nothing drained at all.
         """
         drained = 0
+        failure: PeerError | None = None
         for path in self.pending():
-            entries = self._read(path)
-            settled = 0
-            for start in range(0, len(entries), 256):
-                chunk = entries[start : start + 256]
-                responses = await transport.append_batch(
-                    [lineage_pb2.AppendRequest(entry=e, decision_id=d) for d, e in chunk],
-                    timeout=timeout,
-                )
-                if len(responses) != len(chunk):
-                    raise PeerUnavailable("lineage answered a spool batch with the wrong count")
-                for (decision_id, entry), response in zip(chunk, responses, strict=True):
-                    if not response.error:
-                        check_receipt(entry, response)
-                        settled += 1
-                        continue
-                    logged = await transport.get_entry(decision_id, timeout=timeout)
-                    if logged is None:
-                        logger.error(
-                            "spooled deny refused",
-                            extra={"decision_id": decision_id, "error": response.error},
-                        )
-                        continue
-                    if logged != entry:
-                        await self._amend(transport, decision_id, entry, timeout)
-                    settled += 1
-            if settled == len(entries):
-                path.unlink()
-                drained += settled
+            try:
+                drained += await self._drain_group(path, transport, timeout)
+            except PeerError as exc:
+                failure = exc
+                logger.warning("spool group waits", extra={"group": path.name, "error": str(exc)})
+        if failure is not None and not drained:
+            raise failure
         return drained
+
+    async def _drain_group(self, path: Path, transport: LineageTransport, timeout: float) -> int:
+        entries = self._read(path)
+        settled = 0
+        for chunk in _chunks(entries):
+            responses = await transport.append_batch(
+                [lineage_pb2.AppendRequest(entry=e, decision_id=d) for d, e in chunk],
+                timeout=timeout,
+            )
+            if len(responses) != len(chunk):
+                raise PeerUnavailable("lineage answered a spool batch with the wrong count")
+            for (decision_id, entry), response in zip(chunk, responses, strict=True):
+                if not response.error:
+                    check_receipt(entry, response)
+                    settled += 1
+                    continue
+                logged = await transport.get_entry(decision_id, timeout=timeout)
+                if logged is None:
+                    logger.error(
+                        "spooled deny refused",
+                        extra={"decision_id": decision_id, "error": response.error},
+                    )
+                    continue
+                if logged != entry:
+                    await self._amend(transport, decision_id, entry, timeout)
+                settled += 1
+        if settled < len(entries):
+            return 0
+        await asyncio.to_thread(path.unlink)
+        return settled
 
     @staticmethod
     async def _amend(
         transport: LineageTransport, decision_id: str, entry: bytes, timeout: float
     ) -> None:
         answered = json.loads(entry)
-        amendment_id = str(uuid.uuid4())
+        # Derived, not random: an amendment appended before a drain was
+        # interrupted is a duplicate the next time, not a second amendment.
+        amendment_id = str(uuid.uuid5(_AMENDMENTS, decision_id + sha256(entry).hexdigest()))
         amendment = canonical_json(
             {
                 "v": 1,
@@ -212,6 +251,8 @@ class FileSpool:
         [response] = await transport.append_batch(
             [lineage_pb2.AppendRequest(entry=amendment, decision_id=amendment_id)], timeout=timeout
         )
+        if response.error and await transport.get_entry(amendment_id, timeout=timeout) is not None:
+            return  # appended by an earlier, interrupted drain
         check_receipt(amendment, response)
 
     async def run(self, transport: LineageTransport, *, interval: float) -> None:

@@ -103,6 +103,7 @@ class BatchedVerification(Batcher[verification_pb2.VerifyRequest, verification_p
         super().__init__(
             name="verification",
             send=lambda requests, timeout: peer.verify_batch(requests, timeout=timeout),
+            size=verification_pb2.VerifyRequest.ByteSize,
             **options,
         )
 
@@ -119,6 +120,7 @@ class BatchedPolicy(Batcher[policy_pb2.EvaluateRequest, policy_pb2.EvaluateRespo
         super().__init__(
             name="policy",
             send=lambda requests, timeout: peer.evaluate_batch(requests, timeout=timeout),
+            size=policy_pb2.EvaluateRequest.ByteSize,
             **options,
         )
 

@@ -47,11 +47,12 @@ class EngineService:
         self._policy: BatchedPolicy | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._servicer: EngineServicer | None = None
+        self._spool: FileSpool | None = None
 
     async def start(self, health: Health) -> None:
         s = self._settings
         key = load_private_jwk(s.keys_dir / ENGINE_KEY_FILE)
-        spool = FileSpool(s.spool_dir)
+        spool = self._spool = FileSpool(s.spool_dir)
         verification, policy, lineage = (
             open_channel(t) for t in (s.verification_target, s.policy_target, s.lineage_target)
         )
@@ -99,6 +100,7 @@ class EngineService:
                 policy_timeout=s.policy_timeout_ms / 1000,
                 lineage_timeout=s.lineage_timeout_ms / 1000,
                 budget=s.decision_budget_ms / 1000,
+                spool_timeout=s.spool_timeout_s,
             ),
             engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
         )
@@ -123,6 +125,15 @@ class EngineService:
         return self._servicer is not None
 
     async def close(self) -> None:
+        if self._servicer is not None:
+            # Decisions whose callers are gone still finish recording, on the
+            # batchers and the spool that are closed only after them.
+            s = self._settings
+            await self._servicer.drain(
+                timeout=s.decision_budget_ms / 1000 + s.spool_timeout_s + 1.0
+            )
+        if self._spool is not None:
+            await self._spool.flush()
         if self._drainer is not None:
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -15,10 +16,22 @@ logger = logging.getLogger(__name__)
 
 
 class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
-    """Answers Authorize; a deny is an answer, never a gRPC error."""
+    """Answers Authorize; a deny is an answer, never a gRPC error.
+
+    Each decision runs as its own task, shielded from the call: a caller that
+    cancels, or whose deadline passes, stops waiting for the answer, but the
+    decision is still recorded in lineage or the spool. A caller cannot keep
+    its denies out of the log by hanging up.
+    """
 
     def __init__(self, *, engine: Engine) -> None:
         self._engine = engine
+        self._in_flight: set[asyncio.Task[engine_pb2.AuthorizeResponse]] = set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout`) for the decisions still being recorded."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
 
     async def Authorize(
         self,
@@ -27,8 +40,11 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
             engine_pb2.AuthorizeRequest, engine_pb2.AuthorizeResponse
         ],
     ) -> engine_pb2.AuthorizeResponse:
+        decision = asyncio.ensure_future(self._engine.authorize(request))
+        self._in_flight.add(decision)
+        decision.add_done_callback(self._in_flight.discard)
         try:
-            return await self._engine.authorize(request)
+            return await asyncio.shield(decision)
         except Exception:
             # Engine.authorize already turns failures into denies; this is the
             # last line, and it too answers DENY rather than an error.

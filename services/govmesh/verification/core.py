@@ -476,11 +476,15 @@ class Verifier:
         state = self._trust.current()
         exam = self._examine(request, state, now)
         # 11. Replay.
-        replay = await self._check_replay(exam, timeout)
+        replay, recorded = await self._check_replay(exam, timeout)
         # 12. A reload while waiting: re-examine under the configuration in force.
         latest = self._trust.current()
         if latest.generation != state.generation:
             exam = self._examine(request, latest, self._clock())
+            if not recorded:
+                # 11 only read the store (the proof did not qualify then); if it
+                # qualifies now, its nonce must be recorded before it can pass.
+                replay, _ = await self._check_replay(exam, timeout)
         findings = exam.findings
         if replay is None:
             findings.ok(Check.REPLAY)
@@ -861,18 +865,21 @@ class Verifier:
 
     async def _check_replay(
         self, exam: _Examination, timeout: float | None
-    ) -> tuple[Reason, str] | None:
-        """None when the proof is fresh; else the reason and detail of the failure."""
+    ) -> tuple[tuple[Reason, str] | None, bool]:
+        """(None when the proof is fresh, else the reason and detail; whether it was recorded)."""
         proof, findings = exam.proof, exam.findings
         payload = proof.payload
         if payload is None:
-            return proof.unavailable()
+            return proof.unavailable(), False
         jti = _text(payload.get("jti"))
         if jti is None or len(jti) > MAX_JTI_CHARS:
-            return INVALID, "proof jti missing"
+            return (INVALID, "proof jti missing"), False
         if exam.proof_jkt is None:
-            return INVALID, "proof key unreadable"
-        key = replay_key(exam.proof_jkt, jti)
+            return (INVALID, "proof key unreadable"), False
+        try:
+            key = replay_key(exam.proof_jkt, jti)
+        except UnicodeEncodeError:
+            return (INVALID, "proof jti is not UTF-8"), False
         budget = self._config.replay_timeout_s if timeout is None else timeout
         budget = min(budget, self._config.replay_timeout_s)
         record = (
@@ -890,12 +897,12 @@ class Verifier:
             else:
                 fresh = not await self._replay.seen(key, timeout=budget)
         except ReplayStoreTimeout as exc:
-            return TIMEOUT, f"replay store did not answer in time: {exc}"
+            return (TIMEOUT, f"replay store did not answer in time: {exc}"), False
         except ReplayStoreUnavailable as exc:
-            return UNAVAILABLE, f"replay store unavailable: {exc}"
+            return (UNAVAILABLE, f"replay store unavailable: {exc}"), False
         if not fresh:
-            return REPLAYED, f"proof {jti[:64]} was already used"
-        return None
+            return (REPLAYED, f"proof {jti[:64]} was already used"), False
+        return None, record
 
     # -- claims --------------------------------------------------------------------------
 

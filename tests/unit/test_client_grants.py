@@ -1,0 +1,127 @@
+"""The executing side's check of a grant: every way a grant must be refused."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import OKPKey
+
+from govmesh.artifacts import GRANT_TYP
+from govmesh.artifacts.canonical import request_digest
+from govmesh.artifacts.keys import generate_ed25519, public_jwks
+from govmesh.client import GrantError, load_engine_keys, verify_grant
+from govmesh.engine.grants import Ed25519GrantSigner
+from tests.unit.engine_fakes import authorize_request, build_engine
+
+ACTION, RESOURCE, CONTEXT = "payments.transfer", "account:acme/treasury", {"amount": 250}
+
+
+async def _grant() -> tuple[str, OKPKey]:
+    h = build_engine()
+    response = await h.engine.authorize(authorize_request())
+    assert response.grant
+    return response.grant, h.key
+
+
+def _keys(key: OKPKey) -> dict[str, OKPKey]:
+    return load_engine_keys(public_jwks([key]))
+
+
+def _check(grant: str, key: OKPKey, **overrides: Any) -> dict[str, Any]:
+    arguments: dict[str, Any] = {
+        "engine_keys": _keys(key),
+        "action": ACTION,
+        "resource": RESOURCE,
+        "context": CONTEXT,
+        "audience": "executor",
+        **overrides,
+    }
+    return verify_grant(grant, **arguments)
+
+
+async def test_a_grant_from_the_engine_verifies_for_its_own_request() -> None:
+    grant, key = await _grant()
+    claims = _check(grant, key)
+    assert claims["req"] == request_digest(ACTION, RESOURCE, CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"resource": "account:acme/frozen"}, "another action or resource"),
+        ({"action": "payments.refund"}, "another action or resource"),
+        ({"context": {"amount": 251}}, "another request"),
+        ({"audience": "someone-else"}, "audience"),
+        ({"issuer": "not-govmesh"}, "issuer"),
+        ({"clock": lambda: time.time() + 120}, "expired"),
+        ({"clock": lambda: time.time() - 120}, "not valid yet"),
+    ],
+)
+async def test_a_grant_for_anything_else_is_refused(
+    overrides: dict[str, Any], message: str
+) -> None:
+    grant, key = await _grant()
+    with pytest.raises(GrantError, match=message):
+        _check(grant, key, **overrides)
+
+
+async def test_a_grant_signed_by_another_key_or_tampered_is_refused() -> None:
+    grant, key = await _grant()
+    with pytest.raises(GrantError, match="not an engine key"):
+        _check(grant, key, engine_keys=_keys(generate_ed25519()))
+    impostor = generate_ed25519(kid=key.kid)
+    with pytest.raises(GrantError, match="bad signature"):
+        _check(grant, key, engine_keys=_keys(impostor))
+    header, payload, signature = grant.split(".")
+    flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    with pytest.raises(GrantError):
+        _check(f"{header}.{payload}.{flipped}", key)
+
+
+def _signed(key: OKPKey, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    return jwt.encode(header, claims, key, algorithms=["EdDSA", "HS256"])
+
+
+async def test_grant_headers_other_than_the_engines_are_refused() -> None:
+    key = generate_ed25519()
+    now = int(time.time())
+    claims = {
+        "iss": "govmesh",
+        "aud": "executor",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 30,
+        "act": {"action": ACTION, "resource": RESOURCE},
+        "req": request_digest(ACTION, RESOURCE, CONTEXT),
+    }
+    wrong_typ = _signed(key, {"alg": "EdDSA", "typ": "govmesh-mandate+jwt", "kid": key.kid}, claims)
+    with pytest.raises(GrantError, match="typ"):
+        _check(wrong_typ, key)
+    extra = _signed(key, {"alg": "EdDSA", "typ": GRANT_TYP, "kid": key.kid, "cty": "x"}, claims)
+    with pytest.raises(GrantError, match="typ, alg and kid only"):
+        _check(extra, key)
+    long_lived = _signed(
+        key, {"alg": "EdDSA", "typ": GRANT_TYP, "kid": key.kid}, {**claims, "exp": now + 3600}
+    )
+    with pytest.raises(GrantError, match="60 s"):
+        _check(long_lived, key)
+    with pytest.raises(GrantError, match="not a compact JWS"):
+        _check("garbage", key)
+
+
+def test_a_jwks_without_usable_keys_is_refused() -> None:
+    with pytest.raises(GrantError, match="no Ed25519"):
+        load_engine_keys({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "x"}]})
+    private = generate_ed25519().as_dict(private=True)
+    with pytest.raises(GrantError):
+        load_engine_keys({"keys": [private]})
+
+
+def test_the_signer_caps_the_lifetime() -> None:
+    with pytest.raises(ValueError, match=r"1\.\.60"):
+        Ed25519GrantSigner(
+            key=generate_ed25519(), issuer="i", audience="a", ttl_s=61, clock=time.time
+        )
