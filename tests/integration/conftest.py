@@ -98,7 +98,9 @@ def start_mesh(
         }
         lineage = services("lineage", common)
         verification = services("verification", common)
-        policy = services("policy", common)
+        policy = services(
+            "policy", {**common, "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "policy-epoch.json")}
+        )
         engine = services(
             "engine",
             {

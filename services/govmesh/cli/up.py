@@ -190,6 +190,9 @@ async def _up(args: argparse.Namespace) -> int:
             "GOVMESH_KEYS_DIR": str(Path(keys).resolve()),
             "GOVMESH_POLICY_PATH": str(Path(policies).resolve()),
             "GOVMESH_SPOOL_DIR": str(data / "spool"),
+            # Beside the database it describes: a fresh data directory is a
+            # fresh start for both.
+            "GOVMESH_POLICY_STATE_FILE": str(data / "state" / "policy-epoch.json"),
             "GOVMESH_LOG_FORMAT": os.environ.get("GOVMESH_LOG_FORMAT", "text"),
         }
         deadline = loop.time() + START_TIMEOUT_S

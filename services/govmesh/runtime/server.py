@@ -41,9 +41,16 @@ class Health:
         self._servicer = servicer
         self._names = ("", *names)
         self.serving = False
+        self.stopping = False
 
     async def set_serving(self, serving: bool) -> None:
-        """Report SERVING or NOT_SERVING for every name this server answers for."""
+        """Report SERVING or NOT_SERVING for every name this server answers for.
+
+        Once the server is stopping it stays NOT_SERVING, whatever the service
+        reports: load balancers must not send it new calls during the grace.
+        """
+        if serving and self.stopping:
+            return
         self.serving = serving
         status = _SERVING if serving else _NOT_SERVING
         for name in self._names:
@@ -130,6 +137,7 @@ async def serve(
         await stop.wait()
 
         logger.info("stopping", extra={"grace_period_s": grace_period_s})
+        status.stopping = True
         await status.set_serving(False)
         await server.stop(grace_period_s)
     finally:
