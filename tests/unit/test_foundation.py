@@ -283,3 +283,20 @@ async def test_a_closed_client_answers_deny_instead_of_raising() -> None:
     assert result.decision == "DENY"
     assert not result.answered
     assert not result.allowed
+
+
+async def test_a_stopping_server_stays_not_serving_whatever_the_service_reports() -> None:
+    from grpc_health.v1 import health, health_pb2
+
+    from govmesh.runtime.server import Health
+
+    servicer = health.aio.HealthServicer()
+    status = Health(servicer, ["govmesh.v1.Test"])
+    await status.set_serving(True)
+    status.stopping = True
+    await status.set_serving(False)
+    await status.set_serving(True)  # a service recovering during the grace period
+
+    assert not status.serving
+    answer = await servicer.Check(health_pb2.HealthCheckRequest(service=""), None)
+    assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
