@@ -14,6 +14,12 @@ from tests.support.database import DatabaseFactory
 from tests.support.processes import ServiceProcess, start_service
 
 
+@pytest.fixture(autouse=True)
+def _private_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test (and every process it starts) keeps its default state files in its own folder."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-home"))
+
+
 @pytest.fixture(scope="session")
 def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Postgres server: GOVMESH_TEST_DATABASE_URL when set, else an embedded pgserver."""

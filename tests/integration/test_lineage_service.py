@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from govmesh.lineage.auditor import audit
 from govmesh.lineage.client import LineageClient, LineageError, StreamingLineage
 from govmesh.lineage.notes import VerifierKey, open_checkpoint
 from govmesh.lineage.sources import DatabaseSource
-from tests.support.database import fetch
+from tests.support.database import fetch, roll_back_lineage
 from tests.support.processes import ServiceProcess
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -276,8 +277,15 @@ async def test_two_replicas_share_one_contiguous_log_and_tail_each_others_commit
     lineage_env: dict[str, str],
     database_url: str,
     dev_setup: DevSetup,
+    tmp_path: Path,
 ) -> None:
-    replicas = [services("lineage", lineage_env) for _ in range(2)]
+    # Each replica records what it signed in a state file of its own.
+    replicas = [
+        services(
+            "lineage", {**lineage_env, "GOVMESH_LINEAGE_STATE_FILE": str(tmp_path / f"r{i}.floor")}
+        )
+        for i in range(2)
+    ]
     async with (
         await LineageClient.connect(replicas[0].address) as first,
         await LineageClient.connect(replicas[1].address) as second,
@@ -328,3 +336,19 @@ async def test_the_append_stream_rotates_without_losing_an_append(lineage: Servi
     finally:
         await stream.close()
         await channel.close()
+
+
+async def test_a_restarted_service_refuses_a_database_that_went_back_in_time(
+    services: Callable[..., ServiceProcess], lineage_env: dict[str, str], database_url: str
+) -> None:
+    first = services("lineage", lineage_env)
+    async with await LineageClient.connect(first.address) as client:
+        for i in range(3):
+            await client.append_batch([decision(i)])
+    assert first.terminate() == 0
+    await roll_back_lineage(database_url, 1)
+
+    with pytest.raises(RuntimeError, match="went back in time: it holds 1 entries") as refused:
+        services("lineage", lineage_env)
+    assert "exited with 2" in str(refused.value)
+    assert "Traceback" not in str(refused.value)

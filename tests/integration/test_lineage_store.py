@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,11 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
+from govmesh.lineage.floor import FloorError, SignedFloor, SignedTree
 from govmesh.lineage.notes import Checkpoint, NoteSigner, open_checkpoint
 from govmesh.lineage.sequencer import Sequencer
 from govmesh.lineage.store import LogCorrupted, LogStore
 from govmesh.runtime.db import libpq_database_url
-from tests.support.database import fetch
+from tests.support.database import execute, fetch, roll_back_lineage
 
 ORIGIN = "test.govmesh.local/lineage"
 
@@ -44,6 +46,19 @@ def signer() -> NoteSigner:
     return NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
 
 
+FloorAt = Callable[..., SignedFloor]
+
+
+@pytest.fixture
+def floor_at(tmp_path: Path) -> FloorAt:
+    """The state file of one lineage process, by name (a restarted process reuses its name)."""
+
+    def make(name: str = "lineage") -> SignedFloor:
+        return SignedFloor(tmp_path / "state" / f"{name}.floor")
+
+    return make
+
+
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[LogStore]:
     opened = await LogStore.open(database_url)
@@ -52,8 +67,10 @@ async def store(database_url: str) -> AsyncIterator[LogStore]:
 
 
 @pytest.fixture
-async def sequencer(store: LogStore, signer: NoteSigner) -> AsyncIterator[Sequencer]:
-    seq = Sequencer(store=store, signer=signer, origin=ORIGIN)
+async def sequencer(
+    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+) -> AsyncIterator[Sequencer]:
+    seq = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
     await seq.start()
     yield seq
     await seq.close()
@@ -125,10 +142,13 @@ async def test_concurrent_appends_are_grouped_into_few_transactions(
 
 
 async def test_two_writers_on_one_database_keep_indices_contiguous_and_checkpoints_consistent(
-    database_url: str, signer: NoteSigner
+    database_url: str, signer: NoteSigner, floor_at: FloorAt
 ) -> None:
     stores = [await LogStore.open(database_url) for _ in range(2)]
-    writers = [Sequencer(store=s, signer=signer, origin=ORIGIN) for s in stores]
+    writers = [
+        Sequencer(store=s, signer=signer, origin=ORIGIN, floor=floor_at(f"writer-{i}"))
+        for i, s in enumerate(stores)
+    ]
     for w in writers:
         await w.start()
     try:
@@ -184,10 +204,10 @@ async def test_a_failed_append_leaves_no_trace_and_no_gap(
 
 
 async def test_the_locked_path_appends_when_the_head_moved_under_a_writer(
-    store: LogStore, signer: NoteSigner
+    store: LogStore, signer: NoteSigner, floor_at: FloorAt
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN)
-    second = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at("first"))
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at("second"))
     await first.start()
     await second.start()
     try:
@@ -226,13 +246,13 @@ async def test_proofs_from_stored_hashes_hold_for_every_tree_size(
 
 
 async def test_a_restarted_sequencer_continues_the_same_tree(
-    store: LogStore, signer: NoteSigner
+    store: LogStore, signer: NoteSigner, floor_at: FloorAt
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
     await first.start()
     receipts(await first.append([make_entry(i) for i in range(7)]))
     await first.close()
-    second = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
     await second.start()
     got = receipts(await second.append([make_entry(7)]))
     await second.close()
@@ -240,15 +260,6 @@ async def test_a_restarted_sequencer_continues_the_same_tree(
     leaves = await all_leaves(store)
     signed = open_checkpoint(got[0].checkpoint, signer.verifier, origin=ORIGIN)
     assert signed.root == merkle.reference_root(leaves)
-
-
-async def _superuser(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(libpq_database_url(url))
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 DISABLE = "ALTER TABLE lineage_entries DISABLE TRIGGER lineage_entries_append_only"
@@ -271,17 +282,115 @@ DISABLE = "ALTER TABLE lineage_entries DISABLE TRIGGER lineage_entries_append_on
     ],
 )
 async def test_a_new_writer_refuses_to_sign_over_a_tampered_head(
-    store: LogStore, signer: NoteSigner, database_url: str, tamper: Callable[[], tuple[str, ...]]
+    store: LogStore,
+    signer: NoteSigner,
+    database_url: str,
+    tamper: Callable[[], tuple[str, ...]],
+    floor_at: FloorAt,
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
     await first.start()
     receipts(await first.append([make_entry(i) for i in range(4)]))
     await first.close()
-    await _superuser(database_url, *tamper())
+    await execute(database_url, *tamper())
 
-    second = Sequencer(store=store, signer=signer, origin=ORIGIN)
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
     with pytest.raises(LogCorrupted):
         await second.start()
+
+
+async def test_a_database_rolled_back_behind_the_state_file_is_never_signed_over(
+    store: LogStore, signer: NoteSigner, database_url: str, floor_at: FloorAt
+) -> None:
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    await first.start()
+    receipts(await first.append([make_entry(i) for i in range(4)]))
+    later = receipts(await first.append([make_entry(i) for i in range(4, 7)]))
+    await first.close()
+    await roll_back_lineage(database_url, 4)
+
+    # The restored log is a valid, signed prefix: a process without the state
+    # file would take it and sign a second, different checkpoint of size 7.
+    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    with pytest.raises(LogCorrupted, match="went back in time: it holds 4 entries"):
+        await restarted.start()
+    assert await store.head() == (4, (await store.checkpoint(4)).root_hash)  # type: ignore[union-attr]
+    assert later[0].tree_size == 7
+
+
+@pytest.mark.parametrize("fork_size", [7, 9])
+async def test_a_forked_log_of_equal_or_larger_size_is_refused(
+    store: LogStore, signer: NoteSigner, database_url: str, floor_at: FloorAt, fork_size: int
+) -> None:
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    await first.start()
+    receipts(await first.append([make_entry(i) for i in range(4)]))
+    receipts(await first.append([make_entry(i) for i in range(4, 7)]))
+    await first.close()
+    await roll_back_lineage(database_url, 4)
+    # Another process, with no record of what was signed, grows the restored log.
+    other = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at("other"))
+    await other.start()
+    receipts(await other.append([make_entry(i) for i in range(4, fork_size)]))
+    await other.close()
+
+    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    expected = "another root" if fork_size == 7 else "not consistent with size 7"
+    with pytest.raises(LogCorrupted, match=expected):
+        await restarted.start()
+
+
+async def test_a_log_that_grew_under_another_writer_is_accepted_after_restart(
+    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+) -> None:
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    await first.start()
+    receipts(await first.append([make_entry(i) for i in range(3)]))
+    await first.close()
+    other = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at("other"))
+    await other.start()
+    receipts(await other.append([make_entry(i) for i in range(3, 8)]))
+    await other.close()
+
+    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    await restarted.start()
+    got = receipts(await restarted.append([make_entry(8)]))
+    await restarted.close()
+    assert got[0].index == 8
+    recorded = floor_at()
+    assert recorded.open() == SignedTree(ORIGIN, 9, merkle.reference_root(await all_leaves(store)))
+    recorded.close()
+
+
+async def test_a_state_file_of_another_log_is_refused(
+    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+) -> None:
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    await first.start()
+    receipts(await first.append([make_entry(0)]))
+    await first.close()
+    other_signer = NoteSigner("other.govmesh.local/lineage", Ed25519PrivateKey.generate())
+    other = Sequencer(
+        store=store, signer=other_signer, origin="other.govmesh.local/lineage", floor=floor_at()
+    )
+    with pytest.raises(LogCorrupted, match="belongs to the log"):
+        await other.start()
+
+
+async def test_no_receipt_leaves_before_the_signed_tree_is_recorded(
+    sequencer: Sequencer, store: LogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(self: SignedFloor, tree: object) -> None:
+        raise FloorError(f"cannot record the signed tree in {self.path}: No space left on device")
+
+    receipts(await sequencer.append([make_entry(0)]))
+    with monkeypatch.context() as patched:
+        patched.setattr(SignedFloor, "record", full_disk)
+        with pytest.raises(FloorError, match="No space left"):
+            await sequencer.append([make_entry(1)])
+    # Once the disk takes writes again, the log goes on from the committed tree.
+    got = receipts(await sequencer.append([make_entry(2)]))
+    assert got[0].index == 2
 
 
 async def rehash_all(conn: asyncpg.Connection) -> list[bytes]:
@@ -380,11 +489,11 @@ async def test_the_database_refuses_changes_to_the_log_even_for_replicas(
 
 
 async def test_the_writer_role_may_only_insert_and_select(
-    sequencer: Sequencer, database_url: str, signer: NoteSigner
+    sequencer: Sequencer, database_url: str, signer: NoteSigner, floor_at: FloorAt
 ) -> None:
     receipts(await sequencer.append([make_entry(0)]))
     role = f"lineage_svc_{uuid.uuid4().hex[:8]}"
-    await _superuser(database_url, f"CREATE ROLE {role} LOGIN IN ROLE govmesh_lineage_writer")
+    await execute(database_url, f"CREATE ROLE {role} LOGIN IN ROLE govmesh_lineage_writer")
     try:
         from sqlalchemy.engine import make_url
 
@@ -392,7 +501,7 @@ async def test_the_writer_role_may_only_insert_and_select(
         as_service = url.render_as_string(hide_password=False)
         limited = await LogStore.open(as_service)
         try:
-            seq = Sequencer(store=limited, signer=signer, origin=ORIGIN)
+            seq = Sequencer(store=limited, signer=signer, origin=ORIGIN, floor=floor_at("limited"))
             await seq.start()
             got = receipts(await seq.append([make_entry(1)]))
             await seq.close()
@@ -416,4 +525,4 @@ async def test_the_writer_role_may_only_insert_and_select(
         finally:
             await conn.close()
     finally:
-        await _superuser(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+        await execute(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")

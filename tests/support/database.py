@@ -75,3 +75,38 @@ async def fetch(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
         return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
+
+
+async def execute(url: str, *statements: str) -> None:
+    """Run `statements` on `url` as the superuser, the one who can switch off the log's triggers."""
+    conn = await asyncpg.connect(libpq_database_url(url))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+_LINEAGE_GUARDS = (
+    ("lineage_entries", "lineage_entries_append_only"),
+    ("lineage_checkpoints", "lineage_checkpoints_append_only"),
+    ("lineage_cosignatures", "lineage_cosignatures_append_only"),
+    ("lineage_head", "lineage_head_contiguous"),
+)
+
+
+async def roll_back_lineage(url: str, size: int) -> None:
+    """What restoring an older backup does to the log: as it was at `size`, validly signed."""
+    await execute(
+        url,
+        *(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}" for table, trigger in _LINEAGE_GUARDS),
+        f"DELETE FROM lineage_cosignatures WHERE tree_size > {size:d}",
+        f"DELETE FROM lineage_checkpoints WHERE tree_size > {size:d}",
+        f"DELETE FROM lineage_entries WHERE idx >= {size:d}",
+        "UPDATE lineage_head SET size = c.tree_size, root_hash = c.root_hash "
+        f"FROM lineage_checkpoints c WHERE c.tree_size = {size:d}",
+        *(
+            f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trigger}"
+            for table, trigger in _LINEAGE_GUARDS
+        ),
+    )

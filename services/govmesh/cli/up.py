@@ -193,6 +193,7 @@ async def _up(args: argparse.Namespace) -> int:
             # Beside the database it describes: a fresh data directory is a
             # fresh start for both.
             "GOVMESH_POLICY_STATE_FILE": str(data / "state" / "policy-epoch.json"),
+            "GOVMESH_LINEAGE_STATE_FILE": str(data / "state" / "lineage-signed.floor"),
             "GOVMESH_LOG_FORMAT": os.environ.get("GOVMESH_LOG_FORMAT", "text"),
         }
         deadline = loop.time() + START_TIMEOUT_S

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from govmesh.lineage.keys import DEFAULT_ORIGIN
 from govmesh.lineage.notes import NoteError, check_key_name
+from govmesh.runtime.db import state_file_for
 from govmesh.runtime.settings import ServerSettings
 
 
@@ -34,6 +35,19 @@ class LineageSettings(ServerSettings):
         description="witness verifier keys (or files of them) whose cosignatures are accepted",
     )
     lineage_pool_size: int = Field(default=8, ge=2, le=64)
+    lineage_state_file: Path | None = Field(
+        default=None,
+        description="where this lineage process records the newest tree it signed, to refuse "
+        "a database rolled back behind it, across restarts too; on a volume that outlives the "
+        "process, one per lineage process (default: one file per database under the user's "
+        "state folder)",
+    )
+
+    def state_file(self) -> Path:
+        """GOVMESH_LINEAGE_STATE_FILE, or the default file for this database."""
+        if self.lineage_state_file is not None:
+            return self.lineage_state_file
+        return state_file_for(self.database_url, "lineage", "signed")
 
     @field_validator("lineage_origin")
     @classmethod

@@ -16,7 +16,12 @@ entries, and commits them in one transaction:
 5. Sign one checkpoint for the new tree: it extends the trusted tree by
    construction, so the log never signs two inconsistent checkpoints.
 6. Insert rows and checkpoint, advance the counter row, commit.
-7. Only then hand out receipts.
+7. Record the new tree in the state file (floor.py), durably.
+8. Only then hand out receipts.
+
+At start the stored head is verified as in step 2, and it must also extend
+the newest tree recorded in the state file: a database that went back in time
+(a restored backup, a rolled-back owner) is refused, never signed over.
 
 A failed transaction leaves nothing behind: its checkpoint is discarded
 unseen, and the next batch starts from the head again.
@@ -36,6 +41,7 @@ from typing import Any
 
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt
+from govmesh.lineage.floor import SignedFloor, SignedTree
 from govmesh.lineage.notes import Checkpoint, NoteError, NoteSigner, open_checkpoint
 from govmesh.lineage.store import LogCorrupted, LogStore, LogTransaction
 
@@ -53,10 +59,12 @@ class TrustedTree:
     frontier: merkle.Frontier
     root: bytes
     checkpoint: str
+    #: The size when only the root is known (a tree recorded in the state file).
+    known_size: int | None = None
 
     @property
     def size(self) -> int:
-        return self.frontier.size
+        return self.frontier.size if self.known_size is None else self.known_size
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Sequencer:
         store: LogStore,
         signer: NoteSigner,
         origin: str,
+        floor: SignedFloor,
         max_batch: int = 2048,
         linger: float = 0.0,
         clock: Callable[[], float] = time.time,
@@ -91,6 +100,7 @@ class Sequencer:
         self._store = store
         self._signer = signer
         self._origin = origin
+        self._floor = floor
         self._max_batch = max_batch
         self._linger = linger
         self._clock = clock
@@ -114,11 +124,33 @@ class Sequencer:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        """Verify the stored log head, then start committing."""
+        """Verify the stored log head against the state file, then start committing."""
+        recorded = await asyncio.to_thread(self._floor.open)
+        try:
+            await self._start(recorded)
+        except BaseException:
+            self._floor.close()
+            raise
+        self._task = asyncio.create_task(self._run(), name="lineage-sequencer")
+
+    async def _start(self, recorded: SignedTree | None) -> None:
+        if recorded is not None and recorded.origin != self._origin:
+            raise LogCorrupted(
+                f"the state file {self._floor.path} belongs to the log {recorded.origin!r}, "
+                f"not {self._origin!r}"
+            )
         async with self._store.transaction() as tx:
             size, root = await tx.lock_head()
+            if recorded is not None and size < recorded.size:
+                raise LogCorrupted(
+                    f"the database went back in time: it holds {size} entries, but this log "
+                    f"signed a checkpoint of {recorded.size} (recorded in {self._floor.path})"
+                )
+            if recorded is not None and recorded.size > 0:
+                # Verified as an extension of the recorded tree, like any moved head.
+                self._trusted = TrustedTree(merkle.Frontier(), recorded.root, "", recorded.size)
             self._trusted = await self._establish(tx, size, root)
-        self._task = asyncio.create_task(self._run(), name="lineage-sequencer")
+        await self._record()
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop taking appends, let queued ones commit for up to `grace` seconds, then stop."""
@@ -133,6 +165,7 @@ class Sequencer:
             if not group.future.done():
                 group.future.set_exception(SequencerStopped("lineage is stopping"))
         self._queue.clear()
+        self._floor.close()
 
     async def append(self, entries: Sequence[Entry]) -> list[Receipt | EntryRejected]:
         """Commit `entries`; in order, a receipt for each one or why it was refused."""
@@ -171,6 +204,8 @@ class Sequencer:
         entries = [e for g in batch for e in g.entries]
         try:
             results = await self._commit(entries)
+            # 7. Durable in the state file before any receipt leaves.
+            await self._record()
         except Exception as exc:
             if isinstance(exc, LogCorrupted):
                 logger.error("lineage refuses to sign: %s", exc)
@@ -280,11 +315,19 @@ class Sequencer:
             for p in plan.placed
         ]
 
+    async def _record(self) -> None:
+        trusted = self._trusted
+        if trusted is not None and trusted.known_size is None:
+            tree = SignedTree(self._origin, trusted.size, trusted.root)
+            await asyncio.to_thread(self._floor.record, tree)
+
     async def _establish(self, tx: LogTransaction, size: int, root: bytes) -> TrustedTree:
         """Verify the stored head of `size` and `root`; LogCorrupted if it cannot be trusted."""
         previous = self._trusted
         if previous is not None and size < previous.size:
             raise LogCorrupted(f"the log shrank from {previous.size} to {size} entries")
+        if previous is not None and size == previous.size and root != previous.root:
+            raise LogCorrupted(f"the tree of size {size} has another root than the one trusted")
         if size == 0:
             if root != merkle.EMPTY_ROOT:
                 raise LogCorrupted("an empty log with a root hash")

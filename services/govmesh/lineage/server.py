@@ -7,6 +7,7 @@ import gc
 import grpc
 
 from govmesh.lineage.config import LineageSettings
+from govmesh.lineage.floor import SignedFloor
 from govmesh.lineage.keys import load_log_signer, parse_vkeys
 from govmesh.lineage.notes import COSIGNATURE_V1
 from govmesh.lineage.sequencer import Sequencer
@@ -49,6 +50,7 @@ class LineageService:
             store=self._store,
             signer=signer,
             origin=s.lineage_origin,
+            floor=SignedFloor(s.state_file()),
             max_batch=s.lineage_commit_max,
             linger=s.lineage_commit_linger_ms / 1000,
         )

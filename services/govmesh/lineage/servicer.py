@@ -21,6 +21,7 @@ from google.protobuf import timestamp_pb2
 
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
+from govmesh.lineage.floor import FloorError
 from govmesh.lineage.notes import (
     Checkpoint,
     NoteError,
@@ -63,7 +64,7 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc)
     if isinstance(exc, LogCorrupted):
         return grpc.StatusCode.FAILED_PRECONDITION, f"lineage refuses: {exc}"
-    if isinstance(exc, SequencerStopped):
+    if isinstance(exc, SequencerStopped | FloorError):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, asyncpg.PostgresError | OSError | asyncpg.InterfaceError):
         return grpc.StatusCode.UNAVAILABLE, "lineage store unavailable"

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-import platformdirs
 from pydantic import Field
-from sqlalchemy.engine import make_url
 
-from govmesh.runtime.db import libpq_database_url
+from govmesh.runtime.db import state_file_for
 from govmesh.runtime.settings import ServerSettings
 
 
@@ -51,8 +48,4 @@ class PolicySettings(ServerSettings):
         """GOVMESH_POLICY_STATE_FILE, or the default file for this database."""
         if self.policy_state_file is not None:
             return self.policy_state_file
-        # One file per database (never its password), so that one machine can run
-        # replicas of several stores without mixing up their epochs.
-        database = make_url(libpq_database_url(self.database_url)).set(password=None)
-        key = hashlib.sha256(database.render_as_string().encode()).hexdigest()[:16]
-        return platformdirs.user_state_path("govmesh") / "policy" / f"epoch-{key}.json"
+        return state_file_for(self.database_url, "policy", "epoch")

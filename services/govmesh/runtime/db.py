@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib import resources
 from pathlib import Path
 
+import platformdirs
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -75,3 +77,15 @@ def upgrade_database(url: str, revision: str = "heads") -> None:
     config.attributes["database_url"] = async_database_url(url)
     command.upgrade(config, revision)
     logger.info("database upgraded", extra={"revision": revision})
+
+
+def state_file_for(url: str, folder: str, prefix: str) -> Path:
+    """A default state file for the database at `url`, under the user's state folder.
+
+    One file per database (named by a hash of its URL without the password), so
+    that one machine can run processes of several stores without mixing up what
+    each one recorded.
+    """
+    database = make_url(libpq_database_url(url)).set(password=None)
+    key = hashlib.sha256(database.render_as_string().encode()).hexdigest()[:16]
+    return platformdirs.user_state_path("govmesh") / folder / f"{prefix}-{key}.json"
