@@ -129,6 +129,11 @@ async def test_bad_requests_get_clear_errors_not_crashes(lineage: ServiceProcess
         assert answers[1].receipt.index == 0
         assert "already logged" in answers[2].error
         assert "decision_id" in answers[3].error
+        # An entry Postgres could not store fails alone, not the batch it came in.
+        unstorable = decision(1, subject="agent\u0000x")
+        answers = await client.append_batch([decision(1), unstorable, decision(2)])
+        assert "NUL" in answers[1].error
+        assert [answers[0].receipt.index, answers[2].receipt.index] == [1, 2]
         cases: list[tuple[Any, grpc.StatusCode]] = [
             (client.append_batch([]), grpc.StatusCode.INVALID_ARGUMENT),
             (client.entry("not-a-uuid"), grpc.StatusCode.INVALID_ARGUMENT),

@@ -89,6 +89,11 @@ def test_non_canonical_or_non_json_entries_are_refused(data: bytes, why: str) ->
         ({"engine": "e"}, "object"),
         ({"subject": 7}, "subject"),
         ({"amends": "not-a-uuid"}, "UUID"),
+        # What Postgres cannot store is refused on its own, never in a batch.
+        ({"subject": "agent\u0000x"}, "NUL"),
+        ({"trace_id": "\u0000"}, "NUL"),
+        ({"time": "0001-01-01T00:00:00+05:00"}, "out of range"),
+        ({"time": "9999-12-31T23:00:00-05:00"}, "out of range"),
     ],
 )
 def test_malformed_audited_fields_are_refused(fields: dict[str, Any], why: str) -> None:

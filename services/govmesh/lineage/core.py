@@ -12,7 +12,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -133,6 +133,10 @@ def _optional_str(document: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise EntryRejected(f"entry field {key!r} must be a string")
+    if "\0" in value:
+        # Postgres text cannot hold NUL: refused here, alone, rather than failing
+        # the whole batch it would be committed with.
+        raise EntryRejected(f"entry field {key!r} holds a NUL character")
     return value
 
 
@@ -174,6 +178,10 @@ def check_entry(data: bytes, decision_id: str) -> Entry:
             raise EntryRejected(f"entry time {raw_time!r} is not ISO 8601") from None
         if time.utcoffset() is None:
             raise EntryRejected("entry time has no UTC offset")
+        try:
+            time.astimezone(UTC)
+        except OverflowError:
+            raise EntryRejected(f"entry time {raw_time!r} is out of range") from None
 
     engine_id: str | None = None
     engine_seq: int | None = None
