@@ -357,3 +357,38 @@ async def test_a_restarted_service_refuses_a_database_that_went_back_in_time(
         services("lineage", lineage_env)
     assert "exited with 2" in str(refused.value)
     assert "Traceback" not in str(refused.value)
+
+
+async def test_pages_of_large_entries_stay_inside_the_message_limit(
+    lineage: ServiceProcess,
+) -> None:
+    # 120 entries of about 60 KiB: 7 MiB, beyond one 4 MiB gRPC message.
+    padding = "x" * 60_000
+    async with await LineageClient.connect(lineage.address) as client:
+        for start in range(0, 120, 20):
+            answers = await client.append_batch(
+                [decision(i, attribution=padding) for i in range(start, start + 20)]
+            )
+            assert all(a.HasField("receipt") for a in answers), answers[0].error
+        listed = [e.index async for page in client.list_entries() for e in page.entries]
+        assert listed == list(range(120))
+
+        found: list[int] = []
+        after = None
+        while True:
+            page = await client.query(
+                subject="spiffe://govmesh.dev/agent/demo", after_index=after, limit=1000
+            )
+            found += [e.index for e in page.entries]
+            if not page.more:
+                break
+            assert 0 < len(page.entries) < 120
+            after = page.entries[-1].index
+        assert found == list(range(120))
+
+        tailed: list[int] = []
+        async for entry in client.tail(start=0):
+            tailed.append(entry.index)
+            if len(tailed) == 120:
+                break
+        assert tailed == list(range(120))

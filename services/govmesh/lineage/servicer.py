@@ -41,6 +41,9 @@ MAX_PAGE = 5000
 DEFAULT_QUERY_LIMIT = 100
 MAX_QUERY_LIMIT = 1000
 TAIL_POLL_S = 1.0
+#: Entry bytes in one page: well inside the 4 MiB message limit, whatever the
+#: entries' sizes (up to 64 KiB each).
+PAGE_BYTES = 2 * 1024 * 1024
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -99,6 +102,20 @@ def _log_entry(entry: StoredEntry) -> lineage_pb2.LogEntry:
     if entry.logged_at is not None:
         message.logged_at.FromDatetime(entry.logged_at)
     return message
+
+
+def _pages(rows: Sequence[StoredEntry]) -> Iterator[list[StoredEntry]]:
+    """`rows` cut into pages of at most PAGE_BYTES of entries (at least one row each)."""
+    page: list[StoredEntry] = []
+    size = 0
+    for row in rows:
+        if page and size + len(row.entry) > PAGE_BYTES:
+            yield page
+            page, size = [], 0
+        page.append(row)
+        size += len(row.entry)
+    if page:
+        yield page
 
 
 def _decision_uuid(text: str) -> uuid.UUID:
@@ -397,7 +414,10 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
                 rows = await self._store.entries(start, end, limit=page)
                 if not rows:
                     break
-                yield lineage_pb2.EntryPage(entries=[_log_entry(r) for r in rows], tree_size=head)
+                for part in _pages(rows):
+                    yield lineage_pb2.EntryPage(
+                        entries=[_log_entry(r) for r in part], tree_size=head
+                    )
                 start = rows[-1].index + 1
         except Exception as exc:
             await _abort(context, exc)
@@ -452,8 +472,10 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
             head, _ = await self._store.head()
         except Exception as exc:
             await _abort(context, exc)
+        # One page answers a query: cut at the byte bound too, and say there is more.
+        page = next(_pages(rows[:limit]), [])
         return lineage_pb2.EntryPage(
-            entries=[_log_entry(r) for r in rows[:limit]], tree_size=head, more=len(rows) > limit
+            entries=[_log_entry(r) for r in page], tree_size=head, more=len(rows) > len(page)
         )
 
     async def Tail(
@@ -466,9 +488,10 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
             while True:
                 rows = await self._store.entries(next_index, limit=DEFAULT_PAGE)
                 if rows:
-                    yield lineage_pb2.EntryPage(
-                        entries=[_log_entry(r) for r in rows], tree_size=self._watch.size
-                    )
+                    for part in _pages(rows):
+                        yield lineage_pb2.EntryPage(
+                            entries=[_log_entry(r) for r in part], tree_size=self._watch.size
+                        )
                     next_index = rows[-1].index + 1
                     continue
                 await self._watch.wait_beyond(next_index, TAIL_POLL_S)
