@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from opentelemetry.sdk.trace import TracerProvider
+
 from govmesh.cli.devsetup import DEV_SUBJECT
 from govmesh.client import EngineClient
 from govmesh.lineage import merkle
@@ -86,3 +88,49 @@ async def test_engine_decisions_carry_checkpoints_and_prove_offline(
     )
     assert audited.returncode == 0, audited.stdout
     assert "2 decisions, counter contiguous from 0" in audited.stdout
+
+
+async def test_decisions_name_their_trace_and_the_cli_tail_follows_them_live(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh()
+    lineage_at = ("--target", mesh.lineage.address)
+    # Following from index 0 before anything is logged: every line comes live.
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "govmesh.cli.main", "lineage", "tail", "--count", "2", *lineage_at],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    tracer = TracerProvider().get_tracer("agent-runtime")
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        with tracer.start_as_current_span("agent-step") as step:
+            traced = await engine.authorize(**mesh.request())
+        untraced = await engine.authorize(**mesh.request())
+    assert traced.decision == untraced.decision == "ALLOW"
+    try:
+        out, err = tail.communicate(timeout=30)
+    finally:
+        tail.kill()
+    assert tail.returncode == 0, err
+    assert [json.loads(line)["decision_id"] for line in out.splitlines()] == [
+        traced.decision_id,
+        untraced.decision_id,
+    ]
+
+    async with await LineageClient.connect(mesh.lineage.address) as lineage:
+        entries = [
+            json.loads((await lineage.entry(r.decision_id)).entry) for r in (traced, untraced)
+        ]
+    caller = step.get_span_context()
+    # The caller's trace continues in the engine, under a span of the engine's own.
+    assert entries[0]["trace_id"] == f"{caller.trace_id:032x}"
+    assert len(entries[0]["span_id"]) == 16 and entries[0]["span_id"] != f"{caller.span_id:016x}"
+    # A caller without a trace gets one started by the engine.
+    assert len(entries[1]["trace_id"]) == 32 and entries[1]["trace_id"] != entries[0]["trace_id"]
+    assert int(entries[1]["span_id"], 16) != 0
+
+    found = govmesh("lineage", "query", "--trace-id", entries[0]["trace_id"], *lineage_at)
+    assert [json.loads(line)["decision_id"] for line in found.stdout.splitlines()] == [
+        traced.decision_id
+    ]

@@ -10,6 +10,7 @@ from typing import Any, Self
 
 import grpc
 from google.protobuf import json_format
+from opentelemetry import propagate
 
 from govmesh.artifacts.canonical import CanonicalizationError, request_digest
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
@@ -193,7 +194,13 @@ class EngineClient:
                 answered=False,
             )
         try:
-            response = await self._stub.Authorize(request, timeout=timeout or self._timeout)
+            # The caller's current OpenTelemetry trace (if any) continues in the
+            # engine, and the decision's lineage entry names it.
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            response = await self._stub.Authorize(
+                request, timeout=timeout or self._timeout, metadata=tuple(carrier.items()) or None
+            )
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
             return AuthorizationResult.no_answer(exc)
         return AuthorizationResult.from_response(response, expected_digest=expected)

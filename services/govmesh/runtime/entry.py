@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.runtime.logs import configure_logging
 from govmesh.runtime.settings import ServerSettings, load_settings
+from govmesh.runtime.tracing import configure_tracing, shutdown_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,11 @@ def run_service(
     try:
         settings = load_settings(settings_cls, **given)
         configure_logging(service=name, level=settings.log_level, fmt=settings.log_format)
-        asyncio.run(run(settings))
+        configure_tracing(name)
+        try:
+            asyncio.run(run(settings))
+        finally:
+            shutdown_tracing()
     except ConfigurationError as exc:
         print(f"govmesh {name}: {exc}", file=sys.stderr)
         return 2

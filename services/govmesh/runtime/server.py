@@ -20,6 +20,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from govmesh.runtime.tracing import server_interceptors
+
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -81,10 +83,6 @@ class Service(Protocol):
         """Release resources after the server stopped."""
 
 
-def _interceptors() -> list[grpc.aio.ServerInterceptor]:
-    return []
-
-
 async def serve(
     service: Service,
     *,
@@ -100,7 +98,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
 
     server = grpc.aio.server(
-        interceptors=_interceptors(),
+        interceptors=server_interceptors(),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
