@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -95,25 +96,28 @@ async def test_decisions_name_their_trace_and_the_cli_tail_follows_them_live(
 ) -> None:
     mesh = start_mesh()
     lineage_at = ("--target", mesh.lineage.address)
-    # Following from index 0 before anything is logged: every line comes live.
-    tail = subprocess.Popen(
-        [sys.executable, "-m", "govmesh.cli.main", "lineage", "tail", "--count", "2", *lineage_at],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    # Following from index 0 before anything is logged.
+    tail = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "govmesh.cli.main", "lineage", "tail", "--count", "2"),
+        *lineage_at,
+        stdout=asyncio.subprocess.PIPE,
     )
     tracer = TracerProvider().get_tracer("agent-runtime")
-    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
-        with tracer.start_as_current_span("agent-step") as step:
-            traced = await engine.authorize(**mesh.request())
-        untraced = await engine.authorize(**mesh.request())
-    assert traced.decision == untraced.decision == "ALLOW"
+    assert tail.stdout is not None
     try:
-        out, err = tail.communicate(timeout=30)
+        async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+            with tracer.start_as_current_span("agent-step") as step:
+                traced = await engine.authorize(**mesh.request())
+            first = await asyncio.wait_for(tail.stdout.readline(), 30)
+            # The tail is running and waiting now: the next entry reaches it live.
+            untraced = await engine.authorize(**mesh.request())
+            second = await asyncio.wait_for(tail.stdout.readline(), 30)
+        assert await asyncio.wait_for(tail.wait(), 30) == 0
     finally:
-        tail.kill()
-    assert tail.returncode == 0, err
-    assert [json.loads(line)["decision_id"] for line in out.splitlines()] == [
+        if tail.returncode is None:
+            tail.kill()
+    assert traced.decision == untraced.decision == "ALLOW"
+    assert [json.loads(line)["decision_id"] for line in (first, second)] == [
         traced.decision_id,
         untraced.decision_id,
     ]
