@@ -135,10 +135,30 @@ async def test_concurrent_appends_are_grouped_into_few_transactions(
     results = await asyncio.gather(*(sequencer.append([make_entry(i)]) for i in range(200)))
     indices = sorted(r.index for group in results for r in receipts(group))
     assert indices == list(range(200))
-    assert sequencer.batches < 200
+    # Queued together, committed together: a handful of transactions, not 200.
+    assert sequencer.batches <= 5
     # Every receipt's checkpoint is one the log stored.
     sizes = {c.tree_size for c in await store.checkpoints()}
     assert {r.tree_size for group in results for r in receipts(group)} <= sizes
+
+
+async def test_a_transaction_never_holds_more_than_the_batch_bound(
+    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+) -> None:
+    seq = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at(), max_batch=8)
+    await seq.start()
+    try:
+        results = await asyncio.gather(*(seq.append([make_entry(i)]) for i in range(50)))
+        # A group larger than the bound still commits, alone, in one transaction.
+        big = receipts(await seq.append([make_entry(i) for i in range(50, 70)]))
+    finally:
+        await seq.close()
+    assert sorted(r.index for group in results for r in receipts(group)) == list(range(50))
+    sizes = [c.tree_size for c in await store.checkpoints()]
+    steps = [b - a for a, b in zip([0, *sizes], sizes, strict=False)]
+    assert max(steps[:-1]) == 8 and sum(steps[:-1]) == 50
+    assert steps[-1] == 20 and {r.tree_size for r in big} == {70}
+    assert seq.batches == len(sizes) <= 10
 
 
 async def test_two_writers_on_one_database_keep_indices_contiguous_and_checkpoints_consistent(
