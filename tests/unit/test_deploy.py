@@ -67,7 +67,10 @@ SECRET_SETTINGS = {"GOVMESH_DATABASE_URL"}
 #: and the newest the installed schemas know.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 #: Stands in for a secretKeyRef when the settings are built from a pod's env.
-SECRET_STAND_INS = {"url": "postgresql://govmesh:stand-in@db.invalid:5432/govmesh"}
+SECRET_STAND_INS = {
+    "url": "postgresql://govmesh:stand-in@db.invalid:5432/govmesh",
+    "lineage-url": "postgresql://govmesh_lineage:stand-in@db.invalid:5432/govmesh",
+}
 
 # ---------------------------------------------------------------------------
 # Rendering: the subset of kustomize that deploy/ uses.
@@ -426,14 +429,14 @@ def check_secrets(resources: list[Manifest]) -> Iterator[str]:
 
 
 def check_migrations(resources: list[Manifest]) -> Iterator[str]:
-    """A Job runs `govmesh db upgrade` against the database lineage uses."""
+    """A Job runs `govmesh db upgrade` as the owner of the services' database (policy's URL)."""
     jobs = [j for j in _of_kind(resources, "Job") if _container(j).get("command")]
     upgrades = [j for j in jobs if _container(j)["command"] == ["govmesh", "db", "upgrade"]]
     if not upgrades:
         yield "no Job runs `govmesh db upgrade`"
         return
-    lineage = _deployments(resources).get("lineage")
-    if lineage is None:
+    owner = _deployments(resources).get("policy")
+    if owner is None:
         return
 
     def database(workload: Manifest) -> Any:
@@ -443,8 +446,8 @@ def check_migrations(resources: list[Manifest]) -> Iterator[str]:
         return None
 
     for job in upgrades:
-        if database(job) is None or database(job) != database(lineage):
-            yield f"{_id(job)} does not migrate the database lineage uses"
+        if database(job) is None or database(job) != database(owner):
+            yield f"{_id(job)} does not migrate the services' database as its owner"
 
 
 def check_hardening(resources: list[Manifest]) -> Iterator[str]:
@@ -952,7 +955,7 @@ MUTATIONS: list[tuple[str, Callable[[list[Manifest]], None], str]] = [
             "db-upgrade",
             _set(f"{CONTAINER}.env.0.valueFrom.secretKeyRef.name", "other-database"),
         ),
-        "Job db-upgrade does not migrate the database lineage uses",
+        "Job db-upgrade does not migrate the services' database as its owner",
     ),
     (
         "writable-root",
@@ -1246,3 +1249,12 @@ def test_the_image_build_copies_everything_the_wheel_is_built_from() -> None:
     needed |= {package.split("/")[0] for package in wheel["packages"]}
     needed |= {source.split("/")[0] for source in wheel.get("force-include", {})}
     assert needed <= copied, sorted(needed - copied)
+
+
+def test_lineage_writes_as_the_role_that_may_only_append(rendered: list[Manifest]) -> None:
+    # The owner's credentials could switch off the log's triggers; the writer role cannot.
+    owner = {"secretKeyRef": {"name": "govmesh-database", "key": "url"}}
+    writer = {"secretKeyRef": {"name": "govmesh-database", "key": "lineage-url"}}
+    assert _env_var(rendered, "lineage", "GOVMESH_DATABASE_URL")["valueFrom"] == writer
+    for other in ("verification", "policy"):
+        assert _env_var(rendered, other, "GOVMESH_DATABASE_URL")["valueFrom"] == owner
