@@ -8,11 +8,13 @@ and against the service.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -20,10 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from govmesh.cli.devsetup import DevSetup
 from govmesh.lineage import merkle
-from govmesh.lineage.auditor import AuditReport, audit
+from govmesh.lineage.auditor import Anchor, AuditReport, audit, read_anchor
 from govmesh.lineage.client import LineageClient
+from govmesh.lineage.keys import DEFAULT_ORIGIN, load_log_signer
 from govmesh.lineage.notes import Checkpoint, Cosigner, NoteSigner, VerifierKey, parse_note
 from govmesh.lineage.sources import DatabaseSource, ServiceSource
+from govmesh.lineage.witness import Witness
 from govmesh.runtime.db import libpq_database_url
 from tests.integration.test_lineage_service import decision, log_key
 from tests.support.processes import ServiceProcess
@@ -108,12 +112,21 @@ FLIP = (
 )
 
 
-async def audit_database(log: Log) -> AuditReport:
+async def audit_database(log: Log, *anchors: Path) -> AuditReport:
     source = await DatabaseSource.connect(log.database_url)
     try:
-        return await audit(source, log_key=log.key, witnesses=[log.witness.verifier])
+        return await audit(
+            source,
+            log_key=log.key,
+            witnesses=[log.witness.verifier],
+            anchors=[anchor(log, path) for path in anchors],
+        )
     finally:
         await source.close()
+
+
+def anchor(log: Log, path: Path) -> Anchor:
+    return read_anchor(path.read_text(), label=str(path), log_key=log.key)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -333,3 +346,258 @@ async def test_an_amendment_must_name_a_logged_decision(log: Log) -> None:
         source = ServiceSource(client, "service")
         report = await audit(source, log_key=log.key)
     assert [(f.kind, f.decision_id) for f in report.findings] == [("amendment", bad_id)]
+
+
+# --- anchors: a rolled-back or forked log is a valid log on its own ------------------
+
+
+async def append_more(log: Log, count: int) -> list[str]:
+    """Append `count` more decisions, each in its own batch (and checkpoint)."""
+    ids = []
+    async with await LineageClient.connect(log.lineage.address) as client:
+        for i in range(count):
+            [answer] = await client.append_batch([decision(len(log.decision_ids) + i)])
+            ids.append(answer.decision_id)
+    log.decision_ids += ids
+    return ids
+
+
+async def restore_backup_of(log: Log, size: int) -> None:
+    """What restoring a backup taken at `size` leaves: newer entries, checkpoints,
+    cosignatures gone and the head back where it was."""
+    conn = await asyncpg.connect(libpq_database_url(log.database_url))
+    try:
+        root = await conn.fetchval(
+            "SELECT root_hash FROM lineage_checkpoints WHERE tree_size = $1", size
+        )
+        for table in ("lineage_entries", "lineage_checkpoints", "lineage_cosignatures"):
+            await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
+        await conn.execute("ALTER TABLE lineage_head DISABLE TRIGGER lineage_head_contiguous")
+        await conn.execute("DELETE FROM lineage_cosignatures WHERE tree_size > $1", size)
+        await conn.execute("DELETE FROM lineage_checkpoints WHERE tree_size > $1", size)
+        await conn.execute("DELETE FROM lineage_entries WHERE idx >= $1", size)
+        await conn.execute("UPDATE lineage_head SET size = $1, root_hash = $2", size, root)
+    finally:
+        await conn.close()
+
+
+async def fork_with_the_log_key(log: Log, index: int) -> None:
+    """Whoever holds the log key rewrites entry `index` and re-signs every
+    checkpoint over the rewritten tree: every signature in the log verifies."""
+    signer = load_log_signer(log.setup.keys_dir, DEFAULT_ORIGIN)
+    await superuser(log.database_url, UNLOCK, FLIP.format(index))
+    await rehash_all(log.database_url)
+    conn = await asyncpg.connect(libpq_database_url(log.database_url))
+    try:
+        sizes = {
+            r["tree_size"] for r in await conn.fetch("SELECT tree_size FROM lineage_checkpoints")
+        }
+        roots = {}
+        frontier = merkle.Frontier()
+        for row in await conn.fetch("SELECT entry FROM lineage_entries ORDER BY idx"):
+            frontier.append(merkle.leaf_hash(bytes(row["entry"])))
+            if frontier.size in sizes:
+                roots[frontier.size] = frontier.root()
+        for table in ("lineage_checkpoints", "lineage_cosignatures"):
+            await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
+        await conn.execute("ALTER TABLE lineage_head DISABLE TRIGGER lineage_head_contiguous")
+        # The witness's cosignatures no longer verify over the new notes: they go too.
+        await conn.execute("DELETE FROM lineage_cosignatures")
+        for size, root in roots.items():
+            await conn.execute(
+                "UPDATE lineage_checkpoints SET root_hash = $2, note = $3 WHERE tree_size = $1",
+                size,
+                root,
+                signer.sign(Checkpoint(DEFAULT_ORIGIN, size, root).text()),
+            )
+        await conn.execute("UPDATE lineage_head SET root_hash = $1", roots[max(roots)])
+    finally:
+        await conn.close()
+
+
+async def test_an_anchor_shows_a_log_restored_from_an_old_backup(log: Log, tmp_path: Path) -> None:
+    vkey = str(log.setup.lineage_vkey)
+    old = tmp_path / "old.checkpoint"
+    taken = cli("checkpoint", "--target", log.lineage.address)
+    assert taken.returncode == 0, taken.stderr
+    old.write_text(taken.stdout)
+    added = await append_more(log, 4)
+    newest = SINGLES + BATCH + 4
+    new = tmp_path / "new.checkpoint"
+    new.write_text(cli("checkpoint", "--target", log.lineage.address).stdout)
+    bundle = tmp_path / "proof.json"
+    proved = cli("proof", added[1], "--newest", "--target", log.lineage.address, "-o", str(bundle))
+    assert proved.returncode == 0, proved.stderr
+    state = tmp_path / "witness-state.json"
+    witness = Witness(cosigner=log.witness, log_key=log.key, origin=log.key.name, state_path=state)
+    async with await LineageClient.connect(log.lineage.address) as client:
+        cosigned = await witness.step(client)
+    assert cosigned is not None and cosigned.size == newest
+
+    # Before the restore every anchor is held, over the database and over the service.
+    report = await audit_database(log, old, new, bundle, state)
+    assert report.ok, report.findings
+    assert [(a.anchor.size, a.status) for a in report.anchors] == [
+        (SINGLES + BATCH, "held"),
+        *[(newest, "held")] * 3,
+    ]
+    over_service = cli(
+        "verify", "--target", log.lineage.address, "--vkey", vkey, "--anchor", str(new)
+    )
+    assert over_service.returncode == 0, over_service.stdout + over_service.stderr
+    assert f"anchor {new}: size {newest}" in over_service.stdout
+
+    await restore_backup_of(log, SINGLES + BATCH)
+
+    # The restored log is a valid log: without an anchor nothing is wrong.
+    assert (await audit_database(log)).ok
+    plain = cli("verify", "--database-url", log.database_url, "--vkey", vkey)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+
+    report = await audit_database(log, old, new, bundle, state)
+    assert [(a.anchor.label, a.status) for a in report.anchors] == [
+        (str(old), "held"),
+        (str(new), "rolled back"),
+        (str(bundle), "rolled back"),
+        (str(state), "rolled back"),
+    ]
+    assert {f.kind for f in report.findings} == {"anchor"} and len(report.findings) == 3
+    first = report.first_difference()
+    assert first is not None and first.tree_size == newest
+    assert (first.first, first.last) == (SINGLES + BATCH, newest - 1)
+
+    result = cli(
+        "verify",
+        "--database-url",
+        log.database_url,
+        "--vkey",
+        vkey,
+        "--anchor",
+        str(old),
+        "--anchor",
+        str(bundle),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"anchor {old}: size {SINGLES + BATCH}" in result.stdout
+    assert (
+        f"[anchor] anchor {bundle} commits to {newest} entries but the log holds only "
+        f"{SINGLES + BATCH}: it was rolled back or truncated"
+    ) in result.stdout
+    as_json = cli(
+        "verify",
+        "--database-url",
+        log.database_url,
+        "--vkey",
+        vkey,
+        "--json",
+        "--anchor",
+        str(state),
+    )
+    doc = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and not doc["ok"]
+    assert [(a["file"], a["tree_size"], a["status"]) for a in doc["anchors"]] == [
+        (str(state), newest, "rolled back")
+    ]
+
+
+async def test_an_anchor_shows_a_fork_the_log_key_signed(log: Log, tmp_path: Path) -> None:
+    anchors = {}
+    async with await LineageClient.connect(log.lineage.address) as client:
+        for size in (4, SINGLES + BATCH):
+            anchors[size] = tmp_path / f"anchor-{size}"
+            anchors[size].write_text((await client.checkpoint(size)).checkpoint)
+
+    await fork_with_the_log_key(log, 5)
+
+    source = await DatabaseSource.connect(log.database_url)
+    try:
+        assert (await audit(source, log_key=log.key)).ok
+        report = await audit(
+            source, log_key=log.key, anchors=[anchor(log, p) for p in anchors.values()]
+        )
+    finally:
+        await source.close()
+    assert [a.status for a in report.anchors] == ["held", "forked"]
+    [finding] = report.findings
+    assert (finding.kind, finding.first, finding.last, finding.tree_size) == (
+        "anchor",
+        4,
+        SINGLES + BATCH - 1,
+        SINGLES + BATCH,
+    )
+
+    result = cli(
+        "verify",
+        "--database-url",
+        log.database_url,
+        "--vkey",
+        str(log.setup.lineage_vkey),
+        *[a for p in anchors.values() for a in ("--anchor", str(p))],
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the log forked (an entry among 4..19 differs from what the anchor saw)" in (
+        result.stdout
+    )
+    assert "first difference: an entry among 4..19" in result.stdout
+
+
+async def test_an_anchor_the_log_key_did_not_sign_stops_the_audit(log: Log, tmp_path: Path) -> None:
+    async with await LineageClient.connect(log.lineage.address) as client:
+        root = (await client.checkpoint()).root_hash
+    other = NoteSigner(log.key.name, Ed25519PrivateKey.generate())
+    forged = tmp_path / "forged.checkpoint"
+    forged.write_text(other.sign(Checkpoint(log.key.name, SINGLES + BATCH, root).text()))
+    result = cli(
+        "verify",
+        "--database-url",
+        log.database_url,
+        "--vkey",
+        str(log.setup.lineage_vkey),
+        "--anchor",
+        str(forged),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"anchor {forged} is not a checkpoint signed by the log key" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+async def test_a_required_witness_must_have_cosigned_and_keep_up(log: Log) -> None:
+    vkey = str(log.setup.lineage_vkey)
+    w1 = log.witness.verifier.encode()
+    w2 = Cosigner("witness.test/w2", Ed25519PrivateKey.generate()).verifier.encode()
+    base = ("verify", "--database-url", log.database_url, "--vkey", vkey, "--witness", w1)
+
+    witnessed = cli(*base, "--require-witness", log.witness.name, "--max-unwitnessed", "0")
+    assert witnessed.returncode == 0, witnessed.stdout + witnessed.stderr
+    assert (
+        f"required witness {log.witness.name}: largest cosigned size {SINGLES + BATCH}, "
+        "0 entries beyond it (at most 0)"
+    ) in witnessed.stdout
+
+    missing = cli(*base, "--witness", w2, "--require-witness", "witness.test/w2")
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert "[witness] required witness witness.test/w2 cosigned no checkpoint" in missing.stdout
+
+    await append_more(log, 3)
+    newest = SINGLES + BATCH + 3
+    behind = cli(*base, "--require-witness", log.witness.name, "--max-unwitnessed", "2", "--json")
+    doc = json.loads(behind.stdout)
+    assert behind.returncode == 1 and not doc["ok"]
+    assert doc["required_witnesses"] == [
+        {
+            "name": log.witness.name,
+            "largest_witnessed_size": SINGLES + BATCH,
+            "unwitnessed_entries": 3,
+        }
+    ]
+    assert [f["kind"] for f in doc["findings"]] == ["witness"]
+    assert (
+        f"entries {SINGLES + BATCH}..{newest - 1} (3) lie beyond" in doc["findings"][0]["message"]
+    )
+    # Without a bound, entries not yet witnessed are reported, not a failure.
+    unbounded = cli(*base, "--require-witness", log.witness.name)
+    assert unbounded.returncode == 0, unbounded.stdout + unbounded.stderr
+    assert "3 entries beyond it" in unbounded.stdout
+    assert (
+        cli(*base, "--require-witness", log.witness.name, "--max-unwitnessed", "3").returncode == 0
+    )

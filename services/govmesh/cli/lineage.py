@@ -1,6 +1,7 @@
 """`govmesh lineage ...` (audit, proofs, queries, tail) and `govmesh witness ...`.
 
     govmesh lineage verify [--database-url URL | --target ADDR] [--vkey VKEY] [--witness VKEY]
+                           [--anchor FILE] [--require-witness NAME [--max-unwitnessed N]]
     govmesh lineage proof DECISION_ID [-o FILE]      an offline proof bundle
     govmesh lineage check-proof FILE [--vkey VKEY]   verify a bundle, no database, no network
     govmesh lineage query --subject S | --trace-id T | --decision-id D | --since/--until TIME
@@ -12,6 +13,17 @@
 
 The log's verifier key comes from --vkey, else GOVMESH_LINEAGE_VKEY, else
 lineage.vkey beside GOVMESH_TRUST_FILE, else the one `govmesh up` created.
+
+A log restored from an old backup is a valid prefix of the real one, so
+`verify` alone cannot tell it was rolled back. `--anchor FILE` (repeatable)
+names a checkpoint seen before: the output of `govmesh lineage checkpoint`,
+a proof bundle, a witness's state file or the JSON `govmesh authorize`
+prints. It must be signed by the log key for the audited origin (else exit
+2); the log must hold at least that many entries, and their root must be
+the anchor's (else an `anchor` finding: rolled back, or forked).
+`--require-witness NAME` (repeatable) needs that witness's key among
+--witness and at least one checkpoint it validly cosigned; with
+`--max-unwitnessed N`, at most N entries may lie beyond the largest one.
 """
 
 from __future__ import annotations
@@ -32,7 +44,16 @@ import grpc
 
 from govmesh.artifacts.keys import generate_ed25519, load_private_jwk, write_private_jwk
 from govmesh.cli.paths import data_dir, dev_setup
-from govmesh.lineage.auditor import AuditReport, Finding, LogSource, audit
+from govmesh.lineage.auditor import (
+    Anchor,
+    AuditReport,
+    AuditSetupError,
+    Finding,
+    LogSource,
+    audit,
+    check_required_witnesses,
+    read_anchor,
+)
 from govmesh.lineage.bundle import BundleError, ProofBundle, check_bundle
 from govmesh.lineage.client import LineageClient, LineageError
 from govmesh.lineage.keys import (
@@ -124,11 +145,44 @@ def _entry_json(index: int, decision_id: str, entry: bytes, logged_at: Any = Non
 # --- verify ------------------------------------------------------------------------
 
 
+def _anchors(paths: list[str], log_key: VerifierKey, origin: str) -> list[Anchor]:
+    anchors = []
+    for path in paths:
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigurationError(f"cannot read anchor {path}: {reason}") from None
+        try:
+            anchors.append(read_anchor(text, label=path, log_key=log_key, origin=origin))
+        except AuditSetupError as exc:
+            raise ConfigurationError(str(exc)) from None
+    return anchors
+
+
 def _verify(args: argparse.Namespace) -> int:
     log_key = _log_key(args)
     witnesses = _witness_keys(args)
     origin = args.origin or log_key.name
     url = args.database_url or (None if args.target else os.environ.get("GOVMESH_DATABASE_URL"))
+    # Everything the audit is asked to hold the log to is checked before it reads the log.
+    anchors = _anchors(args.anchor or [], log_key, origin)
+    required = list(args.require_witness or [])
+    try:
+        check_required_witnesses(required, witnesses, args.max_unwitnessed)
+    except AuditSetupError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+    async def checked(source: LogSource) -> AuditReport:
+        return await audit(
+            source,
+            log_key=log_key,
+            origin=origin,
+            witnesses=witnesses,
+            anchors=anchors,
+            require_witnesses=required,
+            max_unwitnessed=args.max_unwitnessed,
+        )
 
     async def run() -> int:
         if url:
@@ -137,15 +191,14 @@ def _verify(args: argparse.Namespace) -> int:
             except (OSError, Exception) as exc:
                 raise ConfigurationError(f"cannot reach the database: {exc}") from None
             try:
-                report = await audit(database, log_key=log_key, origin=origin, witnesses=witnesses)
+                report = await checked(database)
             finally:
                 await database.close()
             return _print_report(report, args.json)
 
         async def over_service(client: LineageClient) -> int:
             source: LogSource = ServiceSource(client, f"lineage service at {_target(args)}")
-            report = await audit(source, log_key=log_key, origin=origin, witnesses=witnesses)
-            return _print_report(report, args.json)
+            return _print_report(await checked(source), args.json)
 
         return await _with_client(args, over_service)
 
@@ -174,6 +227,24 @@ def _print_report(report: AuditReport, as_json: bool) -> int:
                 for w in report.witnesses
             ],
             "unknown_cosignatures": report.unknown_cosignatures,
+            "anchors": [
+                {
+                    "file": a.anchor.label,
+                    "tree_size": a.anchor.size,
+                    "root_hash": base64.b64encode(a.anchor.root).decode(),
+                    "status": a.status,
+                }
+                for a in report.anchors
+            ],
+            "required_witnesses": [
+                {
+                    "name": w.name,
+                    "largest_witnessed_size": w.largest,
+                    "unwitnessed_entries": w.unwitnessed,
+                }
+                for w in report.required_witnesses
+            ],
+            "max_unwitnessed": report.max_unwitnessed,
             "first_difference": None if first is None else _finding(first),
             "findings": [_finding(f) for f in report.findings],
             "suppressed": report.suppressed,
@@ -201,6 +272,18 @@ def _print_report(report: AuditReport, as_json: bool) -> int:
             print(f"  witness {w.name}: cosigned no checkpoint")
     if report.unknown_cosignatures:
         print(f"  cosignatures from keys not given: {report.unknown_cosignatures} (not checked)")
+    for a in report.anchors:
+        root = base64.b64encode(a.anchor.root).decode()
+        print(f"  anchor {a.anchor.label}: size {a.anchor.size}, root {root}: {a.status}")
+    for r in report.required_witnesses:
+        if r.largest is None:
+            print(f"  required witness {r.name}: cosigned no checkpoint")
+            continue
+        bound = "" if report.max_unwitnessed is None else f" (at most {report.max_unwitnessed})"
+        print(
+            f"  required witness {r.name}: largest cosigned size {r.largest}, "
+            f"{r.unwitnessed} entries beyond it{bound}"
+        )
     if report.ok:
         print("OK: every entry, checkpoint and cosignature checks out")
         return 0
@@ -487,11 +570,36 @@ def register(commands: Any) -> None:
         help="recompute the whole log; exit 0 only when everything checks out",
         description="Audit the lineage log: every entry, hash, checkpoint signature, the "
         "consistency chain, engine counters and witness cosignatures. Reads the database "
-        "directly with --database-url (or GOVMESH_DATABASE_URL), else the lineage service.",
+        "directly with --database-url (or GOVMESH_DATABASE_URL), else the lineage service. "
+        "A log rolled back to an old backup is a valid prefix of the real one: only an "
+        "--anchor (a checkpoint seen before) shows that it lost entries.",
     )
     verify.add_argument("--database-url", help="audit this database directly")
     _client_arguments(verify)
     _key_arguments(verify)
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        metavar="FILE",
+        help="a checkpoint seen before (repeatable): the output of `govmesh lineage "
+        "checkpoint`, a proof bundle, a witness state file or `govmesh authorize` JSON. "
+        "It must be signed by the log key (else exit 2); the log must hold at least its "
+        "size in entries, and their root must be its root (else: rolled back, or forked)",
+    )
+    verify.add_argument(
+        "--require-witness",
+        action="append",
+        metavar="NAME",
+        help="a witness (its key among --witness) that must have validly cosigned at "
+        "least one checkpoint of the log (repeatable)",
+    )
+    verify.add_argument(
+        "--max-unwitnessed",
+        type=int,
+        metavar="N",
+        help="with --require-witness: at most N entries may lie beyond the largest "
+        "checkpoint each required witness cosigned",
+    )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=_verify)
 

@@ -2,7 +2,8 @@
 
 The database refuses changes to the log, but a superuser can switch that
 off; the signed checkpoints cannot be forged without the log key. The
-auditor trusts nothing but that key (and the witness keys it is given):
+auditor trusts nothing but that key (and the witness keys and anchors it is
+given):
 
 1. Every checkpoint must carry a valid signature of the log key over its
    origin, size and root.
@@ -18,6 +19,22 @@ auditor trusts nothing but that key (and the witness keys it is given):
    every amendment must name a decision logged before it.
 6. Cosignatures by the given witness keys must verify; the report lists
    which checkpoints each witness cosigned.
+7. Anchors: a prefix of a valid log is itself valid, so a log restored from
+   an old backup (newest entries and their checkpoints gone) passes 1-6.
+   An anchor is a checkpoint the auditor saw before (a receipt's, a proof
+   bundle's, a witness's state, `govmesh lineage checkpoint`); it must carry
+   the log key's valid signature for the audited origin, or the audit does
+   not start (`AuditSetupError`). For each anchor of size n the log must
+   hold at least n entries (else it was rolled back or truncated) and the
+   root recomputed over its first n leaves must be the anchor's root (else
+   it forked, even if every checkpoint it now holds is validly signed).
+8. Required witnesses: each required name must belong to a given witness
+   key (else `AuditSetupError`), and that witness must have validly
+   cosigned at least one checkpoint of the log. With `max_unwitnessed`,
+   the entries beyond the largest checkpoint it cosigned must number at
+   most that many. This says nothing of checkpoints the witness saw that
+   the log no longer holds: only an anchor (such as the witness's state
+   file) shows those.
 
 Findings are collected, not raised, so one run reports everything it can;
 `AuditReport.first_difference` combines them to name the first entry whose
@@ -28,6 +45,7 @@ allows (a checkpoint pins a difference to the entries it added).
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +57,78 @@ from govmesh.lineage.notes import NoteError, VerifierKey, open_checkpoint, parse
 
 #: Findings kept per kind beyond the first few (the rest are counted).
 MAX_FINDINGS_PER_KIND = 20
+
+
+class AuditSetupError(ValueError):
+    """The audit was asked to check something it cannot: an anchor that is not a
+    checkpoint signed by the log key, or a required witness without a key."""
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A checkpoint of the log seen before this audit, its log signature verified."""
+
+    label: str  # where it came from, e.g. its file name
+    size: int
+    root: bytes
+
+
+def read_anchor(
+    text: str, *, label: str, log_key: VerifierKey, origin: str | None = None
+) -> Anchor:
+    """The anchor in `text`: a bare checkpoint note, or JSON holding one under
+    "checkpoint" (a proof bundle, a witness state) or "lineage"."checkpoint" (the
+    answer `govmesh authorize` prints). Raises AuditSetupError unless the note
+    carries the log key's valid signature for `origin` (default: the key's name)."""
+    note = _anchor_note(text, label)
+    try:
+        signed = open_checkpoint(note, log_key, origin=origin)
+    except NoteError as exc:
+        raise AuditSetupError(
+            f"anchor {label} is not a checkpoint signed by the log key "
+            f"{log_key.name}+{log_key.key_id.hex()}: {exc}"
+        ) from None
+    return Anchor(label, signed.size, signed.root)
+
+
+def _anchor_note(text: str, label: str) -> str:
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text  # not JSON after all: let the note parser say what is wrong
+    if isinstance(doc, dict):
+        lineage = doc.get("lineage")
+        for candidate in (
+            doc.get("checkpoint"),
+            lineage.get("checkpoint") if isinstance(lineage, dict) else None,
+        ):
+            if isinstance(candidate, str):
+                return candidate
+    raise AuditSetupError(
+        f"anchor {label} is JSON without a checkpoint (a proof bundle, a witness state "
+        "and the answer of `govmesh authorize` each hold one)"
+    )
+
+
+@dataclass
+class AnchorCheck:
+    """What the audit found for one anchor."""
+
+    anchor: Anchor
+    #: "held" (the log holds it), "rolled back" (the log is shorter), "forked"
+    #: (another root at its size), or "not checked" (an earlier gap in the indices).
+    status: str = "not checked"
+
+
+@dataclass
+class RequiredWitness:
+    """How far a required witness has cosigned the log."""
+
+    name: str
+    largest: int | None = None  # the largest checkpoint size it validly cosigned
+    unwitnessed: int = 0  # entries beyond `largest`
 
 
 @dataclass(frozen=True)
@@ -138,6 +228,9 @@ class AuditReport:
     suppressed: dict[str, int] = field(default_factory=dict)
     engines: dict[str, int] = field(default_factory=dict)
     witnesses: list[WitnessSummary] = field(default_factory=list)
+    anchors: list[AnchorCheck] = field(default_factory=list)
+    required_witnesses: list[RequiredWitness] = field(default_factory=list)
+    max_unwitnessed: int | None = None
     unknown_cosignatures: int = 0
     proofs_checked: int = 0
     mismatched_checkpoints: list[int] = field(default_factory=list)
@@ -208,11 +301,21 @@ async def audit(
     log_key: VerifierKey,
     origin: str | None = None,
     witnesses: Sequence[VerifierKey] = (),
+    anchors: Sequence[Anchor] = (),
+    require_witnesses: Sequence[str] = (),
+    max_unwitnessed: int | None = None,
 ) -> AuditReport:
-    """Check every entry and checkpoint of `source`; see the module docstring."""
+    """Check every entry and checkpoint of `source`; see the module docstring.
+
+    Raises AuditSetupError, before reading anything, for a required witness
+    that is not among `witnesses` or a `max_unwitnessed` with nothing to bound.
+    """
+    check_required_witnesses(require_witnesses, witnesses, max_unwitnessed)
     report = AuditReport(source=source.description)
     summaries = [WitnessSummary(w.name, w.encode()) for w in witnesses]
     report.witnesses = summaries
+    report.anchors = [AnchorCheck(a) for a in sorted(anchors, key=lambda a: a.size)]
+    report.max_unwitnessed = max_unwitnessed
 
     # 1. Checkpoints: signature, origin, stored root.
     signed: dict[int, bytes] = {}
@@ -255,6 +358,10 @@ async def audit(
     counters: dict[str, _Counter] = {}
     amendments: list[tuple[int, str, str]] = []
     unproven: dict[int, str] | None = {}  # decision ids since the last matching checkpoint
+    anchored: dict[int, list[AnchorCheck]] = {}
+    for check in report.anchors:
+        anchored.setdefault(check.anchor.size, []).append(check)
+    _check_anchors(report, anchored.get(0, []), frontier, shifted=False)
     async for entry_page in source.entries():
         for row in entry_page:
             if row.index < expected:
@@ -300,6 +407,8 @@ async def audit(
             completed = frontier.append(leaf)
             if row.nodes is not None and not shifted:
                 _check_nodes(report, row.index, completed, row.nodes)
+            if frontier.size in anchored:
+                _check_anchors(report, anchored[frontier.size], frontier, shifted=shifted)
             if frontier.size in signed:
                 if frontier.root() == signed[frontier.size]:
                     report.matched_checkpoints.append(frontier.size)
@@ -311,6 +420,30 @@ async def audit(
                         report.decision_ids.update(unproven)
                         unproven = None
     report.entries = frontier.size
+
+    # 7. Anchors beyond the entries: the log was rolled back.
+    for check in report.anchors:
+        if check.status == "not checked" and check.anchor.size <= frontier.size:
+            report.add(
+                Finding(
+                    "anchor",
+                    f"anchor {check.anchor.label} of size {check.anchor.size} cannot be "
+                    "checked: the indices have a gap before it",
+                    tree_size=check.anchor.size,
+                )
+            )
+        if check.anchor.size > frontier.size:
+            check.status = "rolled back"
+            report.add(
+                Finding(
+                    "anchor",
+                    f"anchor {check.anchor.label} commits to {check.anchor.size} entries but "
+                    f"the log holds only {frontier.size}: it was rolled back or truncated",
+                    first=frontier.size,
+                    last=check.anchor.size - 1,
+                    tree_size=check.anchor.size,
+                )
+            )
 
     # 3. Checkpoints beyond the entries: entries were removed from the end.
     for size in sorted(s for s in signed if s > frontier.size):
@@ -394,7 +527,99 @@ async def audit(
                         direct=True,
                     )
                 )
+
+    # 8. Required witnesses.
+    for name in require_witnesses:
+        cosigned = [s for w in summaries if w.name == name for s in w.cosigned]
+        required = RequiredWitness(name, max(cosigned, default=None))
+        report.required_witnesses.append(required)
+        if required.largest is None:
+            report.add(
+                Finding("witness", f"required witness {name} cosigned no checkpoint of the log")
+            )
+            continue
+        required.unwitnessed = max(0, report.entries - required.largest)
+        if max_unwitnessed is not None and required.unwitnessed > max_unwitnessed:
+            report.add(
+                Finding(
+                    "witness",
+                    f"entries {_span(required.largest, report.entries - 1)} "
+                    f"({required.unwitnessed}) lie beyond the largest checkpoint required "
+                    f"witness {name} cosigned; at most {max_unwitnessed} may",
+                )
+            )
     return report
+
+
+def check_required_witnesses(
+    names: Sequence[str], witnesses: Sequence[VerifierKey], max_unwitnessed: int | None
+) -> None:
+    """Raise AuditSetupError unless every required witness has a key given and
+    `max_unwitnessed`, when set, is a bound on at least one required witness."""
+    keys = {w.name for w in witnesses}
+    for name in names:
+        if name not in keys:
+            raise AuditSetupError(
+                f"required witness {name} is not among the witness keys given "
+                f"({', '.join(sorted(keys)) or 'none'}): give its key with --witness"
+            )
+    if max_unwitnessed is not None:
+        if max_unwitnessed < 0:
+            raise AuditSetupError("the number of unwitnessed entries allowed is 0 or more")
+        if not names:
+            raise AuditSetupError(
+                "a bound on unwitnessed entries needs a required witness to count them for"
+            )
+
+
+def _check_anchors(
+    report: AuditReport, checks: list[AnchorCheck], frontier: merkle.Frontier, *, shifted: bool
+) -> None:
+    """Compare the root over the entries read so far with the anchors of that size."""
+    if shifted:
+        # A gap in the indices is its own finding; the leaves no longer sit
+        # where the anchors saw them, so their root says nothing more.
+        return
+    root = frontier.root()
+    for check in checks:
+        if root == check.anchor.root:
+            check.status = "held"
+            continue
+        check.status = "forked"
+        if frontier.size == 0:
+            report.add(
+                Finding(
+                    "anchor",
+                    f"anchor {check.anchor.label} signs a tree of 0 entries whose root is "
+                    "not the empty tree's",
+                    tree_size=0,
+                )
+            )
+            continue
+        held = max(
+            (
+                c.anchor.size
+                for c in report.anchors
+                if c.status == "held" and c.anchor.size < frontier.size
+            ),
+            default=0,
+        )
+        report.add(
+            Finding(
+                "anchor",
+                f"anchor {check.anchor.label} commits to another tree of "
+                f"{check.anchor.size} entries than the log holds: the log forked "
+                + (
+                    f"(entry {held} differs"
+                    if held == frontier.size - 1
+                    else f"(an entry among {held}..{frontier.size - 1} differs"
+                )
+                + " from what the anchor saw)",
+                first=held,
+                last=frontier.size - 1,
+                tree_size=check.anchor.size,
+            )
+        )
 
 
 def _span(first: int, last: int) -> str:

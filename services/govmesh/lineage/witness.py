@@ -8,8 +8,10 @@ one it has not cosigned yet:
    or of the same size with another root (a fork).
 3. Asks the log for a consistency proof from the last cosigned checkpoint
    and verifies it between the two signed roots.
-4. Records the new checkpoint in its state file (fsynced) before signing, so
-   it never cosigns two inconsistent checkpoints, even across a crash.
+4. Records the new checkpoint, as the log signed it, in its state file
+   (fsynced) before signing, so it never cosigns two inconsistent
+   checkpoints, even across a crash; the state file is also an anchor for
+   `govmesh lineage verify --anchor`.
 5. Cosigns it (C2SP tlog-cosignature, Ed25519, timestamped) and gives the
    cosignature to the log, which stores it beside the checkpoint.
 
@@ -46,7 +48,7 @@ class WitnessState:
     origin: str
     size: int
     root: bytes
-    checkpoint: str
+    checkpoint: str  # the signed note, as the log served it
 
     def to_json(self) -> str:
         return json.dumps(
@@ -158,7 +160,7 @@ class Witness:
                     f"{state.size}: {exc}"
                 ) from None
         # 4. Remember before signing.
-        self._save(WitnessState(self._origin, signed.size, signed.root, text))
+        self._save(WitnessState(self._origin, signed.size, signed.root, answer.checkpoint))
         # 5. Cosign and hand the cosignature to the log.
         line = self._cosigner.signature_line(text, int(self._clock()))
         note = text + "\n" + line
