@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -14,6 +17,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from govmesh.artifacts.keys import generate_ed25519
+from govmesh.artifacts.trust import load_trust
 from govmesh.runtime.db import libpq_database_url
 from govmesh.v1 import verification_pb2_grpc
 from tests.support.database import DatabaseFactory
@@ -142,20 +146,67 @@ async def test_a_rotated_in_key_verifies_with_the_next_request(
     assert after.verified, after.message
 
 
+def log_records(process: ServiceProcess) -> list[dict[str, Any]]:
+    """The process's JSON log records (GOVMESH_LOG_FORMAT=json)."""
+    records = []
+    for line in process.log().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def trust_loads(process: ServiceProcess) -> list[dict[str, Any]]:
+    return [r for r in log_records(process) if r.get("msg") == "trust configuration loaded"]
+
+
 async def test_sighup_reloads_and_the_process_keeps_serving(
     services: Start, env: dict[str, str], world: World, stub_for: StubFor
 ) -> None:
-    process = services("verification", env)
+    # The background poll is an hour away, so only SIGHUP (or a request that
+    # stats the files) can reload. Every request stats the files and reloads
+    # on a change, so the test sends none between the change and the signal,
+    # and shows from the log that the reload happened on SIGHUP, before the
+    # next request, which then finds the new configuration already in force.
+    process = services(
+        "verification",
+        {**env, "GOVMESH_TRUST_POLL_INTERVAL_S": "3600", "GOVMESH_LOG_FORMAT": "json"},
+    )
     stub = stub_for(process)
+    mandate = world.mandate(key=world.issuer_es)
+    before = await stub.Verify(verify_request(world.request(mandate=mandate)), timeout=10)
+    assert before.verified, before.message  # and now in the verified-token cache
+    assert [r["why"] for r in trust_loads(process)] == ["start"]
+
+    write_json(world.root / "issuer.jwks.json", jwks(world.issuer, world.issuer_rs))
+    removed = load_trust(world.trust_file).version
+    await asyncio.sleep(1.0)
+    assert [r["why"] for r in trust_loads(process)] == ["start"]  # nothing reloads by itself
 
     process.process.send_signal(signal.SIGHUP)
-    for _ in range(100):
-        if "SIGHUP" in process.log():
+    for _ in range(200):
+        if any(
+            r.get("msg") == "trust configuration checked on SIGHUP" for r in log_records(process)
+        ):
             break
         await asyncio.sleep(0.05)
+    loads = trust_loads(process)
+    assert [(r["why"], r["version"], r["generation"]) for r in loads] == [
+        ("start", before.trust_version[:16], 1),
+        ("SIGHUP", removed[:16], 2),
+    ]
+
+    after = await stub.Verify(verify_request(world.request(mandate=mandate)), timeout=10)
 
     assert process.process.poll() is None
-    assert "trust configuration checked on SIGHUP" in process.log()
+    assert not after.verified
+    assert reason(after) == "INVALID_VERIFICATION"
+    assert failed_checks(after) == ["signature"]
+    assert "issuer-es" in after.message
+    assert after.trust_version == removed
+    # The request found SIGHUP's configuration in force: it had nothing to reload.
+    assert len(trust_loads(process)) == 2
     assert (await stub.Verify(verify_request(world.request()), timeout=10)).verified
 
 
