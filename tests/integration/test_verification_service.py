@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
 import pytest
+from grpc_health.v1 import health
 from sqlalchemy.engine import make_url
 
 from govmesh.artifacts.keys import generate_ed25519
+from govmesh.artifacts.trust import load_trust
 from govmesh.runtime.db import libpq_database_url
-from govmesh.v1 import verification_pb2_grpc
+from govmesh.runtime.server import Health
+from govmesh.runtime.settings import load_settings
+from govmesh.v1 import verification_pb2, verification_pb2_grpc
+from govmesh.verification import trustsource
+from govmesh.verification.config import VerificationSettings
+from govmesh.verification.server import VerificationService
 from tests.support.database import DatabaseFactory
 from tests.support.processes import ServiceProcess
 from tests.support.verification import (
@@ -142,20 +153,67 @@ async def test_a_rotated_in_key_verifies_with_the_next_request(
     assert after.verified, after.message
 
 
+def log_records(process: ServiceProcess) -> list[dict[str, Any]]:
+    """The process's JSON log records (GOVMESH_LOG_FORMAT=json)."""
+    records = []
+    for line in process.log().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def trust_loads(process: ServiceProcess) -> list[dict[str, Any]]:
+    return [r for r in log_records(process) if r.get("msg") == "trust configuration loaded"]
+
+
 async def test_sighup_reloads_and_the_process_keeps_serving(
     services: Start, env: dict[str, str], world: World, stub_for: StubFor
 ) -> None:
-    process = services("verification", env)
+    # The background poll is an hour away, so only SIGHUP (or a request that
+    # stats the files) can reload. Every request stats the files and reloads
+    # on a change, so the test sends none between the change and the signal,
+    # and shows from the log that the reload happened on SIGHUP, before the
+    # next request, which then finds the new configuration already in force.
+    process = services(
+        "verification",
+        {**env, "GOVMESH_TRUST_POLL_INTERVAL_S": "3600", "GOVMESH_LOG_FORMAT": "json"},
+    )
     stub = stub_for(process)
+    mandate = world.mandate(key=world.issuer_es)
+    before = await stub.Verify(verify_request(world.request(mandate=mandate)), timeout=10)
+    assert before.verified, before.message  # and now in the verified-token cache
+    assert [r["why"] for r in trust_loads(process)] == ["start"]
+
+    write_json(world.root / "issuer.jwks.json", jwks(world.issuer, world.issuer_rs))
+    removed = load_trust(world.trust_file).version
+    await asyncio.sleep(1.0)
+    assert [r["why"] for r in trust_loads(process)] == ["start"]  # nothing reloads by itself
 
     process.process.send_signal(signal.SIGHUP)
-    for _ in range(100):
-        if "SIGHUP" in process.log():
+    for _ in range(200):
+        if any(
+            r.get("msg") == "trust configuration checked on SIGHUP" for r in log_records(process)
+        ):
             break
         await asyncio.sleep(0.05)
+    loads = trust_loads(process)
+    assert [(r["why"], r["version"], r["generation"]) for r in loads] == [
+        ("start", before.trust_version[:16], 1),
+        ("SIGHUP", removed[:16], 2),
+    ]
+
+    after = await stub.Verify(verify_request(world.request(mandate=mandate)), timeout=10)
 
     assert process.process.poll() is None
-    assert "trust configuration checked on SIGHUP" in process.log()
+    assert not after.verified
+    assert reason(after) == "INVALID_VERIFICATION"
+    assert failed_checks(after) == ["signature"]
+    assert "issuer-es" in after.message
+    assert after.trust_version == removed
+    # The request found SIGHUP's configuration in force: it had nothing to reload.
+    assert len(trust_loads(process)) == 2
     assert (await stub.Verify(verify_request(world.request()), timeout=10)).verified
 
 
@@ -224,3 +282,64 @@ async def test_the_answer_names_the_issuer_it_verified(
     assert answer.claims.issuer == ISSUER
     assert answer.claims.proof_id
     assert len(answer.checks) == 11
+
+
+async def test_sighup_reloads_a_rewrite_stat_cannot_see(
+    world: World,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two writes inside one timestamp tick can leave inode, size, mtime and
+    # ctime as they were; requests then see no change, and SIGHUP is how an
+    # operator makes the service read the files again. A frozen stat stands in
+    # for such a rewrite, with the poll an hour away: without SIGHUP the
+    # removed key keeps verifying, after it the key is refused at once.
+    monkeypatch.setattr(trustsource, "file_state", lambda paths: tuple(None for _ in paths))
+    settings = load_settings(
+        VerificationSettings,
+        trust_file=world.trust_file,
+        database_url=database_url,
+        trust_poll_interval_s=3600,
+    )
+    service = VerificationService(settings)
+    server = grpc.aio.server()
+    await service.start(Health(health.aio.HealthServicer(), service.service_names))
+    try:
+        service.register(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = verification_pb2_grpc.VerificationStub(channel)
+
+            async def verify_es(cached: str) -> list[verification_pb2.VerifyResponse]:
+                fresh = world.mandate(key=world.issuer_es)  # never verified before
+                requests = [world.request(mandate=m) for m in (cached, fresh)]
+                return [await stub.Verify(verify_request(r), timeout=10) for r in requests]
+
+            cached = world.mandate(key=world.issuer_es)
+            assert all(a.verified for a in await verify_es(cached))
+
+            write_json(world.root / "issuer.jwks.json", jwks(world.issuer, world.issuer_rs))
+            removed = load_trust(world.trust_file).version
+            unseen = await verify_es(cached)
+            assert all(a.verified for a in unseen), [a.message for a in unseen]
+
+            caplog.set_level(logging.INFO, logger="govmesh.verification")
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(200):
+                if "trust configuration checked on SIGHUP" in caplog.messages:
+                    break
+                await asyncio.sleep(0.01)
+            answers = await verify_es(cached)
+
+            for answer in answers:
+                assert not answer.verified
+                assert reason(answer) == "INVALID_VERIFICATION"
+                assert failed_checks(answer) == ["signature"]
+                assert "issuer-es" in answer.message
+                assert answer.trust_version == removed
+            assert (await stub.Verify(verify_request(world.request()), timeout=10)).verified
+    finally:
+        await server.stop(None)
+        await service.close()

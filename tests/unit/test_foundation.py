@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 import shutil
 import subprocess
 import sys
@@ -151,14 +153,53 @@ def test_a_thumbprint_ignores_optional_members_and_refuses_unknown_key_types() -
         jwk_thumbprint({"kty": "oct", "k": "c2VjcmV0"})
 
 
+def documented_precedence() -> tuple[str, list[str]]:
+    """The README's precedence paragraph: the symbol it names, and its reasons in order."""
+    paragraphs = (ROOT / "README.md").read_text().split("\n\n")
+    paragraph = next(p for p in paragraphs if "A deny names exactly one primary reason" in p)
+    symbol = re.search(r"`(govmesh\.[\w.]+)`", paragraph)
+    assert symbol is not None, paragraph
+    # The list is the run of reasons after the colon, up to the full stop that ends it.
+    listed = re.search(r":\s*((?:`[A-Z_]+`,\s*)+`[A-Z_]+`)\.", paragraph)
+    assert listed is not None, paragraph
+    return symbol.group(1), re.findall(r"`([A-Z_]+)`", listed.group(1))
+
+
+def resolve(dotted: str) -> object:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def test_primary_reason_follows_the_documented_order_and_refuses_nothing() -> None:
-    assert primary_reason([common_pb2.PEER_TIMEOUT, common_pb2.REPLAY_DETECTED]) == (
-        common_pb2.REPLAY_DETECTED
-    )
+    symbol, documented = documented_precedence()
+    # The README lists every reason, in exactly the order the code applies.
+    assert resolve(symbol) is REASON_PRECEDENCE
+    assert [common_pb2.DenyReason.Name(r) for r in REASON_PRECEDENCE] == documented
+    assert set(documented) == set(common_pb2.DenyReason.keys()) - {"DENY_REASON_UNSPECIFIED"}
+    assert len(set(documented)) == len(documented)
+    # For every pair, the one listed first wins, whichever order they come in.
+    order = [common_pb2.DenyReason.Value(name) for name in documented]
+    for i, first in enumerate(order):
+        for later in order[i + 1 :]:
+            assert primary_reason([first, later]) == first
+            assert primary_reason([later, first]) == first
+            assert primary_reason([later, first, later]) == first
+    # Unknown and unspecified reasons rank as INTERNAL_ERROR, never above a real one.
+    for reason in order:
+        assert primary_reason([999, reason]) == reason
+        assert primary_reason([common_pb2.DENY_REASON_UNSPECIFIED, reason]) == reason
     assert primary_reason([999]) == common_pb2.INTERNAL_ERROR
-    assert len(set(REASON_PRECEDENCE)) == len(common_pb2.DenyReason.values()) - 1
+    assert primary_reason([common_pb2.DENY_REASON_UNSPECIFIED]) == common_pb2.INTERNAL_ERROR
     with pytest.raises(ValueError, match="no reasons"):
         primary_reason([])
+
+
+def test_the_proto_points_to_the_precedence_the_code_applies() -> None:
+    proto = (ROOT / "protos" / "govmesh" / "v1" / "common.proto").read_text()
+    named = re.findall(r"see (govmesh\.[\w.]*\w)", proto)
+    assert named, "common.proto names no precedence"
+    for dotted in named:
+        assert resolve(dotted) is REASON_PRECEDENCE, dotted
 
 
 # --- settings and keys -------------------------------------------------------------------

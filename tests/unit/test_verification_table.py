@@ -214,6 +214,8 @@ CASES = [
     Case("nbf ahead within the skew", lambda w: w.request(mandate=w.mandate(nbf=now(w) + 3)), OK),
     Case("proof 59 s old", lambda w: with_proof(iat=now(w) - 59)(w), OK),
     Case("proof iat ahead within the skew", lambda w: with_proof(iat=now(w) + 4)(w), OK),
+    Case("attestation iat ahead within the skew", lambda w: bound(iat=now(w) + 4)(w), OK),
+    Case("attestation nbf ahead within the skew", lambda w: bound(nbf=now(w) + 4)(w), OK),
     # -- MISSING_AUTHORIZATION ---------------------------------------------------------------
     Case(
         "no mandate",
@@ -337,6 +339,11 @@ CASES = [
         INVALID,
         ("signature", "issuer", "window", "pop", "environment", "runtime", "scope"),
     ),
+    Case("missing iss", with_mandate(iss=DROP), INVALID, ("signature", "issuer")),
+    Case("missing aud", with_mandate(aud=DROP), INVALID, ("signature", "issuer")),
+    Case("missing iat", with_mandate(iat=DROP), INVALID, ("signature", "window")),
+    Case("missing nbf", with_mandate(nbf=DROP), INVALID, ("signature", "window")),
+    Case("nbf not a number", with_mandate(nbf="soon"), INVALID, ("signature", "window")),
     Case("missing jti", with_mandate(jti=DROP), INVALID, ("signature",)),
     Case("missing sub", with_mandate(sub=DROP), INVALID, ("signature",)),
     Case("missing exp", with_mandate(exp=DROP), INVALID, ("signature", "window")),
@@ -413,6 +420,18 @@ CASES = [
     Case("proof too old", lambda w: with_proof(iat=now(w) - 61)(w), EXPIRED, ("window",)),
     Case("skewed proof iat", lambda w: with_proof(iat=now(w) + 6)(w), EXPIRED, ("window",)),
     Case("attestation expired", lambda w: bound(exp=now(w) - 10)(w), EXPIRED, ("window",)),
+    Case(
+        "attestation issued in the future beyond the skew",
+        lambda w: bound(iat=now(w) + 6)(w),
+        EXPIRED,
+        ("window",),
+    ),
+    Case(
+        "attestation not yet valid beyond the skew",
+        lambda w: bound(nbf=now(w) + 6)(w),
+        EXPIRED,
+        ("window",),
+    ),
     # -- REPLAY_DETECTED / store -----------------------------------------------------------------
     Case("replay", lambda w: w.request(), REPLAY, ("replay",), uses_before=1),
     Case(
@@ -432,6 +451,8 @@ CASES = [
         INVALID,
         ("attestation",),
     ),
+    Case("attestation without iat", bound(iat=DROP), INVALID, ("window", "attestation")),
+    Case("attestation nbf not a number", bound(nbf="soon"), INVALID, ("window", "attestation")),
     Case(
         "swapped typ: mandate typ on an attestation",
         bound(typ=MANDATE_TYP),

@@ -65,7 +65,7 @@ class _DenyReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DenyReason
 
 class DenyReason(_DenyReason, metaclass=_DenyReasonEnumTypeWrapper):
     """Why a decision denied. The precedence between reasons is part of the
-    contract: see govmesh.engine.core.REASON_PRECEDENCE.
+    contract: see govmesh.artifacts.checks.REASON_PRECEDENCE (listed in README.md).
     """
 
 DENY_REASON_UNSPECIFIED: DenyReason.ValueType  # 0
