@@ -122,15 +122,17 @@ async def test_a_hanging_peer_denies_peer_timeout_within_the_budget(
         if warm:  # the peer hangs mid-life, on an established connection
             assert (await engine.authorize(**mesh.request())).decision == "ALLOW"
         getattr(mesh, peer).pause()  # the process keeps its socket and never answers
+        request = mesh.request()
         started = time.monotonic()
-        result = await engine.authorize(**mesh.request())
+        result = await engine.authorize(**request)
         elapsed = time.monotonic() - started
 
     assert result.decision == "DENY"
     assert result.reason == "PEER_TIMEOUT", result.message
     assert peer in result.failed_checks
-    # Answered at the deadline, not whenever the peer wakes up (1.5 s budget, generous slack).
-    assert elapsed < 3.0
+    # Answered within the budget, not whenever the peer wakes up; the margin covers
+    # the client's side of the call on a busy machine.
+    assert elapsed < float(TIGHT["GOVMESH_DECISION_BUDGET_MS"]) / 1000 + 0.25
     rows = await fetch(
         mesh.database_url,
         "SELECT entry FROM lineage_entries WHERE decision_id = $1::uuid",
