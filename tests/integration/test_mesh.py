@@ -122,15 +122,17 @@ async def test_a_hanging_peer_denies_peer_timeout_within_the_budget(
         if warm:  # the peer hangs mid-life, on an established connection
             assert (await engine.authorize(**mesh.request())).decision == "ALLOW"
         getattr(mesh, peer).pause()  # the process keeps its socket and never answers
+        request = mesh.request()
         started = time.monotonic()
-        result = await engine.authorize(**mesh.request())
+        result = await engine.authorize(**request)
         elapsed = time.monotonic() - started
 
     assert result.decision == "DENY"
     assert result.reason == "PEER_TIMEOUT", result.message
     assert peer in result.failed_checks
-    # Answered at the deadline, not whenever the peer wakes up (1.5 s budget, generous slack).
-    assert elapsed < 3.0
+    # Answered within the budget, not whenever the peer wakes up; the margin covers
+    # the client's side of the call on a busy machine.
+    assert elapsed < float(TIGHT["GOVMESH_DECISION_BUDGET_MS"]) / 1000 + 0.25
     rows = await fetch(
         mesh.database_url,
         "SELECT entry FROM lineage_entries WHERE decision_id = $1::uuid",
@@ -284,29 +286,72 @@ def test_a_missing_trust_file_stops_the_start_with_a_message(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+SERVICE_NAMES = {
+    "engine": "govmesh.v1.AuthorizationEngine",
+    "verification": "govmesh.v1.Verification",
+    "policy": "govmesh.v1.PolicyAuthority",
+    "lineage": "govmesh.v1.Lineage",
+}
+
+
+@pytest.fixture
+def start_alone(
+    services: Callable[..., ServiceProcess],
+    database_url: str,
+    dev_setup: DevSetup,
+    tmp_path: Path,
+) -> Callable[..., ServiceProcess]:
+    """Start one service by itself, as a pod does; the engine's peers are not there."""
+    # Nothing listens on port 1: the engine must start without its peers.
+    nowhere = "127.0.0.1:1"
+    settings = {
+        "engine": {
+            "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+            "GOVMESH_SPOOL_DIR": str(tmp_path / "spool"),
+            "GOVMESH_VERIFICATION_TARGET": nowhere,
+            "GOVMESH_POLICY_TARGET": nowhere,
+            "GOVMESH_LINEAGE_TARGET": nowhere,
+        },
+        "verification": {
+            "GOVMESH_DATABASE_URL": database_url,
+            "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
+        },
+        "policy": {
+            "GOVMESH_DATABASE_URL": database_url,
+            "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
+            "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+            "GOVMESH_POLICY_PATH": str(dev_setup.policies),
+            "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "policy-epoch.json"),
+        },
+        "lineage": {
+            "GOVMESH_DATABASE_URL": database_url,
+            "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+        },
+    }
+
+    def start(name: str, **kwargs: Any) -> ServiceProcess:
+        return services(name, settings[name], **kwargs)
+
+    return start
+
+
+@pytest.mark.parametrize("name", list(SERVICE_NAMES))
 def test_govmesh_serve_runs_a_service(
-    services: Callable[..., ServiceProcess], database_url: str, dev_setup: DevSetup
+    start_alone: Callable[..., ServiceProcess], name: str
 ) -> None:
-    lineage = services(
-        "lineage",
-        {"GOVMESH_DATABASE_URL": database_url, "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir)},
-        command=[GOVMESH, "serve", "lineage"],
-    )
-    assert lineage.health() == 1  # SERVING
-    assert lineage.terminate() == 0
+    service = start_alone(name, command=[GOVMESH, "serve", name])
+
+    assert service.health() == 1  # SERVING
+    assert service.health(SERVICE_NAMES[name]) == 1  # and it is the service asked for
+    assert service.terminate() == 0
+    assert "Traceback" not in service.log()
 
 
 def test_every_service_answers_health_and_reflection(start_mesh: Callable[..., Mesh]) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     mesh = start_mesh()
-    expected = {
-        "engine": "govmesh.v1.AuthorizationEngine",
-        "verification": "govmesh.v1.Verification",
-        "policy": "govmesh.v1.PolicyAuthority",
-        "lineage": "govmesh.v1.Lineage",
-    }
-    for name, service_name in expected.items():
+    for name, service_name in SERVICE_NAMES.items():
         process: ServiceProcess = getattr(mesh, name)
         assert process.health() == 1
         assert process.health(service_name) == 1
@@ -322,19 +367,20 @@ def test_every_service_answers_health_and_reflection(start_mesh: Callable[..., M
         assert {service_name, "grpc.health.v1.Health"} <= listed
 
 
+@pytest.mark.parametrize("name", list(SERVICE_NAMES))
 def test_sigterm_reports_not_serving_before_the_server_stops(
-    start_mesh: Callable[..., Mesh],
+    start_alone: Callable[..., ServiceProcess], name: str
 ) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    mesh = start_mesh()
+    service = start_alone(name)
     seen: list[int] = []
-    with grpc.insecure_channel(mesh.policy.address) as channel:
+    with grpc.insecure_channel(service.address) as channel:
         stream = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=""), timeout=30
         )
         seen.append(next(stream).status)
-        mesh.policy.process.send_signal(signal.SIGTERM)
+        service.process.send_signal(signal.SIGTERM)
         try:
             for update in stream:
                 seen.append(update.status)
@@ -342,7 +388,7 @@ def test_sigterm_reports_not_serving_before_the_server_stops(
             pass  # the server went away after announcing it
     assert seen[0] == health_pb2.HealthCheckResponse.SERVING
     assert health_pb2.HealthCheckResponse.NOT_SERVING in seen[1:]
-    assert mesh.policy.process.wait(20) == 0
+    assert service.process.wait(20) == 0
 
 
 def test_service_logs_are_one_json_object_per_line(

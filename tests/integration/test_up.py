@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from govmesh.cli.devsetup import DevSetup
 from tests.support.commands import GOVMESH
 from tests.support.database import DatabaseFactory, fetch, run_sync
 
@@ -38,10 +40,10 @@ def up_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _start_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start_up(env: dict[str, str], port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         up = subprocess.Popen(
-            [GOVMESH, "up", "--engine-port", str(port)], env=env, stdout=out, stderr=out
+            [GOVMESH, "up", "--engine-port", str(port), *flags], env=env, stdout=out, stderr=out
         )
     deadline = time.monotonic() + 120
     while "govmesh is up" not in log.read_text():
@@ -58,10 +60,10 @@ def test_up_with_embedded_postgres_gives_a_first_allow_and_deny_then_stops_clean
     port = _free_port()
     log = tmp_path / "up.log"
     up = _start_up(up_env, port, log)
-    children = psutil.Process(up.pid).children(recursive=True)
-    postmaster = tmp_path / "data" / "pg" / "postmaster.pid"
-    postgres = psutil.Process(int(postmaster.read_text().split()[0]))
     try:
+        children = psutil.Process(up.pid).children(recursive=True)
+        postmaster = tmp_path / "data" / "pg" / "postmaster.pid"
+        postgres = psutil.Process(int(postmaster.read_text().split()[0]))
         mandate = _govmesh("mandate", "issue", env=up_env).stdout.strip()
         target = f"127.0.0.1:{port}"
         base = [
@@ -95,6 +97,89 @@ def test_up_with_embedded_postgres_gives_a_first_allow_and_deny_then_stops_clean
     _, still_running = psutil.wait_procs([postgres], timeout=20)
     assert still_running == [], "the embedded Postgres outlived govmesh up"
     assert "Traceback" not in log.read_text()
+
+
+def test_first_minutes_keys_init_then_up_with_that_setup_allows_then_denies_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVMESH_")}
+    # The flag must win over the variable: nothing may land in this one.
+    env["GOVMESH_DATA_DIR"] = str(tmp_path / "not-this-one")
+    data = tmp_path / "mesh-data"
+
+    # 1. A trust setup of the user's own; they export the keys folder it names.
+    created = _govmesh("keys", "init", str(tmp_path / "trust"), env=env).stdout
+    named = dict(re.findall(r"^\s+(GOVMESH_[A-Z_]+)=(\S+)$", created, re.MULTILINE))
+    env["GOVMESH_KEYS_DIR"] = named["GOVMESH_KEYS_DIR"]
+    setup = DevSetup(tmp_path / "trust")
+
+    # 2. The mesh on that setup, its data (embedded Postgres included) where the flag says.
+    log = tmp_path / "up.log"
+    up = _start_up(
+        env,
+        _free_port(),
+        log,
+        "--data-dir",
+        str(data),
+        "--trust",
+        named["GOVMESH_TRUST_FILE"],
+        "--policies",
+        str(setup.policies),
+    )
+    try:
+        children = psutil.Process(up.pid).children(recursive=True)
+        postgres = psutil.Process(int((data / "pg" / "postmaster.pid").read_text().split()[0]))
+        printed = re.search(r"govmesh is up: engine at (\S+)", log.read_text())
+        assert printed, log.read_text()
+        target = printed.group(1)
+
+        # 3. A mandate from the setup's issuer, and a first decision.
+        mandate = tmp_path / "mandate.jwt"
+        issued = _govmesh("mandate", "issue", "--dev-dir", str(setup.root), env=env)
+        mandate.write_text(issued.stdout)
+        ask = [
+            "authorize",
+            "--dev-dir",
+            str(setup.root),
+            "--target",
+            target,
+            "--action",
+            "payments.transfer",
+            "--resource",
+            "account:acme/treasury",
+            "--mandate",
+            str(mandate),
+            "--timeout",
+            "10",
+        ]
+        allowed = _govmesh(*ask, "--context", '{"amount": 250}', env=env, check=False)
+        # 4. One thing changed: an amount the sample policy does not permit.
+        denied = _govmesh(*ask, "--context", '{"amount": 5000}', env=env, check=False)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(60)
+
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    allow = json.loads(allowed.stdout)
+    assert allow["decision"] == "ALLOW"
+    assert allow["grant"]
+    assert allow["lineage"]
+    assert denied.returncode == 1, denied.stdout + denied.stderr
+    deny = json.loads(denied.stdout)
+    assert deny["decision"] == "DENY"
+    assert deny["reason"] == "POLICY_MISMATCH"
+    assert deny["failed_checks"] == ["policy"]
+    assert deny["message"]
+    assert not deny.get("grant")
+
+    # 5. SIGTERM stops everything; the setup given was used, not a generated one.
+    assert code == 0, log.read_text()
+    assert len(children) == 4
+    _, alive = psutil.wait_procs([*children, postgres], timeout=20)
+    assert alive == [], f"left behind: {alive}"
+    assert "Traceback" not in log.read_text()
+    assert not (data / "dev").exists()
+    assert not (tmp_path / "not-this-one").exists()
 
 
 def test_up_with_a_database_url_runs_the_migrations_and_uses_it(

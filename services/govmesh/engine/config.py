@@ -7,6 +7,7 @@ from pathlib import Path
 import platformdirs
 from pydantic import Field, model_validator
 
+from govmesh.engine.core import DecisionConfig
 from govmesh.runtime.settings import ServerSettings
 
 
@@ -57,6 +58,16 @@ class EngineSettings(ServerSettings):
     lineage_batch_max: int = Field(default=256, ge=1, le=4096)
     lineage_max_in_flight: int = Field(default=8, ge=1, le=64)
     lineage_linger_ms: float = Field(default=1.0, ge=0, le=100)
+
+    def decision_config(self) -> DecisionConfig:
+        """The deadlines of one decision, in seconds, as the engine's core takes them."""
+        return DecisionConfig(
+            verification_timeout=self.verification_timeout_ms / 1000,
+            policy_timeout=self.policy_timeout_ms / 1000,
+            lineage_timeout=self.lineage_timeout_ms / 1000,
+            budget=self.decision_budget_ms / 1000,
+            spool_timeout=self.spool_timeout_s,
+        )
 
     @model_validator(mode="after")
     def _budget_covers_a_peer(self) -> EngineSettings:

@@ -13,7 +13,7 @@ import grpc
 
 from govmesh.artifacts.keys import load_private_jwk
 from govmesh.engine.config import EngineSettings
-from govmesh.engine.core import DecisionConfig, Engine
+from govmesh.engine.core import Engine
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.engine.lineage import BatchingLineage, FileSpool
 from govmesh.engine.peers import (
@@ -95,13 +95,7 @@ class EngineService:
                 ttl_s=s.grant_ttl_s,
                 clock=time.time,
             ),
-            config=DecisionConfig(
-                verification_timeout=s.verification_timeout_ms / 1000,
-                policy_timeout=s.policy_timeout_ms / 1000,
-                lineage_timeout=s.lineage_timeout_ms / 1000,
-                budget=s.decision_budget_ms / 1000,
-                spool_timeout=s.spool_timeout_s,
-            ),
+            config=s.decision_config(),
             engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
         )
         self._servicer = EngineServicer(engine=engine)
