@@ -107,10 +107,9 @@ def test_first_minutes_keys_init_then_up_with_that_setup_allows_then_denies_with
     env["GOVMESH_DATA_DIR"] = str(tmp_path / "not-this-one")
     data = tmp_path / "mesh-data"
 
-    # 1. A trust setup of the user's own; they export the keys folder it names.
+    # 1. A trust setup of the user's own, which names its trust file and keys folder.
     created = _govmesh("keys", "init", str(tmp_path / "trust"), env=env).stdout
     named = dict(re.findall(r"^\s+(GOVMESH_[A-Z_]+)=(\S+)$", created, re.MULTILINE))
-    env["GOVMESH_KEYS_DIR"] = named["GOVMESH_KEYS_DIR"]
     setup = DevSetup(tmp_path / "trust")
 
     # 2. The mesh on that setup, its data (embedded Postgres included) where the flag says.
@@ -123,6 +122,8 @@ def test_first_minutes_keys_init_then_up_with_that_setup_allows_then_denies_with
         str(data),
         "--trust",
         named["GOVMESH_TRUST_FILE"],
+        "--keys",
+        named["GOVMESH_KEYS_DIR"],
         "--policies",
         str(setup.policies),
     )

@@ -160,7 +160,7 @@ async def _up(args: argparse.Namespace) -> int:
     data = data_dir(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     trust = args.trust or os.environ.get("GOVMESH_TRUST_FILE")
-    keys = os.environ.get("GOVMESH_KEYS_DIR")
+    keys = args.keys or os.environ.get("GOVMESH_KEYS_DIR")
     policies = args.policies or os.environ.get("GOVMESH_POLICY_PATH")
     if not trust:
         setup = dev_setup(data)
@@ -170,7 +170,9 @@ async def _up(args: argparse.Namespace) -> int:
         trust, keys = str(setup.trust_file), keys or str(setup.keys_dir)
         policies = policies or str(setup.policies)
     if not keys:
-        raise ConfigurationError("with --trust, set GOVMESH_KEYS_DIR to govmesh's signing keys")
+        raise ConfigurationError(
+            "with --trust, pass --keys (or set GOVMESH_KEYS_DIR): govmesh's signing keys"
+        )
     if not policies:
         raise ConfigurationError("with --trust, pass --policies (a .cedar file or folder)")
 
@@ -266,5 +268,9 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--trust", help="trust TOML (GOVMESH_TRUST_FILE); default: a dev setup")
     parser.add_argument("--policies", help="a .cedar file or a folder of them, activated at start")
+    parser.add_argument(
+        "--keys",
+        help="govmesh's signing keys, with --trust (GOVMESH_KEYS_DIR; `keys init` prints it)",
+    )
     parser.add_argument("--engine-port", type=int, default=50051, help="default 50051")
     parser.set_defaults(func=_run)
