@@ -59,12 +59,10 @@ class TrustedTree:
     frontier: merkle.Frontier
     root: bytes
     checkpoint: str
-    #: The size when only the root is known (a tree recorded in the state file).
-    known_size: int | None = None
 
     @property
     def size(self) -> int:
-        return self.frontier.size if self.known_size is None else self.known_size
+        return self.frontier.size
 
 
 @dataclass
@@ -146,10 +144,9 @@ class Sequencer:
                     f"the database went back in time: it holds {size} entries, but this log "
                     f"signed a checkpoint of {recorded.size} (recorded in {self._floor.path})"
                 )
-            if recorded is not None and recorded.size > 0:
-                # Verified as an extension of the recorded tree, like any moved head.
-                self._trusted = TrustedTree(merkle.Frontier(), recorded.root, "", recorded.size)
-            self._trusted = await self._establish(tx, size, root)
+            # Verified as an extension of the recorded tree, like any moved head.
+            previous = None if recorded is None else (recorded.size, recorded.root)
+            self._trusted = await self._establish(tx, size, root, previous)
         await self._record()
 
     async def close(self, grace: float = 5.0) -> None:
@@ -254,7 +251,8 @@ class Sequencer:
             # 2. Trust the head only as this process left it, or after re-verifying it.
             trusted = self._trusted
             if trusted is None or trusted.size != size or trusted.root != root:
-                trusted = await self._establish(tx, size, root)
+                previous = None if trusted is None else (trusted.size, trusted.root)
+                trusted = await self._establish(tx, size, root, previous)
                 self._trusted = trusted
             # 3. Duplicates are refused, in the log and within the batch.
             taken = await tx.taken([e.decision_id for e in entries])
@@ -317,16 +315,19 @@ class Sequencer:
 
     async def _record(self) -> None:
         trusted = self._trusted
-        if trusted is not None and trusted.known_size is None:
+        if trusted is not None:
             tree = SignedTree(self._origin, trusted.size, trusted.root)
             await asyncio.to_thread(self._floor.record, tree)
 
-    async def _establish(self, tx: LogTransaction, size: int, root: bytes) -> TrustedTree:
-        """Verify the stored head of `size` and `root`; LogCorrupted if it cannot be trusted."""
-        previous = self._trusted
-        if previous is not None and size < previous.size:
-            raise LogCorrupted(f"the log shrank from {previous.size} to {size} entries")
-        if previous is not None and size == previous.size and root != previous.root:
+    async def _establish(
+        self, tx: LogTransaction, size: int, root: bytes, previous: tuple[int, bytes] | None
+    ) -> TrustedTree:
+        """Verify the stored head of `size` and `root`, which must extend `previous`
+        (size, root) when given; LogCorrupted if it cannot be trusted."""
+        old_size, old_root = previous or (0, merkle.EMPTY_ROOT)
+        if size < old_size:
+            raise LogCorrupted(f"the log shrank from {old_size} to {size} entries")
+        if size == old_size and previous is not None and root != old_root:
             raise LogCorrupted(f"the tree of size {size} has another root than the one trusted")
         if size == 0:
             if root != merkle.EMPTY_ROOT:
@@ -346,12 +347,12 @@ class Sequencer:
             raise LogCorrupted(f"the checkpoint at size {size} is not ours: {exc}") from None
         if signed.size != size or signed.root != root:
             raise LogCorrupted(f"the checkpoint at size {size} does not match the head")
-        if previous is not None and 0 < previous.size < size:
-            proof = await tx.tree_hashes(merkle.consistency_ranges(previous.size, size))
+        if 0 < old_size < size:
+            proof = await tx.tree_hashes(merkle.consistency_ranges(old_size, size))
             try:
-                merkle.verify_consistency(previous.size, size, previous.root, root, proof)
+                merkle.verify_consistency(old_size, size, old_root, root, proof)
             except merkle.ProofError as exc:
                 raise LogCorrupted(
-                    f"the log at size {size} is not consistent with size {previous.size}: {exc}"
+                    f"the log at size {size} is not consistent with size {old_size}: {exc}"
                 ) from None
         return TrustedTree(frontier, root, stored.note)
