@@ -87,9 +87,11 @@ def start_mesh(
     database_url: str,
     tmp_path: Path,
 ) -> Callable[..., Mesh]:
-    """Start the four services; `engine_env` overrides the engine's settings."""
+    """Start the four services; `engine_env` and `policy_env` override their settings."""
 
-    def start(engine_env: dict[str, str] | None = None) -> Mesh:
+    def start(
+        engine_env: dict[str, str] | None = None, policy_env: dict[str, str] | None = None
+    ) -> Mesh:
         common = {
             "GOVMESH_DATABASE_URL": database_url,
             "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
@@ -99,7 +101,12 @@ def start_mesh(
         lineage = services("lineage", common)
         verification = services("verification", common)
         policy = services(
-            "policy", {**common, "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "policy-epoch.json")}
+            "policy",
+            {
+                **common,
+                "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "policy-epoch.json"),
+                **(policy_env or {}),
+            },
         )
         engine = services(
             "engine",

@@ -301,7 +301,11 @@ def start_alone(
     dev_setup: DevSetup,
     tmp_path: Path,
 ) -> Callable[..., ServiceProcess]:
-    """Start one service by itself, as a pod does; the engine's peers are not there."""
+    """Start one service by itself, as a pod does.
+
+    The engine's peers are not there but for one policy replica: an engine
+    reports SERVING only once it knows the newest activated policy epoch.
+    """
     # Nothing listens on port 1: the engine must start without its peers.
     nowhere = "127.0.0.1:1"
     settings = {
@@ -330,6 +334,10 @@ def start_alone(
     }
 
     def start(name: str, **kwargs: Any) -> ServiceProcess:
+        if name == "engine":
+            policy = services("policy", settings["policy"])
+            engine = {**settings[name], "GOVMESH_POLICY_TARGET": policy.address}
+            return services(name, engine, **kwargs)
         return services(name, settings[name], **kwargs)
 
     return start

@@ -434,10 +434,19 @@ async def test_a_restarted_replica_refuses_a_store_rolled_back_behind_what_it_ve
     assert str(setup.state_file) in restarted.problem
     with pytest.raises(NotReady):
         restarted.evaluate(transfer(500))
-    # An empty store is no way around it either.
+    # An empty store is no way around it either: neither for the replica that
+    # restarted nor for the one still serving epoch 2, which stops at its next
+    # refresh instead of answering until the staleness limit (its monotonic
+    # clock stands still here, so only the empty store can stop it).
+    assert first.ready and first.evaluate(transfer(500)).snapshot.epoch == 2
     await fetch(setup.database_url, "DELETE FROM policy_epochs")
-    await setup.authority().refresh()
-    assert not setup.authority().ready
+    await first.refresh()
+    await restarted.refresh()
+    for replica in (first, restarted):
+        assert not replica.ready
+        assert "the store has no policy epoch, but epoch 2 was verified here" in replica.problem
+        with pytest.raises(NotReady):
+            replica.evaluate(transfer(500))
 
     # A new signed epoch at or past the one verified is served again.
     await fetch(setup.database_url, "ALTER TABLE policy_epochs ENABLE TRIGGER USER")

@@ -13,17 +13,20 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from govmesh.artifacts.canonical import request_digest
+from govmesh.artifacts.canonical import b64url_decode, request_digest
 from govmesh.artifacts.keys import generate_ed25519, public_jwks
-from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT, write_dev_setup
+from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT, DevSetup, write_dev_setup
 from govmesh.client import Initiator, issue_mandate
 from govmesh.runtime.db import libpq_database_url
+from govmesh.v1 import common_pb2
 from govmesh.verification.core import (
+    ProofWindowClosed,
     ReplayStoreTimeout,
     ReplayStoreUnavailable,
     VerificationConfig,
     VerificationInput,
     Verifier,
+    replay_key,
 )
 from govmesh.verification.replay import PostgresReplayStore
 from govmesh.verification.trustsource import TrustSource
@@ -115,14 +118,22 @@ async def test_two_stores_racing_the_same_keys_admit_each_once(
         assert [a, b].count(True) == 1, n
 
 
+async def _record_expiring(database_url: str, name: str, seconds_from_now: float) -> None:
+    """A nonce recorded earlier, expiring `seconds_from_now` by the database's clock."""
+    await fetch(
+        database_url,
+        "INSERT INTO verification_replay (proof_key, expires_at) "
+        "VALUES ($1, now() + make_interval(secs => $2))",
+        key(name),
+        seconds_from_now,
+    )
+
+
 async def test_cleanup_deletes_only_expired_rows(open_store: OpenStore, database_url: str) -> None:
     store = await open_store(cleanup_margin_s=5.0, cleanup_chunk=2)
-    now = time.time()
-    await store.remember(key("old-1"), now - 60, timeout=5)
-    await store.remember(key("old-2"), now - 30, timeout=5)
-    await store.remember(key("old-3"), now - 10, timeout=5)
-    await store.remember(key("in-margin"), now - 1, timeout=5)
-    await store.remember(key("live"), now + 60, timeout=5)
+    for name, expiry in (("old-1", -60.0), ("old-2", -30.0), ("old-3", -10.0), ("in-margin", -1.0)):
+        await _record_expiring(database_url, name, expiry)
+    await store.remember(key("live"), time.time() + 60, timeout=5)
 
     deleted = await store.cleanup()
 
@@ -132,8 +143,8 @@ async def test_cleanup_deletes_only_expired_rows(open_store: OpenStore, database
 
 
 async def test_cleanup_runs_in_the_background(open_store: OpenStore, database_url: str) -> None:
-    store = await open_store(cleanup_interval_s=0.05, cleanup_margin_s=0.0)
-    await store.remember(key("expired"), time.time() - 1, timeout=5)
+    await open_store(cleanup_interval_s=0.05, cleanup_margin_s=0.0)
+    await _record_expiring(database_url, "expired", -1.0)
 
     for _ in range(200):
         rows = await fetch(database_url, "SELECT count(*) AS n FROM verification_replay")
@@ -141,6 +152,25 @@ async def test_cleanup_runs_in_the_background(open_store: OpenStore, database_ur
             break
         await asyncio.sleep(0.05)
     assert rows[0]["n"] == 0
+
+
+async def test_a_key_expired_by_the_database_clock_is_never_recorded(
+    open_store: OpenStore, database_url: str
+) -> None:
+    store = await open_store()
+
+    # The caller's clock says the window is still open; the database's does not.
+    with pytest.raises(ProofWindowClosed):
+        await store.remember(key("late"), time.time() - 1, timeout=5)
+    results = await asyncio.gather(
+        store.remember(key("late"), time.time() - 1, timeout=5),
+        store.remember(key("on-time"), time.time() + 60, timeout=5),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[0], ProofWindowClosed) and results[1] is True
+    rows = await fetch(database_url, "SELECT proof_key FROM verification_replay")
+    assert {bytes(r["proof_key"]) for r in rows} == {key("on-time")}
 
 
 def _closed_port() -> int:
@@ -251,3 +281,108 @@ async def test_a_key_rotated_in_during_the_replay_lookup_cannot_let_a_proof_pass
 
     assert [r.verified for r in results] == [True, False, False]
     assert all(o.check.value == "replay" for o in results[1].failed)
+
+
+class Replicas:
+    """Verification replicas on one real Postgres, each with its own clock and store."""
+
+    def __init__(self, trust_file: Path, database_url: str) -> None:
+        self.trust_file = trust_file
+        self.database_url = database_url
+        self.stores: list[PostgresReplayStore] = []
+
+    async def replica(self, skew_s: float = 0.0) -> tuple[Verifier, PostgresReplayStore]:
+        store = PostgresReplayStore(database_url=self.database_url, cleanup_margin_s=5.0)
+        await store.start()
+        self.stores.append(store)
+        verifier = Verifier(
+            trust=TrustSource(self.trust_file, cache_size=100),
+            replay=store,
+            clock=lambda: time.time() + skew_s,
+            config=VerificationConfig(clock_skew_s=5.0, proof_window_s=60.0),
+        )
+        return verifier, store
+
+
+@pytest.fixture
+async def replicas(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Replicas, DevSetup]]:
+    setup = write_dev_setup(tmp_path / "trust")
+    group = Replicas(setup.trust_file, database_url)
+    try:
+        yield group, setup
+    finally:
+        for store in group.stores:
+            await store.close()
+
+
+def _request(setup: DevSetup, *, issued_at: float) -> VerificationInput:
+    """A valid request whose mandate and proof were signed at `issued_at`."""
+    agent = Initiator(setup.dev_key("agent"), clock=lambda: issued_at)
+    mandate = issue_mandate(
+        setup.dev_key("issuer"),
+        issuer=DEV_ISSUER,
+        subject=DEV_SUBJECT,
+        holder_thumbprint=agent.thumbprint,
+        scope=[{"action": "payments.transfer", "resource": "account:acme/*"}],
+        clock=lambda: issued_at - 30,
+    )
+    context = {"amount": 1}
+    return VerificationInput(
+        request_digest=request_digest("payments.transfer", "account:acme/t", context),
+        action="payments.transfer",
+        resource="account:acme/t",
+        context=context,
+        mandate=mandate,
+        proof=agent.proof(mandate, "payments.transfer", "account:acme/t", context),
+    )
+
+
+async def test_a_replica_whose_clock_runs_ahead_cannot_make_the_others_forget_a_proof(
+    replicas: tuple[Replicas, DevSetup],
+) -> None:
+    group, setup = replicas
+    honest, _ = await group.replica()
+    _, ahead = await group.replica(skew_s=80.0)  # far more than skew and margin together
+    request = _request(setup, issued_at=time.time())
+
+    first = await honest.verify(request, timeout=5.0)
+    # The replica running ahead cleans up by the clock that decides expiry.
+    await ahead.cleanup()
+    again = await honest.verify(request, timeout=5.0)
+
+    assert first.verified
+    assert not again.verified
+    assert [(o.check.value, o.reason) for o in again.failed] == [
+        ("replay", common_pb2.REPLAY_DETECTED)
+    ]
+
+
+async def test_a_replica_whose_clock_runs_behind_cannot_accept_a_proof_already_forgotten(
+    replicas: tuple[Replicas, DevSetup],
+) -> None:
+    group, setup = replicas
+    honest, store = await group.replica()
+    behind, _ = await group.replica(skew_s=-60.0)
+    # Used 75 s ago, when it was fresh; its window (60 s and 5 s of skew) has
+    # closed since, and the cleanup forgot its nonce.
+    issued_at = time.time() - 75
+    request = _request(setup, issued_at=issued_at)
+    proof = json.loads(b64url_decode(request.proof.split(".")[1]))
+    await fetch(
+        group.database_url,
+        "INSERT INTO verification_replay (proof_key, expires_at) VALUES ($1, to_timestamp($2))",
+        replay_key(Initiator(setup.dev_key("agent")).thumbprint, proof["jti"]),
+        float(issued_at + 65),
+    )
+    assert await store.cleanup() == 1
+
+    # To the replica 60 s behind the proof looks 15 s old.
+    replayed = await behind.verify(request, timeout=5.0)
+
+    assert not replayed.verified
+    assert [(o.check.value, o.reason) for o in replayed.failed] == [
+        ("replay", common_pb2.EXPIRED_AUTHORIZATION)
+    ]
+    assert replayed.reason == common_pb2.EXPIRED_AUTHORIZATION
+    # ...and the honest replica refuses it by its own clock.
+    assert not (await honest.verify(request, timeout=5.0)).verified

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.checks import REQUIRED_CHECKS
-from govmesh.engine.core import DecisionConfig, Engine
+from govmesh.engine.core import DecisionConfig, Engine, EpochTracker
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.lineage.core import leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
@@ -177,6 +177,7 @@ def build_engine(
     spool: FakeSpool | None = None,
     config: DecisionConfig | None = None,
     clock: Callable[[], float] | None = None,
+    epochs: EpochTracker | None = None,
 ) -> Harness:
     """An engine over fakes; defaults are honest peers and generous deadlines."""
     import time
@@ -205,6 +206,7 @@ def build_engine(
             verification_timeout=1.0, policy_timeout=1.0, lineage_timeout=1.0, budget=2.0
         ),
         engine_id="engine-test",
+        epochs=epochs or EpochTracker.unsafe_without_store_floor(),
         clock=clock or time.time,
     )
     return harness

@@ -345,7 +345,9 @@ class PolicyState(_message.Message):
     """why this replica is not ready"""
     @_builtins.property
     def current(self) -> Global___EpochInfo:
-        """the newest epoch in the store (unset before the first)"""
+        """The newest epoch in the store (unset before the first), read from the
+        store on every call, whatever this replica serves.
+        """
 
     @_builtins.property
     def serving(self) -> _common_pb2.BundleRef:
@@ -380,11 +382,18 @@ class EpochInfo(_message.Message):
     SIGNER_KID_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     active_version: _builtins.str
     shadow_version: _builtins.str
     signer_kid: _builtins.str
     note: _builtins.str
+    statement: _builtins.str
+    """The policy admin's signed activation statement (compact JWS, typ
+    govmesh-policy-activation+jwt) that made this epoch: anyone holding the
+    admin keys can check that the epoch is real, e.g. the engine, which keeps
+    its epoch floor at GetState's `current`.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -396,10 +405,11 @@ class EpochInfo(_message.Message):
         signer_kid: _builtins.str = ...,
         note: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        statement: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_version", b"active_version", "created_at", b"created_at", "epoch", b"epoch", "note", b"note", "shadow_version", b"shadow_version", "signer_kid", b"signer_kid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_version", b"active_version", "created_at", b"created_at", "epoch", b"epoch", "note", b"note", "shadow_version", b"shadow_version", "signer_kid", b"signer_kid", "statement", b"statement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -34,6 +34,18 @@ class EngineSettings(ServerSettings):
     decision_budget_ms: float = Field(default=80.0, gt=0, le=120_000)
 
     keys_dir: Path = Field(description="govmesh's signing keys; the engine reads engine.jwk.json")
+    trust_file: Path | None = Field(
+        default=None,
+        description="trust TOML whose [policy] admin_jwks lets the engine check the signed "
+        "activation of the newest policy epoch itself (GOVMESH_TRUST_FILE)",
+    )
+    policy_floor_interval_s: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=60.0,
+        description="how often the engine asks the policy service for the newest activated "
+        "epoch, below which it refuses every policy answer",
+    )
     grant_ttl_s: int = Field(default=30, ge=1, le=60)
     grant_issuer: str = "govmesh"
     grant_audience: str = "govmesh-executor"

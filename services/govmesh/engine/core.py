@@ -385,11 +385,45 @@ def check_verification(
 
 
 class EpochTracker:
-    """The newest policy epoch seen, and the bundle each epoch stood for."""
+    """The newest policy epoch seen, and the bundle each epoch stood for.
+
+    The floor rises from two sources: the answers of policy replicas, and the
+    newest activation in the policy store, which the engine process learns
+    (`learn`) before it reports SERVING and keeps current. Answers alone are
+    not enough: a replica that missed an activation still answers under the
+    epoch before it, and an engine that started after the activation, or has
+    not yet seen an answer of the new epoch, would have nothing to refuse it
+    by. So no policy answer is decided on before the store's newest
+    activation has been learned once (`floor_known`).
+    """
 
     def __init__(self) -> None:
         self.newest = 0
+        self.floor_known = False
         self._versions: dict[int, str] = {}
+
+    @classmethod
+    def unsafe_without_store_floor(cls) -> EpochTracker:
+        """A tracker that decides on answers without knowing the store's newest activation.
+
+        Only for tests of the other steps: an engine built with it takes a
+        stale replica's answer until it has seen a newer one.
+        """
+        tracker = cls()
+        tracker.floor_known = True
+        return tracker
+
+    def learn(self, epoch: int, version: str) -> None:
+        """The newest activation in the policy store: `version` is active at `epoch`.
+
+        Epoch 0 (nothing activated yet) only marks the floor as known. What
+        the store says an epoch's bundle is replaces what answers said.
+        """
+        if epoch > 0:
+            self._versions[epoch] = version
+            self.newest = max(self.newest, epoch)
+            self._prune()
+        self.floor_known = True
 
     def check(self, bundle: common_pb2.BundleRef) -> None:
         """Raise _Inconsistent for a stale epoch or an epoch seen with another bundle."""
@@ -407,6 +441,9 @@ class EpochTracker:
         """Remember a consistent answer's bundle."""
         self._versions.setdefault(bundle.epoch, bundle.version)
         self.newest = max(self.newest, bundle.epoch)
+        self._prune()
+
+    def _prune(self) -> None:
         # Only the newest epochs can matter again; keep the map small.
         if len(self._versions) > 64:
             for epoch in sorted(self._versions)[:-32]:
@@ -453,6 +490,7 @@ class Engine:
         grants: GrantSigner,
         config: DecisionConfig,
         engine_id: str,
+        epochs: EpochTracker,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -466,7 +504,7 @@ class Engine:
         self._clock = clock
         self._monotonic = monotonic
         self._sequence = itertools.count()
-        self.epochs = EpochTracker()
+        self.epochs = epochs
 
     async def authorize(
         self, request: engine_pb2.AuthorizeRequest | UnreadableRequest
@@ -588,6 +626,14 @@ class Engine:
             claimed = decision.claimed
             if claimed is None:
                 return  # nothing to evaluate; verification reports why
+            if not self.epochs.floor_known:
+                # 4. Without the store's newest epoch no answer can be checked for staleness.
+                decision.fail(
+                    "policy",
+                    common_pb2.PEER_UNAVAILABLE,
+                    "policy: the newest activated epoch is not known yet",
+                )
+                return
             evaluate_request = policy_pb2.EvaluateRequest(
                 request_digest=decision.digest,
                 principal=claimed.subject,

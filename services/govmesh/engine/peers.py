@@ -8,6 +8,7 @@ import grpc
 
 from govmesh.engine.batching import Batcher
 from govmesh.engine.core import PeerError, PeerTimeout, PeerUnavailable
+from govmesh.engine.floor import StoreActivation
 from govmesh.v1 import (
     lineage_pb2,
     lineage_pb2_grpc,
@@ -94,6 +95,19 @@ class GrpcPolicy:
         except grpc.aio.AioRpcError as exc:
             raise peer_error("policy", exc) from None
         return list(answer.responses)
+
+    async def newest_activation(self, *, timeout: float) -> StoreActivation | None:
+        """The newest activation in the policy store, as GetState reports it."""
+        try:
+            state = await self._stub.GetState(policy_pb2.GetStateRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise peer_error("policy", exc) from None
+        if not state.HasField("current"):
+            return None
+        current = state.current
+        return StoreActivation(
+            epoch=current.epoch, active=current.active_version, statement=current.statement
+        )
 
 
 class BatchedVerification(Batcher[verification_pb2.VerifyRequest, verification_pb2.VerifyResponse]):

@@ -1,4 +1,10 @@
-"""The engine process: `govmesh serve engine`."""
+"""The engine process: `govmesh serve engine`.
+
+Start-up: read the grant key (and the policy-admin keys, when the trust file
+is given), connect to the peers, learn the newest activated policy epoch
+(floor.py), then serve. Health is SERVING once that epoch is known: until
+then every decision denies, so a load balancer should not send any.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ import grpc
 
 from govmesh.artifacts.keys import load_private_jwk
 from govmesh.engine.config import EngineSettings
-from govmesh.engine.core import Engine
+from govmesh.engine.core import Engine, EpochTracker
+from govmesh.engine.floor import PolicyFloor
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.engine.lineage import BatchingLineage, FileSpool
 from govmesh.engine.peers import (
@@ -25,11 +32,14 @@ from govmesh.engine.peers import (
     open_channel,
 )
 from govmesh.engine.servicer import SERVICE_NAME, EngineServicer, add_to_server
+from govmesh.policy.signing import load_admin_keys
 from govmesh.runtime.entry import run_service
 from govmesh.runtime.server import Health, serve
 
 ENGINE_KEY_FILE = "engine.jwk.json"
 CONNECT_TIMEOUT_S = 5.0
+#: How long one request for the newest policy epoch may take.
+FLOOR_TIMEOUT_S = 2.0
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +58,20 @@ class EngineService:
         self._drainer: asyncio.Task[None] | None = None
         self._servicer: EngineServicer | None = None
         self._spool: FileSpool | None = None
+        self._floor: PolicyFloor | None = None
+        self._floor_task: asyncio.Task[None] | None = None
+        self._health: Health | None = None
 
     async def start(self, health: Health) -> None:
         s = self._settings
+        self._health = health
         key = load_private_jwk(s.keys_dir / ENGINE_KEY_FILE)
+        admin_keys = load_admin_keys(s.trust_file) if s.trust_file is not None else None
+        if admin_keys is None:
+            logger.warning(
+                "GOVMESH_TRUST_FILE is not set: the newest policy epoch is taken from the "
+                "policy service without checking its admin signature"
+            )
         spool = self._spool = FileSpool(s.spool_dir)
         verification, policy, lineage = (
             open_channel(t) for t in (s.verification_target, s.policy_target, s.lineage_target)
@@ -80,6 +100,19 @@ class EngineService:
             linger=s.peer_linger_ms / 1000,
         )
         self._policy.start()
+        epochs = EpochTracker()
+        self._floor = PolicyFloor(
+            source=GrpcPolicy(policy),
+            epochs=epochs,
+            admin_keys=admin_keys,
+            timeout_s=FLOOR_TIMEOUT_S,
+            on_known=self._floor_known,
+        )
+        if not await self._floor.refresh():
+            logger.warning("not serving until the newest policy epoch is known")
+        self._floor_task = asyncio.create_task(
+            self._floor.run(interval_s=s.policy_floor_interval_s), name="policy-floor"
+        )
         self._drainer = asyncio.create_task(
             spool.run(transport, interval=s.spool_retry_s), name="spool-drainer"
         )
@@ -97,6 +130,7 @@ class EngineService:
             ),
             config=s.decision_config(),
             engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
+            epochs=epochs,
         )
         self._servicer = EngineServicer(engine=engine)
 
@@ -115,8 +149,13 @@ class EngineService:
         assert self._servicer is not None
         add_to_server(self._servicer, server)
 
+    async def _floor_known(self) -> None:
+        # Called once, when the floor becomes known after start-up.
+        if self._servicer is not None and self._health is not None:
+            await self._health.set_serving(True)
+
     def ready(self) -> bool:
-        return self._servicer is not None
+        return self._servicer is not None and self._floor is not None and self._floor.known
 
     async def close(self) -> None:
         if self._servicer is not None:
@@ -128,10 +167,11 @@ class EngineService:
             )
         if self._spool is not None:
             await self._spool.flush()
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
+        for task in (self._drainer, self._floor_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for batcher in (self._batcher, self._verification, self._policy):
             if batcher is not None:
                 await batcher.close()

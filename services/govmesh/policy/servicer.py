@@ -85,6 +85,7 @@ def epoch_info(record: EpochRecord) -> policy_pb2.EpochInfo:
         signer_kid=record.signer_kid,
         note=record.note,
         created_at=_timestamp(record.created_at),
+        statement=record.statement,
     )
 
 

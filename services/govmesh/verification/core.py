@@ -82,11 +82,25 @@ class ReplayStoreTimeout(ReplayStoreUnavailable):
     """The replay store did not answer in time."""
 
 
+class ProofWindowClosed(Exception):
+    """By the replay store's clock, the proof can no longer be accepted.
+
+    The store's clock, one for every replica, decides both when a nonce may
+    be forgotten and until when it may be recorded: a replica whose own clock
+    is behind cannot accept a proof whose nonce was already forgotten.
+    """
+
+
 class ReplayStore(Protocol):
     """Proof nonces seen by any verification replica, shared by all of them."""
 
     async def remember(self, key: bytes, expires_at: float, *, timeout: float) -> bool:
-        """Record `key` unless present; True when it was new. Atomic across replicas."""
+        """Record `key` unless present; True when it was new. Atomic across replicas.
+
+        `expires_at` is when the proof stops being acceptable anywhere. A
+        store that forgets keys once they expire raises ProofWindowClosed for
+        one whose `expires_at` has passed by the clock it forgets them by.
+        """
         ...
 
     async def seen(self, key: bytes, *, timeout: float) -> bool:
@@ -456,9 +470,11 @@ class Verifier:
         10. Scope: action and resource match one of the mandate's scope entries.
         11. Replay: a proof that passed 3, 4 and 6 inside its window is
             recorded in the shared store, and fails if it was there already;
-            any other proof is only looked up. A store that cannot be reached
-            fails the check with PEER_UNAVAILABLE, one that does not answer in
-            time with PEER_TIMEOUT: never "assume fresh".
+            any other proof is only looked up. The store's clock has the last
+            word on the window: a proof it holds for expired fails with
+            EXPIRED_AUTHORIZATION, whatever this replica's clock says. A store
+            that cannot be reached fails the check with PEER_UNAVAILABLE, one
+            that does not answer in time with PEER_TIMEOUT: never "assume fresh".
         12. If the trust configuration changed while 11 waited, 3-10 are
             evaluated again under the new one, so no answer relies on a key
             that was removed in the meantime.
@@ -896,6 +912,8 @@ class Verifier:
                 fresh = await self._replay.remember(key, expires_at, timeout=budget)
             else:
                 fresh = not await self._replay.seen(key, timeout=budget)
+        except ProofWindowClosed as exc:
+            return (EXPIRED, f"proof outside its window: {exc}"), False
         except ReplayStoreTimeout as exc:
             return (TIMEOUT, f"replay store did not answer in time: {exc}"), False
         except ReplayStoreUnavailable as exc:

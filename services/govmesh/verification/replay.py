@@ -13,7 +13,15 @@ exactly one round trip. A nonce counts as fresh only after its batch
 committed; any error, or no answer in time, fails every nonce of the batch
 (the caller denies: an unreachable store never means "fresh").
 
-Expired rows are deleted in the background, in bounded chunks.
+One clock decides both when a nonce may be forgotten and until when a proof
+may be recorded: the database's. Replicas' clocks differ; if each deleted
+expired nonces by its own clock, a replica running ahead would forget a nonce
+that a replica running behind still accepts the proof for. So a nonce is
+recorded only while `now()` in Postgres is before its expiry (after that the
+proof is refused as expired, ProofWindowClosed), and expired rows are deleted,
+in the background and in bounded chunks, only once `now()` in Postgres is past
+their expiry by a margin (for steps of the database's clock). A replica's own
+clock still checks the window first; it can only narrow it.
 
 The store talks to Postgres through an asyncpg pool directly rather than
 through SQLAlchemy: the insert is one fixed statement on the hot path of
@@ -26,28 +34,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
 
 from govmesh.runtime.db import libpq_database_url
-from govmesh.verification.core import ReplayStoreTimeout, ReplayStoreUnavailable
+from govmesh.verification.core import (
+    ProofWindowClosed,
+    ReplayStoreTimeout,
+    ReplayStoreUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
+# Each key with whether it was inserted and whether its window had closed by
+# the database's clock (then it is not inserted). clock_timestamp(), not now():
+# the moment the row is considered, however long the statement waited to start.
 _INSERT = """
-    INSERT INTO verification_replay (proof_key, expires_at)
-    SELECT k, to_timestamp(e) FROM unnest($1::bytea[], $2::float8[]) AS t(k, e)
-    ON CONFLICT (proof_key) DO NOTHING
-    RETURNING proof_key
+    WITH input AS (
+        SELECT k, to_timestamp(e) AS expires_at, to_timestamp(e) <= clock_timestamp() AS closed
+        FROM unnest($1::bytea[], $2::float8[]) AS t(k, e)
+    ), inserted AS (
+        INSERT INTO verification_replay (proof_key, expires_at)
+        SELECT k, expires_at FROM input WHERE NOT closed
+        ON CONFLICT (proof_key) DO NOTHING
+        RETURNING proof_key
+    )
+    SELECT input.k, input.closed, inserted.proof_key IS NOT NULL AS fresh
+    FROM input LEFT JOIN inserted ON inserted.proof_key = input.k
 """
 _SEEN = "SELECT 1 FROM verification_replay WHERE proof_key = $1"
 _CLEANUP = """
     DELETE FROM verification_replay WHERE proof_key IN (
         SELECT proof_key FROM verification_replay
-        WHERE expires_at < to_timestamp($1)
+        WHERE expires_at < now() - make_interval(secs => $1)
         LIMIT $2
     )
 """
@@ -74,7 +94,6 @@ class PostgresReplayStore:
         cleanup_interval_s: float = 30.0,
         cleanup_margin_s: float = 5.0,
         cleanup_chunk: int = 5000,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -89,7 +108,6 @@ class PostgresReplayStore:
         self._cleanup_interval_s = cleanup_interval_s
         self._cleanup_margin_s = cleanup_margin_s
         self._cleanup_chunk = cleanup_chunk
-        self._clock = clock
         self._pending: list[_Waiting] = []
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,7 +176,12 @@ class PostgresReplayStore:
             raise ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}") from None
 
     async def remember(self, key: bytes, expires_at: float, *, timeout: float) -> bool:
-        """Insert `key` unless present; True when this call inserted it."""
+        """Insert `key` unless present; True when this call inserted it.
+
+        Raises ProofWindowClosed when `expires_at` has passed by the
+        database's clock: a key the cleanup may already have deleted is
+        never fresh again.
+        """
         if self._closed or not self._tasks:
             raise ReplayStoreUnavailable("the replay store is not running")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -183,12 +206,11 @@ class PostgresReplayStore:
         return row is not None
 
     async def cleanup(self) -> int:
-        """Delete the rows that expired (with a margin for clock differences); returns how many."""
-        cutoff = self._clock() - self._cleanup_margin_s
+        """Delete the rows that expired by the database's clock, past the margin; how many."""
         deleted = 0
         while True:
             pool = await self._connections()
-            status = await pool.execute(_CLEANUP, cutoff, self._cleanup_chunk)
+            status = await pool.execute(_CLEANUP, self._cleanup_margin_s, self._cleanup_chunk)
             count = int(status.split()[-1])  # "DELETE <n>"
             deleted += count
             if count < self._cleanup_chunk:
@@ -222,7 +244,8 @@ class PostgresReplayStore:
             async with asyncio.timeout(self._flush_timeout_s):
                 connection = await self._committer_connection()
                 rows = await connection.fetch(_INSERT, list(unique), list(unique.values()))
-                inserted = {bytes(row[0]) for row in rows}
+                inserted = {bytes(row["k"]) for row in rows if row["fresh"]}
+                closed = {bytes(row["k"]) for row in rows if row["closed"]}
         except TimeoutError:
             await self._drop_committer()  # its state is unknown after a cancelled statement
             self._fail(waiting, ReplayStoreTimeout("the commit did not finish in time"))
@@ -236,12 +259,18 @@ class PostgresReplayStore:
         self.inserted += len(inserted)
         first: set[bytes] = set()
         for item in waiting:
+            if item.future.done():
+                continue
+            if item.key in closed:
+                item.future.set_exception(
+                    ProofWindowClosed("the replay store's clock is past the proof's window")
+                )
+                continue
             # Within one batch the first request with a key gets the insert;
             # a second one with the same key is a replay of it.
             fresh = item.key in inserted and item.key not in first
             first.add(item.key)
-            if not item.future.done():
-                item.future.set_result(fresh)
+            item.future.set_result(fresh)
 
     @staticmethod
     def _fail(items: list[_Waiting], error: ReplayStoreUnavailable) -> None:
