@@ -7,12 +7,14 @@ import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
 
 import pytest
 
 from govmesh.artifacts.canonical import canonical_json
+from govmesh.artifacts.entries import entry_problem, refusal_id, refusal_record, refuses
 from govmesh.engine.core import PeerError, PeerUnavailable
 from govmesh.engine.lineage import BatchingLineage, FileSpool
 from govmesh.lineage.core import EntryRejected, check_entry, leaf_hash
@@ -497,3 +499,22 @@ async def test_a_damaged_spool_line_is_moved_aside_not_a_stuck_drain(tmp_path: P
     assert await spool.drain(MemoryTransport()) == 2
     assert spool.pending() == []
     assert len(spool.quarantined()) == 1
+
+
+@pytest.mark.parametrize(
+    ("refused", "reason"),
+    [
+        (b"\xff\xfe not even UTF-8", "entry is not UTF-8"),
+        (canonical_json({"engine": {"id": "e\x00", "seq": 1}}), "x"),
+        (canonical_json({"engine": {"id": "e", "seq": -1}, "decision": "MAYBE"}), ""),
+        (canonical_json({"decision": "DENY"}), "\x00\ud800" + "r" * 100_000),
+    ],
+)
+def test_a_refusal_record_is_always_one_lineage_accepts(refused: bytes, reason: str) -> None:
+    # Whatever was refused and whatever lineage said: the record must not be
+    # refused in turn, or the spool would hold it for ever.
+    record_id = refusal_id("not-a-uuid", refused)
+    record, document = refusal_record(record_id, refused, reason, time=datetime.now(UTC))
+    assert entry_problem(record, record_id) is None
+    assert document["entry_sha256"] == sha256(refused).hexdigest()
+    assert refuses(record, refused)
