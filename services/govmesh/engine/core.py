@@ -830,7 +830,10 @@ class Engine:
             if entry_problem(data, decision.decision_id) is None:
                 return data
         except Exception:
-            logger.exception("bare entry", extra={"decision_id": decision.decision_id})
+            logger.exception(
+                "request fields left out of a bare entry",
+                extra={"decision_id": decision.decision_id},
+            )
         return canonical_json(essentials)
 
     def _deny_response(
