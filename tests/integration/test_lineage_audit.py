@@ -8,19 +8,24 @@ and against the service.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from govmesh.artifacts.entries import refusal_record
 from govmesh.cli.devsetup import DevSetup
+from govmesh.engine.lineage import FileSpool
+from govmesh.engine.peers import GrpcLineage, open_channel
 from govmesh.lineage import merkle
 from govmesh.lineage.auditor import Anchor, AuditReport, audit, read_anchor
 from govmesh.lineage.client import LineageClient
@@ -346,6 +351,87 @@ async def test_an_amendment_must_name_a_logged_decision(log: Log) -> None:
         source = ServiceSource(client, "service")
         report = await audit(source, log_key=log.key)
     assert [(f.kind, f.decision_id) for f in report.findings] == [("amendment", bad_id)]
+
+
+# --- entries lineage refuses: kept aside, recorded by hash --------------------------------
+
+
+@pytest.mark.parametrize("refused_by", ["the engine's copy of the rules", "the lineage service"])
+async def test_a_spooled_deny_lineage_refuses_is_recorded_by_a_refusal_and_audits_clean(
+    log: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused_by: str
+) -> None:
+    # Three denies of engine-a spooled while lineage was away, continuing its
+    # counter; the middle one names a subject Postgres cannot store (NUL).
+    seq = SINGLES + BATCH
+    spooled = [
+        decision(seq),
+        decision(seq + 1, subject="spiffe://govmesh.dev/agent/\x00x"),
+        decision(seq + 2),
+    ]
+    spool = FileSpool(tmp_path / "spool")
+    for data, decision_id in spooled:
+        await spool.put(data, decision_id)
+    if refused_by == "the lineage service":
+        # An engine whose copy of the rules misses this one: the entry travels
+        # and the real service's refusal is what the spool acts on.
+        monkeypatch.setattr("govmesh.engine.lineage.entry_problem", lambda data, did: None)
+    channel = open_channel(log.lineage.address)
+    try:
+        transport = GrpcLineage(channel)
+        assert await spool.drain(transport, timeout=30) == 3
+        # The spool moved on: the next drain has nothing to send.
+        assert spool.pending() == []
+        assert await spool.drain(transport, timeout=30) == 0
+        refused_data, refused_id = spooled[1]
+        record = json.loads(await transport.get_entry(refused_id, timeout=30) or b"null")
+    finally:
+        await channel.close()
+
+    assert record["type"] == "refused"
+    assert record["entry_sha256"] == hashlib.sha256(refused_data).hexdigest()
+    assert "NUL" in record["reason"]
+    [aside] = spool.quarantined()
+    assert aside.read_bytes().endswith(b"\n" + refused_data)
+
+    # The auditor: the whole log checks out, the engine's counter has no gap,
+    # and the refusal is reported.
+    report = await audit_database(log)
+    assert report.ok, report.findings
+    assert report.engines == {"engine-a": seq + 3}
+    assert [(r.decision_id, r.entry_sha256) for r in report.refused] == [
+        (refused_id, record["entry_sha256"])
+    ]
+    result = cli(
+        "verify", "--database-url", log.database_url, "--vkey", str(log.setup.lineage_vkey)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "entries lineage refused, recorded by hash in their place: 1" in result.stdout
+    assert record["entry_sha256"] in result.stdout
+
+
+async def test_a_refused_deny_dropped_without_its_record_is_a_gap_the_auditor_names(
+    log: Log,
+) -> None:
+    # What a spool that simply deleted the refused deny would leave behind.
+    seq = SINGLES + BATCH
+    async with await LineageClient.connect(log.lineage.address) as client:
+        await client.append_batch([decision(seq)])
+        await client.append_batch([decision(seq + 2)])
+    report = await audit_database(log)
+    assert not report.ok
+    [finding] = report.findings
+    assert finding.kind == "engine"
+    assert f"counter {seq + 1} never logged" in finding.message
+
+
+async def test_a_refusal_record_standing_for_an_allow_is_a_finding(log: Log) -> None:
+    allow, _ = decision(SINGLES + BATCH, decision="ALLOW")
+    record_id = str(uuid.uuid4())
+    record, _ = refusal_record(record_id, allow, "refused", time=datetime.now(UTC))
+    async with await LineageClient.connect(log.lineage.address) as client:
+        await client.append_batch([(record, record_id)])
+    report = await audit_database(log)
+    assert [(f.kind, f.decision_id) for f in report.findings] == [("refused", record_id)]
 
 
 # --- anchors: a rolled-back or forked log is a valid log on its own ------------------

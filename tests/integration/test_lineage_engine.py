@@ -138,3 +138,37 @@ async def test_decisions_name_their_trace_and_the_cli_tail_follows_them_live(
     assert [json.loads(line)["decision_id"] for line in found.stdout.splitlines()] == [
         traced.decision_id
     ]
+
+
+async def test_a_trusted_mandate_for_a_subject_lineage_cannot_store_is_denied_and_logged(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    # The dev issuer signs, inside its subject namespace, a sub holding a NUL:
+    # verification refuses it, and the deny is recorded at once, not spooled.
+    mesh = start_mesh()
+    mandate = mesh.mandate(subject=DEV_SUBJECT + "\x00x")
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        denied = await engine.authorize(**mesh.request(mandate=mandate))
+        allowed = await engine.authorize(**mesh.request())
+
+    assert denied.decision == "DENY"
+    assert denied.reason == "INVALID_VERIFICATION"
+    assert "signature" in denied.failed_checks
+    assert denied.lineage is not None and allowed.lineage is not None
+    assert allowed.decision == "ALLOW"
+    async with await LineageClient.connect(mesh.lineage.address) as lineage:
+        logged = await lineage.entry(denied.decision_id)
+    entry = json.loads(logged.entry)
+    assert entry["decision"] == "DENY" and entry["subject"] is None
+    assert entry["claimed_subject"] == DEV_SUBJECT + "\x00x"
+
+    audited = govmesh(
+        "lineage",
+        "verify",
+        "--database-url",
+        mesh.database_url,
+        "--vkey",
+        str(mesh.setup.lineage_vkey),
+    )
+    assert audited.returncode == 0, audited.stdout
+    assert "2 decisions, counter contiguous from 0" in audited.stdout

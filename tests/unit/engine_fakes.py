@@ -12,9 +12,9 @@ from google.protobuf import json_format
 from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.checks import REQUIRED_CHECKS
-from govmesh.engine.core import DecisionConfig, Engine, EpochTracker
+from govmesh.engine.core import DecisionConfig, Engine, EpochTracker, PeerUnavailable
 from govmesh.engine.grants import Ed25519GrantSigner
-from govmesh.lineage.core import leaf_hash
+from govmesh.lineage.core import EntryRejected, check_entry, leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
 
 SUBJECT = "spiffe://test/agent"
@@ -116,7 +116,11 @@ class FakePolicy:
 
 @dataclass
 class FakeLineage:
-    """An in-memory log that commits and returns real receipts."""
+    """An in-memory log that commits and returns real receipts.
+
+    It refuses what the lineage service refuses (its entry rules, a logged
+    decision id), as the engine's lineage client reports it.
+    """
 
     delay: float = 0.0
     error: BaseException | None = None
@@ -129,6 +133,12 @@ class FakeLineage:
             await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
+        try:
+            check_entry(entry, decision_id)
+        except EntryRejected as exc:
+            raise PeerUnavailable(f"lineage refused the entry: {exc}") from None
+        if any(json.loads(e)["decision_id"] == decision_id for e in self.entries):
+            raise PeerUnavailable(f"lineage refused the entry: decision {decision_id} is logged")
         self.entries.append(entry)
         return common_pb2.LineageReceipt(
             index=len(self.entries) - 1,
@@ -178,6 +188,7 @@ def build_engine(
     config: DecisionConfig | None = None,
     clock: Callable[[], float] | None = None,
     epochs: EpochTracker | None = None,
+    engine_id: str = "engine-test",
 ) -> Harness:
     """An engine over fakes; defaults are honest peers and generous deadlines."""
     import time
@@ -205,7 +216,7 @@ def build_engine(
         or DecisionConfig(
             verification_timeout=1.0, policy_timeout=1.0, lineage_timeout=1.0, budget=2.0
         ),
-        engine_id="engine-test",
+        engine_id=engine_id,
         epochs=epochs or EpochTracker.unsafe_without_store_floor(),
         clock=clock or time.time,
     )

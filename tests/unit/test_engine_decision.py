@@ -19,8 +19,10 @@ from joserfc.jwk import OKPKey
 from govmesh.artifacts import GRANT_TYP
 from govmesh.artifacts.canonical import b64url, canonical_json, request_digest
 from govmesh.artifacts.checks import REQUIRED_CHECKS
+from govmesh.artifacts.entries import entry_problem
 from govmesh.engine.config import EngineSettings
-from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable
+from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable, UnreadableRequest
+from govmesh.lineage.core import leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
 from tests.unit.engine_fakes import (
     BUNDLE,
@@ -358,6 +360,9 @@ async def test_a_full_spool_disk_still_answers_deny() -> None:
 
     assert response.decision == DENY
     assert reason(response) == "LINEAGE_UNAVAILABLE"
+    # Only lineage failed: a disk error that escaped the spool would show as
+    # an engine failure too (the catch-all's), under the same primary reason.
+    assert list(response.failed_checks) == ["lineage"]
 
 
 async def test_a_stuck_spool_disk_holds_the_answer_only_for_the_spool_timeout() -> None:
@@ -718,3 +723,107 @@ async def test_every_decision_takes_one_counter_value_even_when_recording_is_ret
 
     seqs = [e["engine"]["seq"] for e in h.lineage.decoded()]
     assert sorted(set(seqs)) == [0, 1]
+
+
+# --- every entry is one lineage accepts; every deny is kept ------------------------------
+
+
+def vouching_for(subject: str) -> Callable[[verification_pb2.VerifyRequest], Any]:
+    def answer(request: verification_pb2.VerifyRequest) -> verification_pb2.VerifyResponse:
+        response = passing_verification(request)
+        response.claims.subject = subject
+        return response
+
+    return answer
+
+
+async def test_an_allow_for_a_subject_lineage_cannot_store_is_a_recorded_deny() -> None:
+    # A subject with a NUL, vouched for by verification: lineage refuses an
+    # entry holding it, so the engine must neither ALLOW unrecorded nor send
+    # (or spool) an entry that would be refused for ever.
+    subject = SUBJECT + "\x00x"
+    h = build_engine(verification=FakeVerification(answer=vouching_for(subject)))
+    request = authorize_request(mandate=jws({"sub": subject, "att": {"session": "s1"}}))
+
+    response = await h.engine.authorize(request)
+
+    assert response.decision == DENY
+    assert response.grant == ""
+    assert reason(response) == "INTERNAL_ERROR"
+    assert list(response.failed_checks) == ["lineage"]
+    # Recorded now, in a form lineage took (FakeLineage applies its rules), not spooled.
+    assert h.spool.entries == []
+    [logged] = h.lineage.entries
+    entry = json.loads(logged)
+    assert entry["decision_id"] == response.decision_id
+    assert entry["decision"] == "DENY"
+    assert entry.get("subject") is None
+    assert entry["engine"] == {"id": "engine-test", "seq": 0}
+    assert "NUL" in entry["unrecorded"]
+    assert response.lineage.leaf_hash == leaf_hash(logged)
+
+
+async def test_every_entry_the_engine_sends_or_spools_is_one_lineage_accepts() -> None:
+    # Hostile but valid-looking inputs on every path: malformed, denied, allowed.
+    # Verification vouches for a subject lineage cannot store; lineage is down.
+    h = build_engine(
+        verification=FakeVerification(answer=vouching_for(SUBJECT + "\x00")),
+        lineage=FakeLineage(error=PeerUnavailable("down")),
+    )
+    requests = [
+        authorize_request(action="pay\x00ments"),
+        authorize_request(resource="a" * 5000),
+        authorize_request(mandate=jws({"sub": SUBJECT + "\x00", "att": {"session": "s1"}})),
+        authorize_request(mandate=jws({"sub": "é" * 2048, "att": {"session": "s1"}})),
+        authorize_request(),
+    ]
+    for request in requests:
+        assert (await h.engine.authorize(request)).decision == DENY
+    assert len(h.spool.entries) == len(requests)
+    for data, decision_id in h.spool.entries:
+        assert entry_problem(data, decision_id) is None, data
+
+
+class Exploding:
+    """A lineage whose append raises something no one planned for."""
+
+    async def append(self, entry: bytes, decision_id: str, *, timeout: float) -> Any:
+        raise RuntimeError("lineage client bug")
+
+
+async def test_a_finishing_step_that_raises_still_spools_the_deny() -> None:
+    h = build_engine()
+    h.engine._lineage = Exploding()  # fault injection: not a timeout, not a peer error
+
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == DENY
+    assert response.grant == ""
+    assert reason(response) == "INTERNAL_ERROR"
+    # Nothing lost: the deny waits in the spool, in a form lineage accepts.
+    [(data, decision_id)] = h.spool.entries
+    assert decision_id == response.decision_id
+    assert entry_problem(data, decision_id) is None
+    entry = json.loads(data)
+    assert entry["decision"] == "DENY"
+    assert entry["engine"] == {"id": "engine-test", "seq": 0}
+    assert entry["reason"] == "INTERNAL_ERROR"
+
+
+async def test_a_malformed_request_whose_finish_raises_still_spools_the_deny() -> None:
+    h = build_engine()
+    h.engine._lineage = Exploding()
+
+    response = await h.engine.authorize(UnreadableRequest("not a protobuf"))
+
+    assert response.decision == DENY
+    [(data, decision_id)] = h.spool.entries
+    assert decision_id == response.decision_id
+    assert json.loads(data)["reason"] == "MALFORMED_REQUEST"
+
+
+async def test_an_engine_id_lineage_would_refuse_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="engine id"):
+        build_engine(engine_id="engine\x00a")
+    with pytest.raises(ValueError, match="engine id"):
+        build_engine(engine_id="")

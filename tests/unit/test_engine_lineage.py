@@ -7,14 +7,17 @@ import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
 
 from govmesh.artifacts.canonical import canonical_json
+from govmesh.artifacts.entries import entry_problem, refusal_id, refusal_record, refuses
 from govmesh.engine.core import PeerError, PeerUnavailable
 from govmesh.engine.lineage import BatchingLineage, FileSpool
-from govmesh.lineage.core import leaf_hash
+from govmesh.lineage.core import EntryRejected, check_entry, leaf_hash
 from govmesh.v1 import common_pb2, lineage_pb2
 
 
@@ -45,7 +48,10 @@ class MemoryTransport:
         results = []
         for request in requests:
             response = lineage_pb2.AppendResponse(decision_id=request.decision_id)
-            if request.decision_id in self.log:
+            problem = self.refusal(request.entry, request.decision_id)
+            if problem is not None:
+                response.error = problem
+            elif request.decision_id in self.log:
                 response.error = "duplicate decision id"
             else:
                 self.log[request.decision_id] = request.entry
@@ -60,6 +66,14 @@ class MemoryTransport:
 
     async def get_entry(self, decision_id: str, *, timeout: float) -> bytes | None:
         return self.log.get(decision_id)
+
+    def refusal(self, data: bytes, decision_id: str) -> str | None:
+        """Why lineage refuses this entry: its own rules, as the real service applies them."""
+        try:
+            check_entry(data, decision_id)
+        except EntryRejected as exc:
+            return str(exc)
+        return None
 
 
 async def test_concurrent_appends_travel_in_batches_and_each_gets_its_own_receipt() -> None:
@@ -346,3 +360,161 @@ async def test_a_retried_drain_does_not_amend_twice(tmp_path: Path) -> None:
     amendments = [json.loads(e) for e in transport.log.values() if b'"amendment"' in e]
     assert sorted(a["amends"] for a in amendments) == sorted(logged)
     assert spool.pending() == []
+
+
+# --- entries lineage refuses ------------------------------------------------------------
+
+
+def engine_deny(seq: int, **fields: object) -> tuple[bytes, str]:
+    return entry(
+        v=1,
+        type="decision",
+        engine={"id": "engine-a", "seq": seq},
+        decision="DENY",
+        reason="LINEAGE_UNAVAILABLE",
+        **fields,
+    )
+
+
+async def test_an_entry_lineage_refuses_is_moved_aside_and_a_refusal_takes_its_place(
+    tmp_path: Path,
+) -> None:
+    # A deny spooled with a subject lineage cannot store (NUL), between two it can.
+    before, refused, after = (
+        engine_deny(0),
+        engine_deny(1, subject="spiffe://test/agent\x00x"),
+        engine_deny(2),
+    )
+    spool = FileSpool(tmp_path)
+    await asyncio.gather(*(spool.put(data, did) for data, did in (before, refused, after)))
+    transport = MemoryTransport()
+
+    assert await spool.drain(transport) == 3
+
+    # The spool moved on: nothing is left to drain, nothing is sent again.
+    assert spool.pending() == []
+    sent = len(transport.batches)
+    assert await spool.drain(transport) == 0
+    assert len(transport.batches) == sent
+    # The log holds every decision id, the refused one as a refusal record.
+    assert set(transport.log) == {before[1], refused[1], after[1]}
+    record = json.loads(transport.log[refused[1]])
+    assert record["type"] == "refused"
+    assert record["entry_sha256"] == sha256(refused[0]).hexdigest()
+    assert "NUL" in record["reason"]
+    assert record["engine"] == {"id": "engine-a", "seq": 1}  # the counter stays whole
+    assert record["decision"] == "DENY"
+    assert check_entry(transport.log[refused[1]], refused[1]).kind == "refused"
+    # The refused bytes are kept aside, durably, with the reason.
+    [aside] = spool.quarantined()
+    head, _, kept = aside.read_bytes().partition(b"\n")
+    assert kept == refused[0]
+    assert json.loads(head)["decision_id"] == refused[1]
+    assert "NUL" in json.loads(head)["reason"]
+
+
+class StricterLineage(MemoryTransport):
+    """A lineage whose rules refuse what the engine's copy of them accepts
+    (a newer lineage): the refusal only shows in its answer."""
+
+    def refusal(self, data: bytes, decision_id: str) -> str | None:
+        if b"forbidden-by-a-newer-rule" in data:
+            return "entry field 'note' is refused by this lineage"
+        return super().refusal(data, decision_id)
+
+
+async def test_an_entry_lineage_refuses_remotely_is_replaced_not_retried_forever(
+    tmp_path: Path,
+) -> None:
+    refused = engine_deny(0, note="forbidden-by-a-newer-rule")
+    kept = engine_deny(1)
+    spool = FileSpool(tmp_path)
+    await asyncio.gather(spool.put(*refused), spool.put(*kept))
+    transport = StricterLineage()
+
+    assert await spool.drain(transport) == 2
+
+    assert spool.pending() == []
+    assert transport.log[kept[1]] == kept[0]
+    record = json.loads(transport.log[refused[1]])
+    assert record["type"] == "refused"
+    assert record["reason"] == "entry field 'note' is refused by this lineage"
+    assert record["entry_sha256"] == sha256(refused[0]).hexdigest()
+    assert [p.read_bytes().partition(b"\n")[2] for p in spool.quarantined()] == [refused[0]]
+
+
+async def test_an_interrupted_refusal_is_not_recorded_twice(tmp_path: Path) -> None:
+    # The refusal record reached lineage, then the engine stopped before the
+    # group left the spool: the next drain finds the record and moves on.
+    refused = engine_deny(0, note="forbidden-by-a-newer-rule")
+    spool = FileSpool(tmp_path)
+    await spool.put(*refused)
+
+    class FailsAfterTheRecord(StricterLineage):
+        calls = 0
+
+        async def append_batch(
+            self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
+        ) -> list[lineage_pb2.AppendResponse]:
+            results = await super().append_batch(requests, timeout=timeout)
+            self.calls += 1
+            if self.calls == 2:  # the record was appended; its answer is lost
+                raise PeerUnavailable("lineage restarting")
+            return results
+
+    transport = FailsAfterTheRecord()
+    with pytest.raises(PeerUnavailable):
+        await spool.drain(transport)
+    assert len(spool.pending()) == 1
+
+    assert await spool.drain(transport) == 1
+    assert spool.pending() == []
+    assert list(transport.log) == [refused[1]]
+    assert json.loads(transport.log[refused[1]])["type"] == "refused"
+
+
+async def test_a_refusal_whose_id_another_entry_holds_takes_a_derived_id(tmp_path: Path) -> None:
+    # Lineage logged an ALLOW under the id (committed late), and the deny the
+    # engine answered is one lineage refuses: both stay visible.
+    allow = canonical_json({"decision_id": (did := str(uuid.uuid4())), "decision": "ALLOW"})
+    deny = canonical_json({"decision_id": did, "decision": "DENY", "subject": "agent\x00"})
+    spool = FileSpool(tmp_path)
+    await spool.put(deny, did)
+    transport = MemoryTransport(log={did: allow})
+
+    assert await spool.drain(transport) == 1
+
+    assert transport.log[did] == allow
+    [record] = [json.loads(e) for k, e in transport.log.items() if k != did]
+    assert record["type"] == "refused"
+    assert record["entry_sha256"] == sha256(deny).hexdigest()
+
+
+async def test_a_damaged_spool_line_is_moved_aside_not_a_stuck_drain(tmp_path: Path) -> None:
+    spool = FileSpool(tmp_path)
+    good = engine_deny(0)
+    await spool.put(*good)
+    (tmp_path / "00000000000000000001-damaged0.spool").write_bytes(b"\xff\xfe {not json\n")
+
+    assert await spool.drain(MemoryTransport()) == 2
+    assert spool.pending() == []
+    assert len(spool.quarantined()) == 1
+
+
+@pytest.mark.parametrize(
+    ("refused", "reason"),
+    [
+        (b"\xff\xfe not even UTF-8", "entry is not UTF-8"),
+        (canonical_json({"engine": {"id": "e\x00", "seq": 1}}), "x"),
+        (canonical_json({"engine": {"id": "e", "seq": -1}, "decision": "MAYBE"}), ""),
+        (canonical_json({"decision": "DENY"}), "\x00\ud800" + "r" * 100_000),
+    ],
+)
+def test_a_refusal_record_is_always_one_lineage_accepts(refused: bytes, reason: str) -> None:
+    # Whatever was refused and whatever lineage said: the record must not be
+    # refused in turn, or the spool would hold it for ever.
+    record_id = refusal_id("not-a-uuid", refused)
+    record, document = refusal_record(record_id, refused, reason, time=datetime.now(UTC))
+    assert entry_problem(record, record_id) is None
+    assert document["entry_sha256"] == sha256(refused).hexdigest()
+    assert refuses(record, refused)

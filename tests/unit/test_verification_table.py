@@ -346,6 +346,13 @@ CASES = [
     Case("nbf not a number", with_mandate(nbf="soon"), INVALID, ("signature", "window")),
     Case("missing jti", with_mandate(jti=DROP), INVALID, ("signature",)),
     Case("missing sub", with_mandate(sub=DROP), INVALID, ("signature",)),
+    # Signed by a trusted issuer, inside its subject namespace, yet a subject
+    # the decision log cannot record: it would turn an ALLOW into a DENY
+    # whose entry lineage refuses.
+    Case("sub with a NUL", with_mandate(sub=SUBJECT + "\x00x"), INVALID, ("signature",)),
+    Case("sub with an escape", with_mandate(sub=SUBJECT + "\x1b[2J"), INVALID, ("signature",)),
+    Case("sub past 2048 bytes", with_mandate(sub=SUBJECT + "é" * 1100), INVALID, ("signature",)),
+    Case("mandate jti with a NUL", with_mandate(jti="m\x00"), INVALID, ("signature",)),
     Case("missing exp", with_mandate(exp=DROP), INVALID, ("signature", "window")),
     Case("iat not a number", with_mandate(iat="now"), INVALID, ("signature", "window")),
     Case("missing cnf.jkt", with_mandate(cnf=DROP), INVALID, ("signature", "pop")),
@@ -375,6 +382,7 @@ CASES = [
     Case("mandate hash of another mandate", proof_for_other_mandate, INVALID, ("pop",)),
     Case("forged proof signature", forged_proof, INVALID, ("pop",)),
     Case("proof with the wrong typ", with_proof(typ="JWT"), INVALID, ("pop",)),
+    Case("proof jti with a NUL", with_proof(jti="p\x00"), INVALID, ("pop",)),
     Case(
         "swapped typ: mandate typ on a proof",
         lambda w: (lambda m: w.request(mandate=m, proof=w.signed_proof(m, typ=MANDATE_TYP)))(

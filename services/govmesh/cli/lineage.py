@@ -217,6 +217,15 @@ def _print_report(report: AuditReport, as_json: bool) -> int:
             "root_hash": base64.b64encode(report.root).decode(),
             "consistency_proofs_checked": report.proofs_checked,
             "engines": report.engines,
+            "refused": [
+                {
+                    "index": refused.index,
+                    "decision_id": refused.decision_id,
+                    "entry_sha256": refused.entry_sha256,
+                    "reason": refused.reason,
+                }
+                for refused in report.refused
+            ],
             "witnesses": [
                 {
                     "name": w.name,
@@ -262,6 +271,13 @@ def _print_report(report: AuditReport, as_json: bool) -> int:
         print(f"  consistency proofs verified between checkpoints: {report.proofs_checked}")
     for engine, count in report.engines.items():
         print(f"  engine {engine}: {count} decisions, counter contiguous from 0")
+    if report.refused:
+        print(f"  entries lineage refused, recorded by hash in their place: {len(report.refused)}")
+    for refused in report.refused[:20]:
+        print(
+            f"    entry {refused.index} ({refused.decision_id}): "
+            f"sha256 {refused.entry_sha256}: {refused.reason}"
+        )
     for w in report.witnesses:
         if w.cosigned:
             print(

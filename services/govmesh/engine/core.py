@@ -32,6 +32,7 @@ from govmesh.artifacts.canonical import (
     request_digest,
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Reason, primary_reason
+from govmesh.artifacts.entries import entry_problem, text_problem
 from govmesh.v1 import (
     common_pb2,
     engine_pb2,
@@ -494,6 +495,11 @@ class Engine:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Every entry carries the engine id: one lineage would refuse would
+        # make every decision of this engine unrecordable.
+        problem = text_problem(engine_id) if engine_id else "is empty"
+        if problem is not None:
+            raise ValueError(f"engine id {engine_id!r} {problem}")
         self._verification = verification
         self._policy = policy
         self._lineage = lineage
@@ -740,6 +746,21 @@ class Engine:
             decision.fail("engine", common_pb2.INTERNAL_ERROR, "no complete answer to decide on")
         entry = self._entry(decision, action, resource, allowed)
         data = _entry_bytes(entry)
+        problem = entry_problem(data, decision.decision_id)
+        if problem is not None:
+            # Lineage would refuse this entry, and a spooled copy would never
+            # drain. Verification refuses the claims that could cause it; if
+            # one slips through, the decision is a DENY recorded without it.
+            logger.error(
+                "decision entry is one lineage refuses: %s",
+                problem,
+                extra={"decision_id": decision.decision_id},
+            )
+            allowed = False
+            decision.fail(
+                "lineage", common_pb2.INTERNAL_ERROR, "the decision cannot be recorded as built"
+            )
+            data = self._bare_entry(decision, action, resource, problem)
 
         # 6. Lineage: no log, no execution.
         receipt: common_pb2.LineageReceipt | None = None
@@ -804,9 +825,62 @@ class Engine:
         decision.verified = None
         try:
             return await self._finish(decision, action, resource)
-        except Exception:
+        except Exception as exc:
             logger.exception("recording a failed decision failed")
+            if not any(f.check == "engine" for f in decision.failures):
+                decision.fail("engine", common_pb2.INTERNAL_ERROR, "internal error")
+            # Nothing lost: the deny is spooled in the barest form lineage accepts.
+            # (If the failed finish had recorded it already, the drain finds it.)
+            try:
+                unfinished = f"the decision could not be finished: {type(exc).__name__}"
+                await self._spool_deny(
+                    decision, self._bare_entry(decision, action, resource, unfinished)
+                )
+            except Exception:
+                logger.exception(
+                    "a failed decision could not be spooled",
+                    extra={"decision_id": decision.decision_id},
+                )
             return self._deny_response(decision, None)
+
+    def _bare_entry(self, decision: _Decision, action: str, resource: str, note: str) -> bytes:
+        """The decision as a DENY entry lineage accepts, whatever else went wrong.
+
+        Holds what the engine itself made, none of what peers vouched for;
+        `unrecorded` says why the full entry was not recorded. Falls back
+        to the engine's own fields alone (accepted by construction: a
+        fresh UUID, the checked engine id, counter, reason names).
+        """
+        essentials: dict[str, Any] = {
+            "v": 1,
+            "type": "decision",
+            "decision_id": decision.decision_id,
+            "engine": {"id": self._engine_id, "seq": decision.seq},
+            "decision": "DENY",
+            "reason": common_pb2.DenyReason.Name(self._reason(decision)),
+            "failed_checks": _loggable(self._failed_names(decision)),
+            "unrecorded": _loggable(note[:1024]),
+        }
+        try:
+            full = {
+                **essentials,
+                "time": datetime.fromtimestamp(self._clock(), UTC).isoformat(
+                    timespec="milliseconds"
+                ),
+                "request_digest": decision.digest or None,
+                "claimed_subject": decision.claimed.subject if decision.claimed else None,
+                "action": action[:MAX_ACTION_CHARS],
+                "resource": resource[:MAX_RESOURCE_CHARS],
+            }
+            data = _entry_bytes(full)
+            if entry_problem(data, decision.decision_id) is None:
+                return data
+        except Exception:
+            logger.exception(
+                "request fields left out of a bare entry",
+                extra={"decision_id": decision.decision_id},
+            )
+        return canonical_json(essentials)
 
     def _deny_response(
         self, decision: _Decision, receipt: common_pb2.LineageReceipt | None

@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Protocol
 
 from govmesh.artifacts.canonical import canonical_json
+from govmesh.artifacts.entries import (
+    derived_refusal_id,
+    entry_problem,
+    refusal_id,
+    refusal_record,
+    refuses,
+)
 from govmesh.engine.batching import MAX_BATCH_BYTES, Batcher
 from govmesh.engine.core import PeerError, PeerUnavailable
 from govmesh.lineage.core import leaf_hash
@@ -100,20 +107,46 @@ def _chunks(entries: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
     return [chunk for chunk in chunks if chunk]
 
 
+def _durable_write(directory: Path, name: str, data: bytes) -> None:
+    """Write `directory/name` whole or not at all, durable when it returns.
+
+    Written to a temporary name, fsynced, renamed, and the folder fsynced:
+    a crash leaves the whole file or none of it.
+    """
+    tmp = directory / (name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.rename(directory / name)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class FileSpool:
     """Denies that lineage could not take, kept on local disk until it can.
 
     Denies that arrive together are written together (group commit): one
     file per group, one line per entry ("<decision id> <entry>\\n"; canonical
-    JSON holds no raw newline), written to a temporary name, fsynced and
-    renamed, so a crash leaves a whole group or none of it. The writing runs
+    JSON holds no raw newline), written whole or not at all. The writing runs
     in a worker thread: an overloaded engine that denies a lot never stalls
     its event loop on fsync. Groups drain in the order they were written.
+
+    An entry lineage refuses (its rules, `govmesh.artifacts.entries`, will
+    refuse it on every try) is moved aside to `quarantine/`, with the
+    reason, and a refusal record takes its place in the log: the auditor
+    sees it, the engine's counter stays whole, and the spool moves on.
     """
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.quarantine = directory / "quarantine"
         self._waiting: list[tuple[bytes, str, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -144,19 +177,7 @@ class FileSpool:
 
     def _write(self, group: list[tuple[bytes, str]]) -> None:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.spool"
-        tmp = self._dir / (name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"".join(d.encode() + b" " + e + b"\n" for e, d in group))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.rename(self._dir / name)
-        dir_fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _durable_write(self._dir, name, b"".join(d.encode() + b" " + e + b"\n" for e, d in group))
 
     async def flush(self) -> None:
         """Wait until every deny put so far is on disk (or failed)."""
@@ -172,7 +193,9 @@ class FileSpool:
         entries = []
         for line in path.read_bytes().splitlines():
             decision_id, _, entry = line.partition(b" ")
-            entries.append((decision_id.decode(), entry))
+            # A damaged line still reads: lineage's rules then refuse it, and
+            # it is moved aside instead of stopping the drain.
+            entries.append((decision_id.decode("utf-8", "backslashreplace"), entry))
         return entries
 
     async def drain(self, transport: LineageTransport, *, timeout: float = 5.0) -> int:
@@ -183,7 +206,8 @@ class FileSpool:
         interrupted repeats safely). An entry whose decision id is logged with
         other bytes (an ALLOW committed after the engine had given up on it
         and answered DENY) is recorded as an amendment naming that decision.
-        A group that cannot drain now does not hold back the groups after it;
+        An entry lineage refuses is quarantined and replaced by a refusal
+        record (`_refuse`). A group that cannot drain now does not hold back the groups after it;
         raises the last error when nothing drained at all.
         """
         drained = 0
@@ -201,7 +225,17 @@ class FileSpool:
     async def _drain_group(self, path: Path, transport: LineageTransport, timeout: float) -> int:
         entries = self._read(path)
         settled = 0
-        for chunk in _chunks(entries):
+        sendable = []
+        for decision_id, entry in entries:
+            # Lineage's own rules, checked here: an entry they refuse is never
+            # sent, it would be refused on every drain.
+            problem = entry_problem(entry, decision_id)
+            if problem is None:
+                sendable.append((decision_id, entry))
+            else:
+                await self._refuse(transport, decision_id, entry, problem, timeout)
+                settled += 1
+        for chunk in _chunks(sendable):
             responses = await transport.append_batch(
                 [lineage_pb2.AppendRequest(entry=e, decision_id=d) for d, e in chunk],
                 timeout=timeout,
@@ -215,18 +249,76 @@ class FileSpool:
                     continue
                 logged = await transport.get_entry(decision_id, timeout=timeout)
                 if logged is None:
-                    logger.error(
-                        "spooled deny refused",
-                        extra={"decision_id": decision_id, "error": response.error},
-                    )
-                    continue
-                if logged != entry:
+                    # AppendBatch fails the whole call for anything passing (an
+                    # unreachable database, a restart); an error for one entry
+                    # that is not logged is lineage's rules refusing it, for good.
+                    await self._refuse(transport, decision_id, entry, response.error, timeout)
+                elif logged != entry and not refuses(logged, entry):
                     await self._amend(transport, decision_id, entry, timeout)
                 settled += 1
         if settled < len(entries):
             return 0
         await asyncio.to_thread(path.unlink)
         return settled
+
+    async def _refuse(
+        self,
+        transport: LineageTransport,
+        decision_id: str,
+        entry: bytes,
+        reason: str,
+        timeout: float,
+    ) -> None:
+        """Move a refused entry aside and log a refusal record in its place.
+
+        1. The entry and the reason are written to `quarantine/` (durable)
+           before anything else: the log will only hold their hash.
+        2. The refusal record takes the entry's decision id (so a query for
+           the decision finds it) unless another entry holds that id; it is
+           derived, not random, so a drain that was interrupted finds the
+           record it already appended instead of appending a second one.
+        """
+        digest = sha256(entry).hexdigest()
+        logger.error(
+            "lineage refuses a spooled entry; moved aside: %s",
+            reason,
+            extra={"decision_id": decision_id, "entry_sha256": digest},
+        )
+        # 1. Aside, durably.
+        aside = canonical_json(
+            {
+                "decision_id": decision_id.encode("utf-8", "backslashreplace").decode(),
+                "entry_sha256": digest,
+                "reason": reason.encode("utf-8", "backslashreplace").decode(),
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            }
+        )
+        await asyncio.to_thread(self._quarantine_write, digest, aside + b"\n" + entry)
+        # 2. The record of the refusal, under the entry's id when that is free.
+        record_id = refusal_id(decision_id, entry)
+        holder = await transport.get_entry(record_id, timeout=timeout)
+        if holder is not None:
+            if refuses(holder, entry):
+                return  # appended by an earlier, interrupted drain
+            record_id = derived_refusal_id(entry)
+        record, _ = refusal_record(record_id, entry, reason, time=datetime.now(UTC))
+        [response] = await transport.append_batch(
+            [lineage_pb2.AppendRequest(entry=record, decision_id=record_id)], timeout=timeout
+        )
+        if response.error:
+            logged = await transport.get_entry(record_id, timeout=timeout)
+            if logged is not None and refuses(logged, entry):
+                return
+            raise PeerUnavailable(f"lineage refused the record of a refusal: {response.error}")
+        check_receipt(record, response)
+
+    def _quarantine_write(self, digest: str, data: bytes) -> None:
+        self.quarantine.mkdir(exist_ok=True, mode=0o700)
+        _durable_write(self.quarantine, f"{digest}.refused", data)
+
+    def quarantined(self) -> list[Path]:
+        """Entries lineage refused, moved aside: a JSON line (id, hash, reason), then the entry."""
+        return sorted(self.quarantine.glob("*.refused"))
 
     @staticmethod
     async def _amend(
@@ -265,4 +357,8 @@ class FileSpool:
                         logger.info("spool drained", extra={"entries": drained})
                 except (PeerError, OSError) as exc:
                     logger.info("spool waits for lineage", extra={"error": str(exc)})
+                except Exception:
+                    # The drainer must outlive any one bad drain: it is the
+                    # only way spooled denies reach the log.
+                    logger.exception("spool drain failed; retrying")
             await asyncio.sleep(interval)

@@ -16,7 +16,11 @@ given):
 4. Consecutive checkpoints must be consistent; where the source serves
    consistency proofs, each one must verify between the signed roots.
 5. Each engine's counter must run from 0 with no gap and no repeat, and
-   every amendment must name a decision logged before it.
+   every amendment must name a decision logged before it. A refusal record
+   (an entry lineage refused, kept aside by the engine's spool and named
+   here by its SHA-256 and lineage's reason) holds the refused entry's
+   place in its engine's counter; the report lists each one, and one that
+   stands for an ALLOW is a finding: an ALLOW is never answered unlogged.
 6. Cosignatures by the given witness keys must verify; the report lists
    which checkpoints each witness cosigned.
 7. Anchors: a prefix of a valid log is itself valid, so a log restored from
@@ -215,6 +219,16 @@ class WitnessSummary:
         return max(self.cosigned) if self.cosigned else None
 
 
+@dataclass(frozen=True)
+class RefusedEntry:
+    """A refusal record: an entry lineage refused, and what stands in its place."""
+
+    index: int
+    decision_id: str
+    entry_sha256: str
+    reason: str
+
+
 @dataclass
 class AuditReport:
     """The outcome of one audit."""
@@ -227,6 +241,7 @@ class AuditReport:
     findings: list[Finding] = field(default_factory=list)
     suppressed: dict[str, int] = field(default_factory=dict)
     engines: dict[str, int] = field(default_factory=dict)
+    refused: list[RefusedEntry] = field(default_factory=list)
     witnesses: list[WitnessSummary] = field(default_factory=list)
     anchors: list[AnchorCheck] = field(default_factory=list)
     required_witnesses: list[RequiredWitness] = field(default_factory=list)
@@ -711,6 +726,24 @@ def _check_entry(
         )
     if entry.kind == "amendment" and entry.amends is not None:
         amendments.append((row.index, row.decision_id, str(entry.amends)))
+    if entry.kind == "refused":
+        # The rules checked the hash and the reason; what remains is what it claims.
+        document = json.loads(row.entry)
+        report.refused.append(
+            RefusedEntry(row.index, row.decision_id, document["entry_sha256"], document["reason"])
+        )
+        if document.get("decision") == "ALLOW":
+            report.add(
+                Finding(
+                    "refused",
+                    f"entry {row.index} records a refused ALLOW: an ALLOW is answered "
+                    "only once its own entry is logged",
+                    first=row.index,
+                    last=row.index,
+                    decision_id=row.decision_id,
+                    direct=True,
+                )
+            )
     if entry.engine_id is None or entry.engine_seq is None:
         return
     counter = counters.setdefault(entry.engine_id, _Counter())

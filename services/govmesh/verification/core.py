@@ -36,6 +36,7 @@ from govmesh.artifacts.canonical import (
     sha256_b64url,
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check, Reason, primary_reason
+from govmesh.artifacts.entries import text_problem
 from govmesh.artifacts.keys import jwk_thumbprint
 from govmesh.artifacts.trust import TrustedParty, VerifyingKey
 from govmesh.v1 import common_pb2
@@ -267,9 +268,23 @@ def _measurements(payload: Mapping[str, Any]) -> list[str] | None:
     return value
 
 
+def _unrecordable(payload: Mapping[str, Any], names: tuple[str, ...]) -> list[str]:
+    # Claims the decision log records: one lineage could not store (a NUL,
+    # a control character, a value too long to index) would leave a
+    # decision that cannot be logged, so it does not verify.
+    problems = []
+    for name in names:
+        value = _text(payload.get(name))
+        problem = None if value is None else text_problem(value)
+        if problem is not None:
+            problems.append(f"{name} {problem}")
+    return problems
+
+
 def mandate_claim_problems(payload: Mapping[str, Any]) -> list[str]:
-    """What is missing or ill-typed among a mandate's required claims."""
+    """What is missing, ill-typed or unrecordable among a mandate's required claims."""
     problems = [f"{n} missing" for n in ("iss", "sub", "jti") if _text(payload.get(n)) is None]
+    problems += _unrecordable(payload, ("iss", "sub", "jti"))
     if "aud" not in payload:
         problems.append("aud missing")
     problems += [f"{n} missing" for n in ("iat", "nbf", "exp") if _number(payload.get(n)) is None]
@@ -285,8 +300,9 @@ def mandate_claim_problems(payload: Mapping[str, Any]) -> list[str]:
 
 
 def attestation_claim_problems(payload: Mapping[str, Any]) -> list[str]:
-    """What is missing or ill-typed among an attestation's required claims."""
+    """What is missing, ill-typed or unrecordable among an attestation's required claims."""
     problems = [f"{n} missing" for n in ("iss", "sub") if _text(payload.get(n)) is None]
+    problems += _unrecordable(payload, ("iss", "sub"))
     problems += [f"{n} missing" for n in ("iat", "exp") if _number(payload.get(n)) is None]
     if "nbf" in payload and _number(payload.get("nbf")) is None:
         problems.append("nbf is not a number")
@@ -300,8 +316,8 @@ def attestation_claim_problems(payload: Mapping[str, Any]) -> list[str]:
 
 
 def proof_claim_problems(payload: Mapping[str, Any]) -> list[str]:
-    """What is missing or ill-typed among a proof's required claims."""
-    problems = []
+    """What is missing, ill-typed or unrecordable among a proof's required claims."""
+    problems = _unrecordable(payload, ("jti",))
     jti = _text(payload.get("jti"))
     if jti is None or len(jti) > MAX_JTI_CHARS:
         problems.append(f"jti missing or longer than {MAX_JTI_CHARS} characters")
