@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest
-from govmesh.artifacts.keys import generate_ed25519, public_jwk
+from govmesh.artifacts.keys import generate_ed25519, jwk_thumbprint, public_jwk
 from govmesh.client.artifacts import Initiator, SigningKey, mandate_hash, sign
 from govmesh.v1 import common_pb2, verification_pb2
 from govmesh.verification.core import (
@@ -138,7 +139,7 @@ def _ec(kid: str) -> ECKey:
     return ECKey.generate_key("P-256", parameters={"kid": kid, "alg": "ES256", "use": "sig"})
 
 
-def _rsa(kid: str) -> RSAKey:
+def rsa_key(kid: str) -> RSAKey:
     return RSAKey.generate_key(2048, parameters={"kid": kid, "alg": "RS256", "use": "sig"})
 
 
@@ -329,6 +330,43 @@ allowed_measurements = [{allowed}]
         return verifier, source, store
 
 
+def rsa_jwk(modulus: int, exponent: int = 65537) -> dict[str, Any]:
+    """The public JWK of an RSA key with these parameters (nothing checks they make one)."""
+
+    def octets(value: int) -> str:
+        return b64(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+    return {"kty": "RSA", "n": octets(modulus), "e": octets(exponent)}
+
+
+def odd_modulus(bits: int) -> int:
+    """A modulus of exactly `bits` bits: as costly to verify with as a real one."""
+    return secrets.randbits(bits) | (1 << (bits - 1)) | 1
+
+
+#: The costliest proof key a 16 KB token could carry before keys were bounded: the
+#: longest modulus for which OpenSSL accepts any exponent, and an exponent nearly as long.
+COSTLY_MODULUS_BITS = 3072
+COSTLY_EXPONENT_BITS = 3070
+
+
+def costly_request(world: World) -> VerificationInput:
+    """A forged mandate and a proof whose header key costs the most to verify with.
+
+    The mandate names the costly key's thumbprint, so that only signatures
+    tell the request from a genuine one, and the proof's signature is a
+    number below the modulus, so verifying it runs the whole exponentiation.
+    """
+    modulus = odd_modulus(COSTLY_MODULUS_BITS)
+    exponent = secrets.randbits(COSTLY_EXPONENT_BITS) | (1 << (COSTLY_EXPONENT_BITS - 1)) | 1
+    jwk = rsa_jwk(modulus, exponent)
+    mandate = world.mandate(key=world.stranger, cnf={"jkt": jwk_thumbprint(jwk)})
+    header = {"alg": "RS256", "typ": PROOF_TYP, "jwk": jwk}
+    signature = (modulus - 2).to_bytes(COSTLY_MODULUS_BITS // 8, "big")
+    proof = raw_token(header, world.proof_claims(mandate), signature)
+    return world.request(mandate=mandate, proof=proof)
+
+
 class _Drop:
     def __repr__(self) -> str:
         return "DROP"
@@ -348,7 +386,7 @@ def _keys() -> dict[str, Any]:
         _KEYS.update(
             issuer=generate_ed25519("issuer-ed"),
             issuer_es=_ec("issuer-es"),
-            issuer_rs=_rsa("issuer-rs"),
+            issuer_rs=rsa_key("issuer-rs"),
             single=OKPKey.generate_key("Ed25519"),
             attestor=generate_ed25519("attestor-1"),
             agent=generate_ed25519(),

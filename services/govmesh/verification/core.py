@@ -389,6 +389,9 @@ class _Findings:
     def passed(self, check: Check) -> bool:
         return check in self.evaluated and check not in self.problems
 
+    def failed(self, check: Check) -> bool:
+        return check in self.problems
+
     def outcome(self, check: Check) -> CheckOutcome:
         problems = self.problems.get(check)
         if problems:
@@ -723,16 +726,13 @@ class Verifier:
         if jws is None:
             findings.fail(Check.POP, INVALID, f"proof malformed: {proof.error}")
             return
-        key = None
+        key = alg = None
         try:
             pinned, key, exam.proof_jkt = self._proof_key(jws)
         except (TokenError, ValueError) as exc:
             findings.fail(Check.POP, INVALID, f"proof: {exc}")
         try:
             alg = check_header(jws, PROOF_TYP)
-            if key is not None:
-                verify_signature(jws, alg=alg, pinned=pinned, key=key)
-                proof.authentic = True
         except TokenError as exc:
             findings.fail(Check.POP, INVALID, f"proof: {exc}")
         problems = proof_claim_problems(jws.payload)
@@ -749,6 +749,16 @@ class Verifier:
             ath = sha256_b64url(mandate.token.encode("utf-8"))
             if jws.payload.get("ath") != ath:
                 findings.fail(Check.POP, INVALID, "proof is for another mandate (ath)")
+        # The signature last, and only when it alone decides the check: a proof
+        # that is not for this request, or whose key is not the one the mandate
+        # (verified at step 3, before this) is bound to, fails whatever its
+        # signature, so it costs no signature verification.
+        if key is not None and alg is not None and not findings.failed(Check.POP):
+            try:
+                verify_signature(jws, alg=alg, pinned=pinned, key=key)
+                proof.authentic = True
+            except TokenError as exc:
+                findings.fail(Check.POP, INVALID, f"proof: {exc}")
         findings.ok(Check.POP)
 
     def _check_attestation(self, exam: _Examination, now: float) -> None:

@@ -1,0 +1,155 @@
+"""Hostile input: keys whose verification costs too much.
+
+Each test performs the attack. A key whose cost is unbounded is refused before
+any signature is verified with it (the RS256 primitive is counted), so a
+request carrying one costs about what a valid request does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from joserfc.jws import JWSRegistry
+
+from govmesh.artifacts import PROOF_TYP
+from govmesh.artifacts.keys import jwk_thumbprint
+from govmesh.client.artifacts import Initiator
+from govmesh.v1 import common_pb2
+from govmesh.verification.core import VerificationInput
+from tests.support.verification import (
+    World,
+    costly_request,
+    make_world,
+    odd_modulus,
+    raw_token,
+    rsa_jwk,
+    rsa_key,
+)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return make_world(tmp_path / "trust")
+
+
+@pytest.fixture
+def rs256_verifications(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls into the RS256 verification primitive (one item per call)."""
+    algorithm = JWSRegistry.algorithms["RS256"]
+    original = algorithm.verify
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(algorithm, "verify", counted)
+    return calls
+
+
+# -- keys whose cost is unbounded -------------------------------------------------------
+
+
+def proof_with_key(world: World, jwk: dict[str, Any], signature_octets: int) -> VerificationInput:
+    """A forged mandate bound to `jwk`, and a proof carrying it: only signatures tell them."""
+    mandate = world.mandate(key=world.stranger, cnf={"jkt": jwk_thumbprint(jwk)})
+    header = {"alg": "RS256", "typ": PROOF_TYP, "jwk": jwk}
+    proof = raw_token(header, world.proof_claims(mandate), b"\x01" * signature_octets)
+    return world.request(mandate=mandate, proof=proof)
+
+
+def unbounded(bits: int, exponent: int = 65537) -> Callable[[World], VerificationInput]:
+    return lambda w: proof_with_key(w, rsa_jwk(odd_modulus(bits), exponent), min(bits // 8, 512))
+
+
+UNBOUNDED_KEYS = {
+    "3072-bit exponent": (costly_request, "exponent is not 65537"),
+    "exponent 3": (unbounded(2048, 3), "exponent is not 65537"),
+    "8192-bit modulus": (unbounded(8192), "longer than 4096"),
+    "16384-bit modulus": (unbounded(16384), "longer than 4096"),
+    "1024-bit modulus": (unbounded(1024), "shorter than 2048"),
+    "10 KB modulus, as long as a token can carry": (unbounded(60_000), "longer than 4096"),
+}
+
+
+@pytest.mark.parametrize(("build", "why"), UNBOUNDED_KEYS.values(), ids=UNBOUNDED_KEYS.keys())
+async def test_an_unbounded_proof_key_is_refused_before_any_verification_with_it(
+    world: World,
+    rs256_verifications: list[int],
+    build: Callable[[World], VerificationInput],
+    why: str,
+) -> None:
+    request = build(world)
+    verifier, _, store = world.verifier()
+
+    result = await verifier.verify(request)
+
+    assert rs256_verifications == []
+    assert result.reason == common_pb2.INVALID_VERIFICATION
+    pop = next(o for o in result.failed if o.check.value == "pop")
+    assert why in pop.detail
+    assert store.keys == {}
+
+
+async def test_a_bounded_rsa_proof_key_is_still_verified(
+    world: World, rs256_verifications: list[int]
+) -> None:
+    # The baseline the test above refuses against: an RS256 proof does verify.
+    agent = Initiator(rsa_key("agent-rs"), clock=world.clock)
+    mandate = world.mandate(cnf={"jkt": agent.thumbprint})
+    verifier, _, _ = world.verifier()
+
+    result = await verifier.verify(
+        world.request(mandate=mandate, proof=world.proof(mandate, agent=agent))
+    )
+
+    assert result.verified, [(o.check.value, o.detail) for o in result.failed]
+    assert rs256_verifications == [1]
+
+
+async def test_a_proof_under_another_key_than_the_mandates_costs_no_verification(
+    world: World, rs256_verifications: list[int]
+) -> None:
+    # Step 3 verified the mandate, bound to the agent's key: a proof under any
+    # other key fails whatever its signature, so its signature is not verified.
+    other = rsa_key("other")
+    mandate = world.mandate()
+    proof = world.signed_proof(mandate, key=other, jwk=other.as_dict(private=False))
+    verifier, _, _ = world.verifier()
+
+    result = await verifier.verify(world.request(mandate=mandate, proof=proof))
+
+    assert [o.check.value for o in result.failed] == ["pop"]
+    assert "not the key the mandate is bound to" in result.failed[0].detail
+    assert rs256_verifications == []
+
+
+async def test_a_costly_key_request_costs_a_small_multiple_of_a_valid_one(world: World) -> None:
+    """Processor time of hostile requests against valid ones, in this process.
+
+    Before keys were bounded a hostile request cost some 40 valid ones; now it
+    costs a failed mandate verification and a look at the key's parameters.
+    The bound is generous because the machine is shared.
+    """
+    verifier, _, _ = world.verifier()
+    mandate = world.mandate()
+    assert (await verifier.verify(world.request(mandate=mandate))).verified  # now cached
+    valid = [world.request(mandate=mandate) for _ in range(30)]
+    hostile = [costly_request(world) for _ in range(30)]
+
+    async def cost(requests: list[VerificationInput], verified: bool) -> float:
+        started = time.process_time()
+        for request in requests:
+            assert (await verifier.verify(request)).verified is verified
+        return time.process_time() - started
+
+    valid_s = hostile_s = 0.0
+    for start in range(0, 30, 10):  # interleaved, so that the machine's load falls on both
+        valid_s += await cost(valid[start : start + 10], True)
+        hostile_s += await cost(hostile[start : start + 10], False)
+
+    assert hostile_s <= 4 * valid_s, f"hostile {hostile_s / 30:.6f} s, valid {valid_s / 30:.6f} s"
