@@ -23,11 +23,12 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
 
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest
 from govmesh.artifacts.keys import generate_ed25519, jwk_thumbprint, public_jwk
-from govmesh.client.artifacts import Initiator, SigningKey, mandate_hash, sign
+from govmesh.client.artifacts import Initiator, SigningKey, mandate_hash, sign, signing_alg
 from govmesh.v1 import common_pb2, verification_pb2
 from govmesh.verification.core import (
     ReplayStoreUnavailable,
@@ -68,6 +69,17 @@ def hmac_token(header: Mapping[str, Any], payload: Mapping[str, Any], secret: by
     p = b64(json.dumps(payload).encode())
     mac = hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest()
     return f"{h}.{p}.{b64(mac)}"
+
+
+def sign_escaped(key: SigningKey, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+    """A compact JWS signed by `key` whose JSON escapes every non-ASCII character.
+
+    Unlike `sign`, this carries what only an escape can: a lone surrogate ("\\ud800").
+    """
+    fields = {"alg": signing_alg(key), **header}
+    signing_input = ".".join(b64(json.dumps(part).encode("ascii")) for part in (fields, claims))
+    signature = JWSRegistry.algorithms[fields["alg"]].sign(signing_input.encode("ascii"), key)
+    return f"{signing_input}.{b64(signature)}"
 
 
 def decode_payload(token: str) -> dict[str, Any]:

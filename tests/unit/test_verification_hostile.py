@@ -1,12 +1,16 @@
-"""Hostile input: keys whose verification costs too much.
+"""Hostile input: keys whose verification costs too much, numbers beyond range.
 
 Each test performs the attack. A key whose cost is unbounded is refused before
 any signature is verified with it (the RS256 primitive is counted), so a
-request carrying one costs about what a valid request does.
+request carrying one costs about what a valid request does; numbers no time
+claim can hold are INVALID_VERIFICATION with a detail that says so, and never
+a traceback in the log.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,19 +19,23 @@ from typing import Any
 import pytest
 from joserfc.jws import JWSRegistry
 
-from govmesh.artifacts import PROOF_TYP
+from govmesh.artifacts import ATTESTATION_TYP, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.keys import jwk_thumbprint
-from govmesh.client.artifacts import Initiator
-from govmesh.v1 import common_pb2
+from govmesh.client.artifacts import Initiator, SigningKey, signing_alg
+from govmesh.v1 import common_pb2, verification_pb2
 from govmesh.verification.core import VerificationInput
+from govmesh.verification.servicer import VerificationServicer
 from tests.support.verification import (
     World,
+    b64,
     costly_request,
     make_world,
     odd_modulus,
     raw_token,
+    reason,
     rsa_jwk,
     rsa_key,
+    verify_request,
 )
 
 
@@ -49,6 +57,17 @@ def rs256_verifications(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(algorithm, "verify", counted)
     return calls
+
+
+class Context:
+    def time_remaining(self) -> float:
+        return 5.0
+
+
+async def answer(world: World, request: VerificationInput) -> verification_pb2.VerifyResponse:
+    verifier, _, _ = world.verifier()
+    servicer = VerificationServicer(verifier=verifier)
+    return await servicer.Verify(verify_request(request), Context())  # type: ignore[arg-type]
 
 
 # -- keys whose cost is unbounded -------------------------------------------------------
@@ -153,3 +172,99 @@ async def test_a_costly_key_request_costs_a_small_multiple_of_a_valid_one(world:
         hostile_s += await cost(hostile[start : start + 10], False)
 
     assert hostile_s <= 4 * valid_s, f"hostile {hostile_s / 30:.6f} s, valid {valid_s / 30:.6f} s"
+
+
+# -- numbers beyond range, and other input no artifact holds ------------------------------------
+
+
+def signed_with_literal(
+    key: SigningKey, header: dict[str, Any], claims: dict[str, Any], name: str, literal: str
+) -> str:
+    """A JWS signed by `key` whose claim `name` is spelled `literal` in the JSON text."""
+    payload = json.dumps({**claims, name: "<literal>"}).replace('"<literal>"', literal)
+    alg = signing_alg(key)
+    signing_input = b64(json.dumps({"alg": alg, **header}).encode()) + "." + b64(payload.encode())
+    signature = JWSRegistry.algorithms[alg].sign(signing_input.encode(), key)
+    return f"{signing_input}.{b64(signature)}"
+
+
+def with_number(artifact: str, claim: str, literal: str) -> Callable[[World], VerificationInput]:
+    """A request whose `artifact`, genuinely signed, spells its time `claim` as `literal`."""
+
+    def build(w: World) -> VerificationInput:
+        header: dict[str, Any]
+        if artifact == "mandate":
+            header = {"typ": MANDATE_TYP, "kid": w.issuer.kid}
+            token = signed_with_literal(w.issuer, header, w.mandate_claims(), claim, literal)
+            return w.request(mandate=token)
+        if artifact == "proof":
+            mandate = w.mandate()
+            header = {"typ": PROOF_TYP, "jwk": w.agent.public_jwk}
+            claims = w.proof_claims(mandate)
+            token = signed_with_literal(w.agent.key, header, claims, claim, literal)
+            return w.request(mandate=mandate, proof=token)
+        mandate = w.mandate(env={"cluster": "prod-eu"})
+        header = {"typ": ATTESTATION_TYP, "kid": w.attestor.kid}
+        claims = w.attestation_claims()
+        token = signed_with_literal(w.attestor, header, claims, claim, literal)
+        return w.request(mandate=mandate, attestation=token)
+
+    return build
+
+
+TIME_CLAIMS = [
+    ("mandate", "iat"),
+    ("mandate", "nbf"),
+    ("mandate", "exp"),
+    ("proof", "iat"),
+    ("attestation", "iat"),
+    ("attestation", "nbf"),
+    ("attestation", "exp"),
+]
+OUT_OF_RANGE = {
+    "10^400": "1" + "0" * 400,
+    "-10^400": "-1" + "0" * 400,
+    "5000 digits": "9" * 5000,  # past Python's own limit on converting digits to int
+    "2^53 + 1": str(2**53 + 1),
+    "1e400 (infinity)": "1e400",
+    "-1e400": "-1e400",
+    "NaN": "NaN",
+    "Infinity": "Infinity",
+    "1e300": "1e300",
+    "negative": "-1",
+    "year 10000": "253402300800",
+    "bool": "true",
+    "string": '"1900000000"',
+}
+CLEAR_DETAILS = ("out of range", "beyond I-JSON", "not a time", "is not JSON")
+
+
+@pytest.mark.parametrize("literal", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
+@pytest.mark.parametrize(
+    ("artifact", "claim"), TIME_CLAIMS, ids=[f"{a} {c}" for a, c in TIME_CLAIMS]
+)
+async def test_a_time_claim_out_of_range_is_invalid_and_logs_no_traceback(
+    world: World, caplog: pytest.LogCaptureFixture, artifact: str, claim: str, literal: str
+) -> None:
+    request = with_number(artifact, claim, literal)(world)
+    caplog.set_level(logging.DEBUG)
+
+    response = await answer(world, request)
+
+    assert reason(response) == "INVALID_VERIFICATION", response.message
+    assert any(phrase in response.message for phrase in CLEAR_DETAILS), response.message
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(
+    ("artifact", "claim"), TIME_CLAIMS, ids=[f"{a} {c}" for a, c in TIME_CLAIMS]
+)
+async def test_the_range_admits_every_time_a_claim_means(
+    world: World, artifact: str, claim: str
+) -> None:
+    # The baseline: the same artifacts with times they could mean, spelled as floats, verify.
+    literal = f"{int(world.clock()) + (200 if claim == 'exp' else 0)}.5"
+
+    response = await answer(world, with_number(artifact, claim, literal)(world))
+
+    assert response.verified, response.message

@@ -69,6 +69,8 @@ INTERNAL: Reason = common_pb2.INTERNAL_ERROR
 MAX_JTI_CHARS = 256
 #: Distinct proof keys whose import and thumbprint are remembered.
 PROOF_KEY_CACHE_SIZE = 1024
+#: The latest time a claim may name, 9999-12-31T23:59:59Z, in seconds since 1970.
+MAX_NUMERIC_DATE = 253_402_300_799
 
 
 # --- collaborators -------------------------------------------------------------
@@ -207,10 +209,33 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _number(value: object) -> float | None:
+def _numeric_date(value: object) -> float | None:
+    """A time claim (iat, nbf, exp: an RFC 7519 NumericDate) in seconds, or None.
+
+    The one reader of every time claim: a number, not a bool, from 1970 to the
+    end of year 9999. Outside that range it is no time a mandate means, and
+    sums with the clock and windows would lose exactness (a float of 1e300)
+    or fail outright, so such a claim is unreadable, never compared.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if not 0 <= value <= MAX_NUMERIC_DATE:  # NaN fails this too
+        return None
     return float(value)
+
+
+def _time_problem(payload: Mapping[str, Any], name: str) -> str:
+    """Why the time claim `name` is unreadable (for a claim `_numeric_date` refused)."""
+    if name not in payload:
+        return f"{name} missing"
+    return f"{name} is not a time in seconds from 1970 to 9999"
+
+
+def _time_problems(
+    payload: Mapping[str, Any], required: Iterable[str], optional: Iterable[str] = ()
+) -> list[str]:
+    names = [*required, *(n for n in optional if n in payload)]
+    return [_time_problem(payload, n) for n in names if _numeric_date(payload.get(n)) is None]
 
 
 def _jkt(payload: Mapping[str, Any]) -> str | None:
@@ -258,7 +283,7 @@ def mandate_claim_problems(payload: Mapping[str, Any]) -> list[str]:
     problems = [f"{n} missing" for n in ("iss", "sub", "jti") if _text(payload.get(n)) is None]
     if "aud" not in payload:
         problems.append("aud missing")
-    problems += [f"{n} missing" for n in ("iat", "nbf", "exp") if _number(payload.get(n)) is None]
+    problems += _time_problems(payload, ("iat", "nbf", "exp"))
     if _scope(payload) is None:
         problems.append("scope is not a list of {action, resource} patterns")
     if _jkt(payload) is None:
@@ -273,9 +298,7 @@ def mandate_claim_problems(payload: Mapping[str, Any]) -> list[str]:
 def attestation_claim_problems(payload: Mapping[str, Any]) -> list[str]:
     """What is missing or ill-typed among an attestation's required claims."""
     problems = [f"{n} missing" for n in ("iss", "sub") if _text(payload.get(n)) is None]
-    problems += [f"{n} missing" for n in ("iat", "exp") if _number(payload.get(n)) is None]
-    if "nbf" in payload and _number(payload.get("nbf")) is None:
-        problems.append("nbf is not a number")
+    problems += _time_problems(payload, ("iat", "exp"), optional=("nbf",))
     if _jkt(payload) is None:
         problems.append("cnf.jkt missing")
     if _object(payload, "env") is None:
@@ -291,8 +314,7 @@ def proof_claim_problems(payload: Mapping[str, Any]) -> list[str]:
     jti = _text(payload.get("jti"))
     if jti is None or len(jti) > MAX_JTI_CHARS:
         problems.append(f"jti missing or longer than {MAX_JTI_CHARS} characters")
-    if _number(payload.get("iat")) is None:
-        problems.append("iat missing")
+    problems += _time_problems(payload, ("iat",))
     problems += [f"{n} missing" for n in ("req", "ath") if _text(payload.get(n)) is None]
     return problems
 
@@ -613,7 +635,7 @@ class Verifier:
             findings.fail(check, INVALID, f"{artifact.kind}: {exc}")
             return
         artifact.authentic = True
-        exp = _number(jws.payload.get("exp"))
+        exp = _numeric_date(jws.payload.get("exp"))
         if exp is not None:
             expires_at = exp + self._config.clock_skew_s
             state.cache.put(token_key(artifact.kind, artifact.token), jws, expires_at, now)
@@ -660,21 +682,21 @@ class Verifier:
                 yield artifact.unavailable()
                 return
             kind = artifact.kind
-            iat = _number(payload.get("iat"))
+            iat = _numeric_date(payload.get("iat"))
             if iat is None:
-                yield INVALID, f"{kind} iat missing"
+                yield INVALID, f"{kind} {_time_problem(payload, 'iat')}"
             elif iat > now + skew:
                 yield EXPIRED, f"{kind} issued in the future"
             if exp:
-                expires = _number(payload.get("exp"))
+                expires = _numeric_date(payload.get("exp"))
                 if expires is None:
-                    yield INVALID, f"{kind} exp missing"
+                    yield INVALID, f"{kind} {_time_problem(payload, 'exp')}"
                 elif now >= expires + skew:
                     yield EXPIRED, f"{kind} expired"
             if nbf and (nbf_required or "nbf" in payload):
-                not_before = _number(payload.get("nbf"))
+                not_before = _numeric_date(payload.get("nbf"))
                 if not_before is None:
-                    yield INVALID, f"{kind} nbf missing"
+                    yield INVALID, f"{kind} {_time_problem(payload, 'nbf')}"
                 elif now < not_before - skew:
                     yield EXPIRED, f"{kind} not yet valid"
 
@@ -682,7 +704,7 @@ class Verifier:
         proof_problems = list(window(exam.proof, exp=False, nbf=False, nbf_required=False))
         proof_payload = exam.proof.payload
         if not proof_problems and proof_payload is not None:
-            iat = _number(proof_payload.get("iat"))
+            iat = _numeric_date(proof_payload.get("iat"))
             if iat is not None and iat < now - self._config.proof_window_s:
                 proof_problems.append(
                     (EXPIRED, f"proof older than {self._config.proof_window_s:g} s")
@@ -900,7 +922,7 @@ class Verifier:
         )
         try:
             if record:
-                iat = _number(payload.get("iat"))
+                iat = _numeric_date(payload.get("iat"))
                 assert iat is not None
                 expires_at = iat + self._config.proof_window_s + self._config.clock_skew_s
                 fresh = await self._replay.remember(key, expires_at, timeout=budget)
@@ -929,7 +951,7 @@ class Verifier:
             env = attestation["env"]
             attestor = str(attestation["iss"])
             measurements = tuple(attestation["measurements"])
-        exp = _number(mandate.get("exp"))
+        exp = _numeric_date(mandate.get("exp"))
         assert exp is not None
         return VerifiedClaims(
             issuer=str(mandate["iss"]),
