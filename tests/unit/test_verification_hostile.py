@@ -1,10 +1,10 @@
-"""Hostile input: keys whose verification costs too much, numbers beyond range.
+"""Hostile input: keys whose verification costs too much, numbers beyond range, odd input.
 
 Each test performs the attack. A key whose cost is unbounded is refused before
 any signature is verified with it (the RS256 primitive is counted), so a
 request carrying one costs about what a valid request does; numbers no time
-claim can hold are INVALID_VERIFICATION with a detail that says so, and never
-a traceback in the log.
+claim can hold, JWK members no key has, deep nesting and lone surrogates are
+INVALID_VERIFICATION, and never a traceback in the log.
 """
 
 from __future__ import annotations
@@ -268,3 +268,77 @@ async def test_the_range_admits_every_time_a_claim_means(
     response = await answer(world, with_number(artifact, claim, literal)(world))
 
     assert response.verified, response.message
+
+
+def deep(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def proof_with_jwk(jwk: Any) -> Callable[[World], VerificationInput]:
+    """A proof signed by the agent's key that carries `jwk` in its header."""
+
+    def build(w: World) -> VerificationInput:
+        mandate = w.mandate()
+        header = {"alg": "EdDSA", "typ": PROOF_TYP, "jwk": jwk}
+        token = signed_with_literal(w.agent.key, header, w.proof_claims(mandate), "x", "0")
+        return w.request(mandate=mandate, proof=token)
+
+    return build
+
+
+def agent_jwk(**members: Any) -> Any:
+    return lambda w: proof_with_jwk({**w.agent.public_jwk, **members})(w)
+
+
+def mandate_header(**members: Any) -> Callable[[World], VerificationInput]:
+    """A mandate signed by the issuer's key under a header with `members`."""
+
+    def build(w: World) -> VerificationInput:
+        header = {"typ": MANDATE_TYP, "kid": w.issuer.kid, **members}
+        token = signed_with_literal(w.issuer, header, w.mandate_claims(), "x", "0")
+        return w.request(mandate=token)
+
+    return build
+
+
+ODD_INPUT = {
+    "jwk x of 10 KB": agent_jwk(x="A" * 10_000),
+    "jwk x a number": agent_jwk(x=5),
+    "jwk x nested 500 deep": agent_jwk(x=deep(500)),
+    "jwk crv a list": agent_jwk(crv=["Ed25519"]),
+    "jwk kty an object": agent_jwk(kty={"kty": "OKP"}),
+    "jwk alg of another key type": agent_jwk(alg="RS256"),
+    "jwk e of 10 KB": proof_with_jwk({"kty": "RSA", "n": "A" * 342, "e": "A" * 10_000}),
+    "jwk n not base64url": proof_with_jwk({"kty": "RSA", "n": "!" * 342, "e": "AQAB"}),
+    "jwk EC y of 10 KB": proof_with_jwk(
+        {"kty": "EC", "crv": "P-256", "x": "A" * 43, "y": "A" * 10_000}
+    ),
+    "jwk a list": proof_with_jwk([1, 2]),
+    "mandate kid an object": mandate_header(kid={"k": deep(300)}),
+    "mandate alg a lone surrogate": mandate_header(alg="\ud800"),
+    "forged mandate binding env nested 900 deep": lambda w: w.request(
+        mandate=w.mandate(key=w.stranger, env={"a": deep(900)}), attestation=w.attestation()
+    ),
+    "mandate nested 5000 deep": lambda w: w.request(
+        mandate=raw_token({"alg": "EdDSA"}, {"a": "<>"}, b"s").replace(
+            b64(b'{"a": "<>"}'), b64(b"[" * 5000 + b"]" * 5000)
+        )
+    ),
+    "proof of 20 KB": lambda w: w.request(proof="A" * 10_000 + ".." + "A" * 10_000),
+}
+
+
+@pytest.mark.parametrize("build", ODD_INPUT.values(), ids=ODD_INPUT.keys())
+async def test_odd_input_is_invalid_and_logs_no_traceback(
+    world: World, caplog: pytest.LogCaptureFixture, build: Callable[[World], VerificationInput]
+) -> None:
+    request = build(world)
+    caplog.set_level(logging.DEBUG)
+
+    response = await answer(world, request)
+
+    assert reason(response) == "INVALID_VERIFICATION", response.message
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
