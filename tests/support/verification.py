@@ -26,7 +26,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
-from govmesh.artifacts.canonical import request_digest
+from govmesh.artifacts.canonical import b64url_decode, request_digest
 from govmesh.artifacts.keys import generate_ed25519, jwk_thumbprint, public_jwk
 from govmesh.client.artifacts import Initiator, SigningKey, mandate_hash, sign, signing_alg
 from govmesh.v1 import common_pb2, verification_pb2
@@ -362,21 +362,31 @@ COSTLY_MODULUS_BITS = 3072
 COSTLY_EXPONENT_BITS = 3070
 
 
+def costly_jwk() -> dict[str, Any]:
+    """A proof key of the costliest kind: a 3,072-bit modulus, an exponent nearly as long."""
+    exponent = secrets.randbits(COSTLY_EXPONENT_BITS) | (1 << (COSTLY_EXPONENT_BITS - 1)) | 1
+    return rsa_jwk(odd_modulus(COSTLY_MODULUS_BITS), exponent)
+
+
+def costly_proof(jwk: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+    """A proof carrying `jwk` whose signature is a number below the modulus.
+
+    Verifying it runs the whole exponentiation before the padding is found wrong.
+    """
+    modulus = int.from_bytes(b64url_decode(jwk["n"]), "big")
+    signature = (modulus - 2).to_bytes((modulus.bit_length() + 7) // 8, "big")
+    return raw_token({"alg": "RS256", "typ": PROOF_TYP, "jwk": dict(jwk)}, claims, signature)
+
+
 def costly_request(world: World) -> VerificationInput:
     """A forged mandate and a proof whose header key costs the most to verify with.
 
     The mandate names the costly key's thumbprint, so that only signatures
-    tell the request from a genuine one, and the proof's signature is a
-    number below the modulus, so verifying it runs the whole exponentiation.
+    tell the request from a genuine one.
     """
-    modulus = odd_modulus(COSTLY_MODULUS_BITS)
-    exponent = secrets.randbits(COSTLY_EXPONENT_BITS) | (1 << (COSTLY_EXPONENT_BITS - 1)) | 1
-    jwk = rsa_jwk(modulus, exponent)
+    jwk = costly_jwk()
     mandate = world.mandate(key=world.stranger, cnf={"jkt": jwk_thumbprint(jwk)})
-    header = {"alg": "RS256", "typ": PROOF_TYP, "jwk": jwk}
-    signature = (modulus - 2).to_bytes(COSTLY_MODULUS_BITS // 8, "big")
-    proof = raw_token(header, world.proof_claims(mandate), signature)
-    return world.request(mandate=mandate, proof=proof)
+    return world.request(mandate=mandate, proof=costly_proof(jwk, world.proof_claims(mandate)))
 
 
 class _Drop:
