@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 from joserfc.jws import JWSRegistry
 
 from govmesh.artifacts import ATTESTATION_TYP, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.keys import jwk_thumbprint
 from govmesh.client.artifacts import Initiator, SigningKey, signing_alg
-from govmesh.v1 import common_pb2, verification_pb2
+from govmesh.engine.core import check_verification, claimed_inputs
+from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from govmesh.verification.core import VerificationInput
 from govmesh.verification.servicer import VerificationServicer
 from tests.support.verification import (
@@ -275,6 +277,38 @@ def deep(depth: int) -> Any:
     for _ in range(depth):
         value = [value]
     return value
+
+
+async def test_claims_nested_past_the_bound_are_invalid_and_at_it_reach_the_engine(
+    world: World,
+) -> None:
+    # The payload is level 1, att 2, and 29 nested lists put the number inside
+    # them at 32: the deepest an artifact may be, and its Struct still fits.
+    at_bound = world.request(mandate=world.mandate(att={"trail": deep(29)}))
+    past_it = world.request(mandate=world.mandate(att={"trail": deep(30)}))
+
+    accepted = await answer(world, at_bound)
+    refused = await answer(world, past_it)
+
+    assert accepted.verified, accepted.message
+    wire = verification_pb2.VerifyResponse.FromString(accepted.SerializeToString())
+    digest = at_bound.request_digest
+    engine_view = authorize_request_for(at_bound)
+    assert check_verification(wire, digest, claimed_inputs(engine_view)) == []
+    assert reason(refused) == "INVALID_VERIFICATION"
+    assert "nested more than 32 deep" in refused.message
+
+
+def authorize_request_for(request: VerificationInput) -> engine_pb2.AuthorizeRequest:
+    message = engine_pb2.AuthorizeRequest(
+        action=request.action,
+        resource=request.resource,
+        mandate=request.mandate,
+        proof=request.proof,
+        attestation=request.attestation,
+    )
+    json_format.ParseDict(dict(request.context or {}), message.context)
+    return message
 
 
 def proof_with_jwk(jwk: Any) -> Callable[[World], VerificationInput]:

@@ -3,10 +3,11 @@
 Parsing is stricter than RFC 7515 asks, because a verifier that accepts two
 spellings of one token invites confusion: every segment must be canonical
 base64url (re-encoding gives the same text), header and payload must be JSON
-objects with no duplicate member names, and every number one that I-JSON
-(RFC 7493) admits: no NaN, no infinity (1e400), no integer beyond 2^53 - 1 in
-magnitude. The token is bounded in size. Signatures are checked by joserfc's algorithm for the one
-algorithm the key is pinned to; the header's `alg` must name that algorithm.
+objects with no duplicate member names, nested at most MAX_JSON_DEPTH deep,
+and every number one that I-JSON (RFC 7493) admits: no NaN, no infinity
+(1e400), no integer beyond 2^53 - 1 in magnitude. The token is bounded in
+size. Signatures are checked by joserfc's algorithm for the one algorithm the
+key is pinned to; the header's `alg` must name that algorithm.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from typing import Any
 
 from joserfc.jws import JWSRegistry
 
-from govmesh.artifacts.canonical import SAFE_INTEGER, b64url, b64url_decode
+from govmesh.artifacts.canonical import (
+    MAX_JSON_DEPTH,
+    SAFE_INTEGER,
+    b64url,
+    b64url_decode,
+    json_depth,
+)
 from govmesh.artifacts.trust import VerifyingKey, usable_key
 
 #: The longest artifact accepted, in characters (the engine's own limit).
@@ -96,6 +103,10 @@ def strict_json_object(data: bytes) -> dict[str, Any]:
         raise ValueError("nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
+    # Fewer brackets than the bound cannot nest past it: most tokens skip the walk.
+    brackets = data.count(b"[") + data.count(b"{")
+    if brackets > MAX_JSON_DEPTH and json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} deep")
     return value
 
 
