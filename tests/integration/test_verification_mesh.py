@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from govmesh.cli.devsetup import DEV_ATTESTOR, DEV_ENV, DEV_MEASUREMENT, DEV_SUBJECT
+from govmesh.artifacts.canonical import request_digest
+from govmesh.artifacts.keys import generate_ed25519, jwk_thumbprint
+from govmesh.cli.devsetup import DEV_ATTESTOR, DEV_ENV, DEV_ISSUER, DEV_MEASUREMENT, DEV_SUBJECT
 from govmesh.cli.main import main as govmesh
-from govmesh.client import EngineClient, issue_attestation
+from govmesh.client import EngineClient, issue_attestation, issue_mandate
+from govmesh.client.artifacts import mandate_hash
 from tests.integration.conftest import Mesh
 from tests.support.database import fetch
-from tests.support.verification import decode_payload
+from tests.support.verification import costly_jwk, costly_proof, decode_payload
 
 BINDING = {"cluster": "dev", "region": ["local", "eu"]}
 
@@ -138,3 +143,49 @@ def test_dev_cli_issues_attests_and_authorizes(
 
     assert (allowed, allowed_answer["decision"]) == (0, "ALLOW"), allowed_answer
     assert (denied, denied_answer["reason"]) == (1, "ENVIRONMENT_MISMATCH")
+
+
+async def test_valid_requests_beside_a_flood_of_costly_keys_are_allowed(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    # Hostile requests whose proof key has a 3,070-bit exponent reach the
+    # engine together with valid ones and share their verification batches.
+    # A costly key used to hold verification's event loop for 5.8 ms: the
+    # batches behind a few hundred of them missed their deadline and the valid
+    # requests in them were denied PEER_TIMEOUT.
+    mesh = start_mesh({"GOVMESH_VERIFICATION_TIMEOUT_MS": "1000"})
+    issuer = mesh.setup.dev_key("issuer")
+    forger = generate_ed25519(str(issuer.kid))  # the issuer's kid, not its key
+    request = mesh.request()
+    calls = []
+    for position in range(420):
+        if position % 21 == 0:
+            calls.append((True, mesh.request()))
+            continue
+        jwk = costly_jwk()
+        mandate = issue_mandate(
+            forger,
+            issuer=DEV_ISSUER,
+            subject=DEV_SUBJECT,
+            holder_thumbprint=jwk_thumbprint(jwk),
+            scope=[{"action": "payments.transfer", "resource": "account:acme/*"}],
+        )
+        claims = {
+            "jti": f"hostile-{position}",
+            "iat": int(time.time()),
+            "req": request_digest(request["action"], request["resource"], request["context"]),
+            "ath": mandate_hash(mandate),
+        }
+        calls.append((False, {**request, "mandate": mandate, "proof": costly_proof(jwk, claims)}))
+
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        results = await asyncio.gather(*(engine.authorize(**call) for _, call in calls))
+
+    valid = [r for (ok, _), r in zip(calls, results, strict=True) if ok]
+    hostile = [r for (ok, _), r in zip(calls, results, strict=True) if not ok]
+    assert len(valid) == 20
+    assert all(r.allowed for r in valid), [(r.reason, r.message) for r in valid if not r.allowed]
+    assert {(r.reason, "pop" in r.failed_checks) for r in hostile} == {
+        ("INVALID_VERIFICATION", True)
+    }
+    assert "Traceback" not in mesh.verification.log()

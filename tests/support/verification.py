@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Mapping
@@ -22,11 +23,12 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
 
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
-from govmesh.artifacts.canonical import request_digest
-from govmesh.artifacts.keys import generate_ed25519, public_jwk
-from govmesh.client.artifacts import Initiator, SigningKey, mandate_hash, sign
+from govmesh.artifacts.canonical import b64url_decode, request_digest
+from govmesh.artifacts.keys import generate_ed25519, jwk_thumbprint, public_jwk
+from govmesh.client.artifacts import Initiator, SigningKey, mandate_hash, sign, signing_alg
 from govmesh.v1 import common_pb2, verification_pb2
 from govmesh.verification.core import (
     ReplayStoreUnavailable,
@@ -67,6 +69,17 @@ def hmac_token(header: Mapping[str, Any], payload: Mapping[str, Any], secret: by
     p = b64(json.dumps(payload).encode())
     mac = hmac.new(secret, f"{h}.{p}".encode(), hashlib.sha256).digest()
     return f"{h}.{p}.{b64(mac)}"
+
+
+def sign_escaped(key: SigningKey, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+    """A compact JWS signed by `key` whose JSON escapes every non-ASCII character.
+
+    Unlike `sign`, this carries what only an escape can: a lone surrogate ("\\ud800").
+    """
+    fields = {"alg": signing_alg(key), **header}
+    signing_input = ".".join(b64(json.dumps(part).encode("ascii")) for part in (fields, claims))
+    signature = JWSRegistry.algorithms[fields["alg"]].sign(signing_input.encode("ascii"), key)
+    return f"{signing_input}.{b64(signature)}"
 
 
 def decode_payload(token: str) -> dict[str, Any]:
@@ -138,7 +151,7 @@ def _ec(kid: str) -> ECKey:
     return ECKey.generate_key("P-256", parameters={"kid": kid, "alg": "ES256", "use": "sig"})
 
 
-def _rsa(kid: str) -> RSAKey:
+def rsa_key(kid: str) -> RSAKey:
     return RSAKey.generate_key(2048, parameters={"kid": kid, "alg": "RS256", "use": "sig"})
 
 
@@ -329,6 +342,53 @@ allowed_measurements = [{allowed}]
         return verifier, source, store
 
 
+def rsa_jwk(modulus: int, exponent: int = 65537) -> dict[str, Any]:
+    """The public JWK of an RSA key with these parameters (nothing checks they make one)."""
+
+    def octets(value: int) -> str:
+        return b64(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+    return {"kty": "RSA", "n": octets(modulus), "e": octets(exponent)}
+
+
+def odd_modulus(bits: int) -> int:
+    """A modulus of exactly `bits` bits: as costly to verify with as a real one."""
+    return secrets.randbits(bits) | (1 << (bits - 1)) | 1
+
+
+#: The costliest proof key a 16 KB token could carry before keys were bounded: the
+#: longest modulus for which OpenSSL accepts any exponent, and an exponent nearly as long.
+COSTLY_MODULUS_BITS = 3072
+COSTLY_EXPONENT_BITS = 3070
+
+
+def costly_jwk() -> dict[str, Any]:
+    """A proof key of the costliest kind: a 3,072-bit modulus, an exponent nearly as long."""
+    exponent = secrets.randbits(COSTLY_EXPONENT_BITS) | (1 << (COSTLY_EXPONENT_BITS - 1)) | 1
+    return rsa_jwk(odd_modulus(COSTLY_MODULUS_BITS), exponent)
+
+
+def costly_proof(jwk: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+    """A proof carrying `jwk` whose signature is a number below the modulus.
+
+    Verifying it runs the whole exponentiation before the padding is found wrong.
+    """
+    modulus = int.from_bytes(b64url_decode(jwk["n"]), "big")
+    signature = (modulus - 2).to_bytes((modulus.bit_length() + 7) // 8, "big")
+    return raw_token({"alg": "RS256", "typ": PROOF_TYP, "jwk": dict(jwk)}, claims, signature)
+
+
+def costly_request(world: World) -> VerificationInput:
+    """A forged mandate and a proof whose header key costs the most to verify with.
+
+    The mandate names the costly key's thumbprint, so that only signatures
+    tell the request from a genuine one.
+    """
+    jwk = costly_jwk()
+    mandate = world.mandate(key=world.stranger, cnf={"jkt": jwk_thumbprint(jwk)})
+    return world.request(mandate=mandate, proof=costly_proof(jwk, world.proof_claims(mandate)))
+
+
 class _Drop:
     def __repr__(self) -> str:
         return "DROP"
@@ -348,7 +408,7 @@ def _keys() -> dict[str, Any]:
         _KEYS.update(
             issuer=generate_ed25519("issuer-ed"),
             issuer_es=_ec("issuer-es"),
-            issuer_rs=_rsa("issuer-rs"),
+            issuer_rs=rsa_key("issuer-rs"),
             single=OKPKey.generate_key("Ed25519"),
             attestor=generate_ed25519("attestor-1"),
             agent=generate_ed25519(),

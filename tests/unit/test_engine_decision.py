@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import time
@@ -827,3 +828,56 @@ async def test_an_engine_id_lineage_would_refuse_is_refused_at_start() -> None:
         build_engine(engine_id="engine\x00a")
     with pytest.raises(ValueError, match="engine id"):
         build_engine(engine_id="")
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _signature_refused(request: verification_pb2.VerifyRequest) -> verification_pb2.VerifyResponse:
+    """What verification answers for a forged mandate."""
+    response = passing_verification(request)
+    response.ClearField("claims")
+    response.verified = False
+    response.reason = common_pb2.INVALID_VERIFICATION
+    for check in response.checks:
+        if check.name == "signature":
+            check.verdict = common_pb2.CHECK_FAILED
+            check.reason = common_pb2.INVALID_VERIFICATION
+    return response
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"mandate": jws({"sub": SUBJECT, "att": {"trail": _nested(60)}})},
+        {"attestation": jws({"sub": SUBJECT, "env": {"cluster": _nested(60)}})},
+        {
+            "mandate": ".".join(
+                b64url(part)
+                for part in (
+                    b'{"alg":"EdDSA"}',
+                    b'{"sub":"%s","att":%s}' % (SUBJECT.encode(), b"[" * 5000 + b"]" * 5000),
+                    b"sig",
+                )
+            )
+        },
+    ],
+    ids=["mandate att nested 60 deep", "attestation env nested 60 deep", "nested 5000 deep"],
+)
+async def test_claims_nested_deeper_than_a_struct_holds_are_a_deny_without_a_traceback(
+    caplog: pytest.LogCaptureFixture, fields: dict[str, str]
+) -> None:
+    # Anyone can send such artifacts unsigned: the engine reads their claims to
+    # ask policy before verification answers, and protobuf refuses a Struct
+    # nested past 100 levels. Refused like verification's reader refuses them.
+    h = build_engine(verification=FakeVerification(answer=_signature_refused))
+    caplog.set_level(logging.DEBUG)
+
+    response = await h.engine.authorize(authorize_request(**fields))
+
+    assert (response.decision, reason(response)) == (DENY, "INVALID_VERIFICATION")
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []

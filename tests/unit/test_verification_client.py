@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from govmesh.artifacts import PROOF_TYP
@@ -46,6 +47,12 @@ def test_the_request_digest_is_jcs_sha256_base64url() -> None:
     canonical = b'{"action":"a.b","context":{"amount":250,"y":1},"resource":"r:1"}'
 
     assert spelled_one_way == spelled_another == sha256_b64url(canonical)
+
+
+def test_an_initiator_refuses_a_key_verification_would_refuse() -> None:
+    small_exponent = RSAKey.import_key(rsa.generate_private_key(3, 2048))
+    with pytest.raises(ValueError, match="exponent is not 65537"):
+        Initiator(small_exponent)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
+from govmesh.artifacts import MANDATE_TYP
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check
 from govmesh.engine.core import check_verification, claimed_inputs
 from govmesh.runtime.settings import SettingsError, load_settings
@@ -28,6 +29,7 @@ from tests.support.verification import (
     failed_checks,
     make_world,
     reason,
+    sign_escaped,
     verify_request,
 )
 
@@ -89,7 +91,10 @@ async def test_the_wire_answer_is_one_the_engine_accepts(world: World) -> None:
 async def test_claims_protobuf_cannot_carry_are_not_vouched_for(world: World) -> None:
     verifier, _, _ = world.verifier()
     servicer = VerificationServicer(verifier=verifier)
-    request = verify_request(world.request(mandate=world.mandate(att={"n": 10**400})))
+    # JSON escapes a lone surrogate, which no protobuf string can hold.
+    claims = world.mandate_claims(att={"s": "\ud800"})
+    mandate = sign_escaped(world.issuer, {"typ": MANDATE_TYP, "kid": world.issuer.kid}, claims)
+    request = verify_request(world.request(mandate=mandate))
 
     response = await answer(servicer, request)
 

@@ -271,6 +271,13 @@ def segment(obj: Any) -> str:
         (segment({"alg": "EdDSA"}) + "." + segment(b'{"exp": 1e999}') + ".AA", "out of range"),
         (segment({"alg": "EdDSA"}) + "." + segment(b"[1]") + ".AA", "not a JSON object"),
         (segment({"alg": "EdDSA"}) + "." + segment(b"[" * 5000 + b"]" * 5000) + ".AA", "nested"),
+        (
+            segment({"alg": "EdDSA"})
+            + "."
+            + segment(b'{"a":' + b"[" * 32 + b"]" * 32 + b"}")
+            + ".AA",
+            "nested more than 32 deep",
+        ),
         (segment({"alg": "EdDSA"}) + "." + segment(b"\xff") + ".AA", "payload"),
         (segment({"alg": "EdDSA"}) + "=." + segment({}) + ".AA", "base64url"),
         (segment({"alg": "EdDSA"}) + "." + segment({}) + ".AB", "canonical"),

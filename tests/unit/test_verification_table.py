@@ -356,6 +356,22 @@ CASES = [
     Case("missing exp", with_mandate(exp=DROP), INVALID, ("signature", "window")),
     Case("iat not a number", with_mandate(iat="now"), INVALID, ("signature", "window")),
     Case("missing cnf.jkt", with_mandate(cnf=DROP), INVALID, ("signature", "pop")),
+    # Numbers no time claim holds: the same answer whatever the claim, never an internal error.
+    Case(
+        "exp beyond I-JSON's integers (10^400)",
+        with_mandate(exp=10**400),
+        INVALID,
+        ("signature", "issuer", "window", "pop", "environment", "runtime", "scope"),
+    ),
+    Case(
+        "iat beyond I-JSON's integers (2^53 + 1)",
+        with_mandate(iat=2**53 + 1),
+        INVALID,
+        ("signature", "issuer", "window", "pop", "environment", "runtime", "scope"),
+    ),
+    Case("exp after year 9999", with_mandate(exp=1e300), INVALID, ("signature", "window")),
+    Case("nbf before 1970", with_mandate(nbf=-1), INVALID, ("signature", "window")),
+    Case("exp a bool", with_mandate(exp=True), INVALID, ("signature", "window")),
     Case("missing scope", with_mandate(scope=DROP), INVALID, ("signature", "scope")),
     Case(
         "scope entry with a member govmesh does not know",
@@ -397,6 +413,8 @@ CASES = [
     Case("proof jwk with a private key", proof_private_jwk, INVALID, ("pop", "replay")),
     Case("proof without jti", with_proof(jti=DROP), INVALID, ("pop", "replay")),
     Case("proof without req", with_proof(req=DROP), INVALID, ("pop",)),
+    Case("proof iat 10^400", with_proof(iat=10**400), INVALID, ("window", "pop", "replay")),
+    Case("proof iat before 1970", with_proof(iat=-1), INVALID, ("window", "pop")),
     Case(
         "request_digest of another request",
         another_request_digest,
@@ -461,6 +479,13 @@ CASES = [
     ),
     Case("attestation without iat", bound(iat=DROP), INVALID, ("window", "attestation")),
     Case("attestation nbf not a number", bound(nbf="soon"), INVALID, ("window", "attestation")),
+    Case(
+        "attestation exp 10^400",
+        bound(exp=10**400),
+        INVALID,
+        ("window", "attestation", "environment", "runtime"),
+    ),
+    Case("attestation exp 1e300", bound(exp=1e300), INVALID, ("window", "attestation")),
     Case(
         "swapped typ: mandate typ on an attestation",
         bound(typ=MANDATE_TYP),

@@ -24,6 +24,9 @@ from tests.support.verification import (
     World,
     jwks,
     make_world,
+    odd_modulus,
+    rsa_jwk,
+    rsa_key,
     write_json,
 )
 
@@ -61,12 +64,51 @@ def test_an_ed25519_key_verifies_eddsa_declared_or_not() -> None:
         (lambda: public(generate_ed25519(), key_ops=["encrypt"]), "key_ops"),
         (lambda: {"kty": "oct", "alg": "HS256"}, "not accepted"),
         (lambda: {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}, "not a valid"),
+        (lambda: {**rsa_jwk(odd_modulus(2048), 3), "alg": "RS256"}, "exponent is not 65537"),
+        (lambda: {**rsa_jwk(odd_modulus(3072), 2**3069 + 1), "alg": "RS256"}, "not 65537"),
+        (lambda: {**rsa_jwk(odd_modulus(8192)), "alg": "RS256"}, "longer than 4096"),
+        (lambda: {**rsa_jwk(odd_modulus(4104)), "alg": "RS256"}, "4104 bits is longer"),
+        (lambda: {"kty": "RSA", "alg": "RS256", "n": "A" * 100_000, "e": "AQAB"}, "longer"),
+        (lambda: {"kty": "RSA", "alg": "RS256", "n": "A" * 400, "e": "A" * 9}, "not 65537"),
+        (lambda: {"kty": "RSA", "alg": "RS256", "n": 5, "e": "AQAB"}, "'n' is not a string"),
+        (lambda: {"kty": "RSA", "alg": "RS256", "e": "AQAB"}, "'n' is not a string"),
     ],
 )
 @pytest.mark.filterwarnings("ignore:Key size should be")
 def test_keys_govmesh_will_not_verify_with(params: Any, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         usable_key(params())
+
+
+@pytest.mark.parametrize("bits", [2048, 4096])
+def test_rsa_keys_within_the_bounds_are_usable(bits: int) -> None:
+    key = RSAKey.generate_key(bits, parameters={"alg": "RS256"}) if bits > 2048 else rsa_key("k")
+    assert usable_key(public(key))[0] == "RS256"
+
+
+@pytest.mark.parametrize(
+    ("params", "why"),
+    [
+        (lambda: rsa_jwk(odd_modulus(3072), 2**3069 + 1), "public exponent is not 65537"),
+        (lambda: rsa_jwk(odd_modulus(2048), 3), "public exponent is not 65537"),
+        (lambda: rsa_jwk(odd_modulus(8192)), "longer than 4096 bits"),
+        (lambda: rsa_jwk(odd_modulus(1024)), "1024 bits is shorter than 2048"),
+    ],
+)
+def test_a_jwks_with_a_key_too_costly_to_verify_with_refuses_the_trust_file(
+    world: World, params: Any, why: str
+) -> None:
+    # Not ignored like a key meant for something else: this key would verify,
+    # and every verification with it would hold the event loop.
+    costly = {**params(), "alg": "RS256", "use": "sig", "kid": "costly"}
+    write_json(world.root / "issuer.jwks.json", {"keys": [world.issuer.as_dict(), costly]})
+
+    with pytest.raises(TrustFileError, match=why) as refused:
+        load_trust(world.trust_file)
+
+    message = str(refused.value)
+    assert "issuer.jwks.json: key costly" in message
+    assert "e = 65537 and a 2048-4096-bit modulus" in message
 
 
 def test_unusable_keys_are_ignored_and_noted(world: World) -> None:

@@ -10,7 +10,8 @@ request with it:
 
 `issue_mandate` and `issue_attestation` sign what an issuer and an attestor
 would, for development and tests. Keys may be Ed25519 (EdDSA), EC P-256
-(ES256) or RSA (RS256); the algorithm follows from the key.
+(ES256) or RSA (RS256, e = 65537, 2048 to 4096 bits); the algorithm follows
+from the key.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.canonical import request_digest, sha256_b64url
 from govmesh.artifacts.keys import generate_ed25519, jwk_thumbprint, public_jwk
+from govmesh.artifacts.trust import check_key_cost
 
 SigningKey = OKPKey | ECKey | RSAKey
 
@@ -39,6 +41,7 @@ def signing_alg(key: SigningKey) -> str:
     elif isinstance(key, ECKey) and params.get("crv") == "P-256":
         alg = "ES256"
     elif isinstance(key, RSAKey):
+        check_key_cost(params)  # verification refuses the others: their cost is unbounded
         alg = "RS256"
     else:
         raise ValueError(f"govmesh does not accept {params.get('kty')} {params.get('crv')} keys")

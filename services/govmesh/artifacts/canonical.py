@@ -17,6 +17,10 @@ class CanonicalizationError(ValueError):
 
 #: I-JSON's exact integers (RFC 7493): what RFC 8785 serializes without loss.
 SAFE_INTEGER = 2**53 - 1
+#: The deepest nesting an artifact's header or payload may have. Protobuf
+#: refuses messages nested deeper than 100, and every JSON level is two levels
+#: of a Struct: an artifact's claims must reach policy and the engine whole.
+MAX_JSON_DEPTH = 32
 
 
 class _Slow(Exception):
@@ -67,6 +71,25 @@ def canonical_json(value: Any) -> bytes:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
         raise CanonicalizationError(str(exc)) from exc
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests (a scalar is 1), counted no further than just past `limit`.
+
+    Iterative, so that no nesting exhausts the interpreter's stack.
+    """
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
 
 
 def b64url(data: bytes) -> str:

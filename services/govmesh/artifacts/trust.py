@@ -13,11 +13,11 @@
 
 Every key is pinned to exactly one algorithm. An Ed25519 key verifies EdDSA
 (whether or not it says so); an EC P-256 key verifies ES256 and an RSA key
-(2048 bits or more) RS256 only when its JWK declares that `alg`. Keys that
-declare anything else, that are for encryption, or whose type govmesh does not
-accept are ignored (they never verify) and reported in `Trust.notes`. A JWKS
-with private or symmetric key material, duplicate kids, or no usable key is
-refused, as is the whole trust file with it.
+RS256 only when its JWK declares that `alg`. Keys that declare anything else,
+that are for encryption, or whose type govmesh does not accept are ignored
+(they never verify) and reported in `Trust.notes`. A JWKS with private or
+symmetric key material, duplicate kids, no usable key, or an RS256 key outside
+the cost bounds (`check_key_cost`) is refused, as is the whole trust file with it.
 """
 
 from __future__ import annotations
@@ -35,12 +35,18 @@ from typing import Any
 
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 
+from govmesh.artifacts.canonical import b64url_decode
 from govmesh.runtime.errors import ConfigurationError
 
 #: The JWS algorithms govmesh verifies.
 SIGNATURE_ALGS = frozenset({"EdDSA", "ES256", "RS256"})
-#: The smallest RSA modulus accepted, in bits.
+#: The RSA moduli accepted, in bits: no weaker, and no costlier to verify with.
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 4096
+#: The one RSA public exponent accepted. A verification costs one modular
+#: exponentiation by e: 65537 takes 17 multiplications, while an exponent as
+#: long as the modulus (which RFC 7518 and most libraries allow) takes thousands.
+RSA_PUBLIC_EXPONENT = 65537
 #: The form of an allowed measurement.
 MEASUREMENT = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -118,8 +124,53 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise TrustFileError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
+class KeyCostError(ValueError):
+    """A key whose parameters put the cost of verifying with it out of bounds."""
+
+
+def _rsa_integer(params: Mapping[str, Any], name: str, max_chars: int, too_long: str) -> int:
+    # The length is bounded before decoding: a 100 KB member costs nothing to refuse.
+    text = params.get(name)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"RSA member {name!r} is not a string")
+    if len(text) > max_chars:
+        raise KeyCostError(too_long)
+    try:
+        return int.from_bytes(b64url_decode(text), "big")
+    except ValueError:
+        raise ValueError(f"RSA member {name!r} is not base64url") from None
+
+
+def check_key_cost(params: Mapping[str, Any]) -> None:
+    """Refuse, before anything imports it, a key too costly (or too weak) to verify with.
+
+    Ed25519 and P-256 verifications cost the same for every key. An RSA
+    verification costs in proportion to the length of the public exponent and
+    the square of the modulus length, both chosen by whoever made the key:
+    only e = 65537 and a 2048-4096-bit modulus are accepted, which bounds a
+    verification to about the cost of an Ed25519 one. KeyCostError otherwise,
+    ValueError for members that are no base64url string.
+    """
+    if params.get("kty") != "RSA":
+        return
+    too_long = f"RSA key longer than {MAX_RSA_BITS} bits"
+    # base64url of 512 octets (4096 bits) is 683 characters; one zero octet more is let through.
+    n = _rsa_integer(params, "n", 4 * (MAX_RSA_BITS // 8 + 1) // 3 + 1, too_long)
+    not_f4 = f"RSA public exponent is not {RSA_PUBLIC_EXPONENT}"
+    if _rsa_integer(params, "e", 8, not_f4) != RSA_PUBLIC_EXPONENT:
+        raise KeyCostError(not_f4)
+    bits = n.bit_length()
+    if bits < MIN_RSA_BITS:
+        raise KeyCostError(f"RSA key of {bits} bits is shorter than {MIN_RSA_BITS}")
+    if bits > MAX_RSA_BITS:
+        raise KeyCostError(f"RSA key of {bits} bits is longer than {MAX_RSA_BITS}")
+
+
 def usable_key(params: Mapping[str, Any]) -> tuple[str, VerifyingKey]:
-    """The one algorithm `params` verifies, and the key; ValueError if it verifies none."""
+    """The one algorithm `params` verifies, and the key; ValueError if it verifies none.
+
+    KeyCostError (a ValueError) when the key would verify but costs too much to.
+    """
     kty, declared = params.get("kty"), params.get("alg")
     use, ops = params.get("use"), params.get("key_ops")
     if use is not None and use != "sig":
@@ -142,16 +193,13 @@ def usable_key(params: Mapping[str, Any]) -> tuple[str, VerifyingKey]:
         alg = "RS256"
     else:
         raise ValueError(f"key type {kty!r} is not accepted")
+    check_key_cost(params)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             key = import_key(dict(params))
     except Exception as exc:  # joserfc raises several types for bad material
         raise ValueError(f"not a valid {kty} key: {exc}") from None
-    if isinstance(key, RSAKey):
-        bits = key.get_op_key("verify").key_size
-        if bits < MIN_RSA_BITS:
-            raise ValueError(f"RSA key of {bits} bits is shorter than {MIN_RSA_BITS}")
     if not isinstance(key, OKPKey | ECKey | RSAKey) or key.is_private:
         raise ValueError("not a public signature key")
     return alg, key
@@ -179,6 +227,14 @@ def _read_jwks(path: Path, raw: bytes, notes: list[str]) -> tuple[TrustedKey, ..
             kids.add(kid)
         try:
             alg, key = usable_key(params)
+        except KeyCostError as exc:
+            # Not ignored like a key for something else: this key is meant to
+            # verify, and every verification with it would be slow.
+            raise TrustFileError(
+                f"JWKS {path}: key {kid or position}: {exc}; govmesh verifies with RSA keys"
+                f" only with e = {RSA_PUBLIC_EXPONENT} and a {MIN_RSA_BITS}-{MAX_RSA_BITS}-bit"
+                " modulus"
+            ) from None
         except ValueError as exc:
             notes.append(f"{path}: key {kid or position} ignored: {exc}")
             continue

@@ -24,11 +24,13 @@ from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
 from govmesh.artifacts.canonical import (
+    MAX_JSON_DEPTH,
     SAFE_INTEGER,
     CanonicalizationError,
     b64url,
     b64url_decode,
     canonical_json,
+    json_depth,
     request_digest,
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Reason, primary_reason
@@ -223,21 +225,6 @@ def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
-def _depth(value: Any, limit: int) -> int:
-    stack = [(value, 1)]
-    deepest = 0
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-    return deepest
-
-
 # Spellings of a path that executors commonly collapse to another resource:
 # dot segments, empty segments, and their percent-encoded forms.
 _ALIASING = re.compile(r"(^|/)\.{1,2}(/|$)|(?<!:)//|%2e|%2f|%5c|\\", re.IGNORECASE)
@@ -293,7 +280,7 @@ def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
         context = _struct_to_dict(request.context)
     except (ValueError, TypeError) as exc:
         raise MalformedRequest(f"context is not JSON: {exc}") from None
-    if _depth(context, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
+    if json_depth(context, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
         raise MalformedRequest(f"context is nested deeper than {MAX_CONTEXT_DEPTH}")
     return context
 
@@ -306,7 +293,9 @@ def _jws_payload(token: str) -> dict[str, Any] | None:
         payload = json.loads(b64url_decode(parts[1]).decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    return payload if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or json_depth(payload, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        return None  # what verification's reader refuses, and no Struct could carry
+    return payload
 
 
 def claimed_inputs(request: engine_pb2.AuthorizeRequest) -> Claimed | None:

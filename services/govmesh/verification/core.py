@@ -70,6 +70,8 @@ INTERNAL: Reason = common_pb2.INTERNAL_ERROR
 MAX_JTI_CHARS = 256
 #: Distinct proof keys whose import and thumbprint are remembered.
 PROOF_KEY_CACHE_SIZE = 1024
+#: The latest time a claim may name, 9999-12-31T23:59:59Z, in seconds since 1970.
+MAX_NUMERIC_DATE = 253_402_300_799
 
 
 # --- collaborators -------------------------------------------------------------
@@ -222,10 +224,33 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _number(value: object) -> float | None:
+def _numeric_date(value: object) -> float | None:
+    """A time claim (iat, nbf, exp: an RFC 7519 NumericDate) in seconds, or None.
+
+    The one reader of every time claim: a number, not a bool, from 1970 to the
+    end of year 9999. Outside that range it is no time a mandate means, and
+    sums with the clock and windows would lose exactness (a float of 1e300)
+    or fail outright, so such a claim is unreadable, never compared.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if not 0 <= value <= MAX_NUMERIC_DATE:  # NaN fails this too
+        return None
     return float(value)
+
+
+def _time_problem(payload: Mapping[str, Any], name: str) -> str:
+    """Why the time claim `name` is unreadable (for a claim `_numeric_date` refused)."""
+    if name not in payload:
+        return f"{name} missing"
+    return f"{name} is not a time in seconds from 1970 to 9999"
+
+
+def _time_problems(
+    payload: Mapping[str, Any], required: Iterable[str], optional: Iterable[str] = ()
+) -> list[str]:
+    names = [*required, *(n for n in optional if n in payload)]
+    return [_time_problem(payload, n) for n in names if _numeric_date(payload.get(n)) is None]
 
 
 def _jkt(payload: Mapping[str, Any]) -> str | None:
@@ -287,7 +312,7 @@ def mandate_claim_problems(payload: Mapping[str, Any]) -> list[str]:
     problems += _unrecordable(payload, ("iss", "sub", "jti"))
     if "aud" not in payload:
         problems.append("aud missing")
-    problems += [f"{n} missing" for n in ("iat", "nbf", "exp") if _number(payload.get(n)) is None]
+    problems += _time_problems(payload, ("iat", "nbf", "exp"))
     if _scope(payload) is None:
         problems.append("scope is not a list of {action, resource} patterns")
     if _jkt(payload) is None:
@@ -303,9 +328,7 @@ def attestation_claim_problems(payload: Mapping[str, Any]) -> list[str]:
     """What is missing, ill-typed or unrecordable among an attestation's required claims."""
     problems = [f"{n} missing" for n in ("iss", "sub") if _text(payload.get(n)) is None]
     problems += _unrecordable(payload, ("iss", "sub"))
-    problems += [f"{n} missing" for n in ("iat", "exp") if _number(payload.get(n)) is None]
-    if "nbf" in payload and _number(payload.get("nbf")) is None:
-        problems.append("nbf is not a number")
+    problems += _time_problems(payload, ("iat", "exp"), optional=("nbf",))
     if _jkt(payload) is None:
         problems.append("cnf.jkt missing")
     if _object(payload, "env") is None:
@@ -321,8 +344,7 @@ def proof_claim_problems(payload: Mapping[str, Any]) -> list[str]:
     jti = _text(payload.get("jti"))
     if jti is None or len(jti) > MAX_JTI_CHARS:
         problems.append(f"jti missing or longer than {MAX_JTI_CHARS} characters")
-    if _number(payload.get("iat")) is None:
-        problems.append("iat missing")
+    problems += _time_problems(payload, ("iat",))
     problems += [f"{n} missing" for n in ("req", "ath") if _text(payload.get(n)) is None]
     return problems
 
@@ -418,6 +440,9 @@ class _Findings:
 
     def passed(self, check: Check) -> bool:
         return check in self.evaluated and check not in self.problems
+
+    def failed(self, check: Check) -> bool:
+        return check in self.problems
 
     def outcome(self, check: Check) -> CheckOutcome:
         problems = self.problems.get(check)
@@ -642,7 +667,7 @@ class Verifier:
             findings.fail(check, INVALID, f"{artifact.kind}: {exc}")
             return
         artifact.authentic = True
-        exp = _number(jws.payload.get("exp"))
+        exp = _numeric_date(jws.payload.get("exp"))
         if exp is not None:
             expires_at = exp + self._config.clock_skew_s
             state.cache.put(token_key(artifact.kind, artifact.token), jws, expires_at, now)
@@ -689,21 +714,21 @@ class Verifier:
                 yield artifact.unavailable()
                 return
             kind = artifact.kind
-            iat = _number(payload.get("iat"))
+            iat = _numeric_date(payload.get("iat"))
             if iat is None:
-                yield INVALID, f"{kind} iat missing"
+                yield INVALID, f"{kind} {_time_problem(payload, 'iat')}"
             elif iat > now + skew:
                 yield EXPIRED, f"{kind} issued in the future"
             if exp:
-                expires = _number(payload.get("exp"))
+                expires = _numeric_date(payload.get("exp"))
                 if expires is None:
-                    yield INVALID, f"{kind} exp missing"
+                    yield INVALID, f"{kind} {_time_problem(payload, 'exp')}"
                 elif now >= expires + skew:
                     yield EXPIRED, f"{kind} expired"
             if nbf and (nbf_required or "nbf" in payload):
-                not_before = _number(payload.get("nbf"))
+                not_before = _numeric_date(payload.get("nbf"))
                 if not_before is None:
-                    yield INVALID, f"{kind} nbf missing"
+                    yield INVALID, f"{kind} {_time_problem(payload, 'nbf')}"
                 elif now < not_before - skew:
                     yield EXPIRED, f"{kind} not yet valid"
 
@@ -711,7 +736,7 @@ class Verifier:
         proof_problems = list(window(exam.proof, exp=False, nbf=False, nbf_required=False))
         proof_payload = exam.proof.payload
         if not proof_problems and proof_payload is not None:
-            iat = _number(proof_payload.get("iat"))
+            iat = _numeric_date(proof_payload.get("iat"))
             if iat is not None and iat < now - self._config.proof_window_s:
                 proof_problems.append(
                     (EXPIRED, f"proof older than {self._config.proof_window_s:g} s")
@@ -755,16 +780,13 @@ class Verifier:
         if jws is None:
             findings.fail(Check.POP, INVALID, f"proof malformed: {proof.error}")
             return
-        key = None
+        key = alg = None
         try:
             pinned, key, exam.proof_jkt = self._proof_key(jws)
         except (TokenError, ValueError) as exc:
             findings.fail(Check.POP, INVALID, f"proof: {exc}")
         try:
             alg = check_header(jws, PROOF_TYP)
-            if key is not None:
-                verify_signature(jws, alg=alg, pinned=pinned, key=key)
-                proof.authentic = True
         except TokenError as exc:
             findings.fail(Check.POP, INVALID, f"proof: {exc}")
         problems = proof_claim_problems(jws.payload)
@@ -781,6 +803,16 @@ class Verifier:
             ath = sha256_b64url(mandate.token.encode("utf-8"))
             if jws.payload.get("ath") != ath:
                 findings.fail(Check.POP, INVALID, "proof is for another mandate (ath)")
+        # The signature last, and only when it alone decides the check: a proof
+        # that is not for this request, or whose key is not the one the mandate
+        # (verified at step 3, before this) is bound to, fails whatever its
+        # signature, so it costs no signature verification.
+        if key is not None and alg is not None and not findings.failed(Check.POP):
+            try:
+                verify_signature(jws, alg=alg, pinned=pinned, key=key)
+                proof.authentic = True
+            except TokenError as exc:
+                findings.fail(Check.POP, INVALID, f"proof: {exc}")
         findings.ok(Check.POP)
 
     def _check_attestation(self, exam: _Examination, now: float) -> None:
@@ -922,7 +954,7 @@ class Verifier:
         )
         try:
             if record:
-                iat = _number(payload.get("iat"))
+                iat = _numeric_date(payload.get("iat"))
                 assert iat is not None
                 expires_at = iat + self._config.proof_window_s + self._config.clock_skew_s
                 fresh = await self._replay.remember(key, expires_at, timeout=budget)
@@ -953,7 +985,7 @@ class Verifier:
             env = attestation["env"]
             attestor = str(attestation["iss"])
             measurements = tuple(attestation["measurements"])
-        exp = _number(mandate.get("exp"))
+        exp = _numeric_date(mandate.get("exp"))
         assert exp is not None
         return VerifiedClaims(
             issuer=str(mandate["iss"]),

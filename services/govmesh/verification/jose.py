@@ -3,9 +3,11 @@
 Parsing is stricter than RFC 7515 asks, because a verifier that accepts two
 spellings of one token invites confusion: every segment must be canonical
 base64url (re-encoding gives the same text), header and payload must be JSON
-objects with no duplicate member names, no NaN or infinities, and the token is
-bounded in size. Signatures are checked by joserfc's algorithm for the one
-algorithm the key is pinned to; the header's `alg` must name that algorithm.
+objects with no duplicate member names, nested at most MAX_JSON_DEPTH deep,
+and every number one that I-JSON (RFC 7493) admits: no NaN, no infinity
+(1e400), no integer beyond 2^53 - 1 in magnitude. The token is bounded in
+size. Signatures are checked by joserfc's algorithm for the one algorithm the
+key is pinned to; the header's `alg` must name that algorithm.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from typing import Any
 
 from joserfc.jws import JWSRegistry
 
-from govmesh.artifacts.canonical import b64url, b64url_decode
+from govmesh.artifacts.canonical import (
+    MAX_JSON_DEPTH,
+    SAFE_INTEGER,
+    b64url,
+    b64url_decode,
+    json_depth,
+)
 from govmesh.artifacts.trust import VerifyingKey, usable_key
 
 #: The longest artifact accepted, in characters (the engine's own limit).
@@ -47,11 +55,31 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _shown(text: str) -> str:
+    return text if len(text) <= 24 else text[:24] + "..."
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError("number out of range")
+        raise ValueError(f"number {_shown(text)} is out of range")
     return value
+
+
+# Characters of the longest integer I-JSON admits, sign included: longer text
+# is refused before int() converts any of it.
+_SAFE_INTEGER_CHARS = len(str(-SAFE_INTEGER))
+
+
+def _safe_int(text: str) -> int:
+    # Refused here, once, for every claim and header member: beyond this range
+    # an integer has no exact double, no RFC 8785 form and no protobuf form,
+    # and a time claim would overflow where it meets the clock.
+    if len(text) <= _SAFE_INTEGER_CHARS:
+        value = int(text)
+        if -SAFE_INTEGER <= value <= SAFE_INTEGER:
+            return value
+    raise ValueError(f"integer {_shown(text)} is beyond I-JSON's range, 2^53 - 1")
 
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -69,11 +97,16 @@ def strict_json_object(data: bytes) -> dict[str, Any]:
             object_pairs_hook=_unique_members,
             parse_constant=_reject_constant,
             parse_float=_finite_float,
+            parse_int=_safe_int,
         )
     except RecursionError:
         raise ValueError("nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
+    # Fewer brackets than the bound cannot nest past it: most tokens skip the walk.
+    brackets = data.count(b"[") + data.count(b"{")
+    if brackets > MAX_JSON_DEPTH and json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} deep")
     return value
 
 

@@ -45,6 +45,12 @@ def to_input(request: verification_pb2.VerifyRequest) -> VerificationInput:
     )
 
 
+def _utf8(text: str) -> str:
+    # A detail may quote what the caller sent, and JSON carries lone surrogates
+    # ("\ud800") that a protobuf string cannot: escaped, the deny still goes out.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
     """Translate a core result to the wire answer."""
     response = verification_pb2.VerifyResponse(
@@ -62,7 +68,7 @@ def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
                 name=outcome.check.value,
                 verdict=common_pb2.CHECK_FAILED,
                 reason=outcome.reason,
-                detail=outcome.detail,
+                detail=_utf8(outcome.detail),
             )
     claims = result.claims
     if claims is not None:
@@ -82,7 +88,7 @@ def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
         )
         response.message = "verified"
     else:
-        response.message = "; ".join(f"{o.check.value}: {o.detail}" for o in result.failed)
+        response.message = _utf8("; ".join(f"{o.check.value}: {o.detail}" for o in result.failed))
     return response
 
 
