@@ -53,6 +53,7 @@ def bundle(text: str = SAMPLE_POLICY, schema: str | None = None) -> BundleSource
 def transfer(amount: float, resource: str = "account:acme/treasury") -> PolicyRequest:
     return PolicyRequest(
         principal="spiffe://govmesh.dev/agent/demo",
+        issuer="https://issuer.govmesh.dev",
         action="payments.transfer",
         resource=resource,
         context={"request": {"amount": amount}, "env": {}, "attribution": {}},
@@ -168,7 +169,7 @@ async def test_publish_and_activate_then_answer_under_that_epoch(setup: Setup) -
 
 
 SCHEMA = """
-entity Agent; entity Resource;
+entity Issuer; entity Agent in [Issuer]; entity Resource;
 action "payments.transfer" appliesTo {
   principal: [Agent], resource: [Resource],
   context: { request: { amount: Long }, env: {}, attribution: {} }
@@ -525,6 +526,7 @@ def disagreeing(
 ) -> PolicyRequest:
     return PolicyRequest(
         principal=principal,
+        issuer="https://issuer.govmesh.dev",
         action="payments.transfer",
         resource="account:acme/treasury",
         context={"request": {"amount": 500, **context}, "env": {}, "attribution": {}},

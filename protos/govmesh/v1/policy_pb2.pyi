@@ -31,6 +31,7 @@ class EvaluateRequest(_message.Message):
     RESOURCE_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
     request_digest: _builtins.str
     principal: _builtins.str
     """mandate sub; evaluated as Agent::"<principal>" """
@@ -40,6 +41,8 @@ class EvaluateRequest(_message.Message):
     """evaluated as Resource::"<resource>" """
     decision_id: _builtins.str
     """correlation only"""
+    issuer: _builtins.str
+    """mandate iss; the principal is in Issuer::"<issuer>" """
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
         """{"request": ..., "env": ..., "attribution": ...}"""
@@ -53,10 +56,11 @@ class EvaluateRequest(_message.Message):
         resource: _builtins.str = ...,
         context: _struct_pb2.Struct | None = ...,
         decision_id: _builtins.str = ...,
+        issuer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "context", b"context", "decision_id", b"decision_id", "principal", b"principal", "request_digest", b"request_digest", "resource", b"resource"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "context", b"context", "decision_id", b"decision_id", "issuer", b"issuer", "principal", b"principal", "request_digest", b"request_digest", "resource", b"resource"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -414,10 +414,10 @@ def _read_cases(path: Path) -> list[_Case]:
     cases = []
     for n, item in enumerate(items, 1):
         if not isinstance(item, dict) or not all(
-            isinstance(item.get(k), str) for k in ("principal", "action", "resource")
+            isinstance(item.get(k), str) for k in ("principal", "issuer", "action", "resource")
         ):
             raise ConfigurationError(
-                f"{path}: request {n} needs principal, action and resource strings"
+                f"{path}: request {n} needs principal, issuer, action and resource strings"
             )
         expect = item.get("expect")
         if expect is not None and expect not in ("ALLOW", "DENY"):
@@ -431,6 +431,7 @@ def _read_cases(path: Path) -> list[_Case]:
                 name=str(item.get("name") or f"request {n}"),
                 request=PolicyRequest(
                     principal=item["principal"],
+                    issuer=item["issuer"],
                     action=item["action"],
                     resource=item["resource"],
                     context=_as_the_engine_sends(context),
@@ -711,8 +712,8 @@ def register(commands: Any) -> None:
     )
     test.add_argument(
         "requests",
-        help='JSON: a request or a list of {"principal", "action", "resource", "context", '
-        '"expect": "ALLOW"|"DENY", "name"}',
+        help='JSON: a request or a list of {"principal", "issuer", "action", "resource", '
+        '"context", "expect": "ALLOW"|"DENY", "name"}',
     )
     test.add_argument("--bundle", help="a .cedar file/folder or a VERSION (default: the active)")
     test.add_argument("--json", action="store_true")

@@ -177,6 +177,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
         answer = self._authority.evaluate(
             PolicyRequest(
                 principal=request.principal,
+                issuer=request.issuer,
                 action=request.action,
                 resource=request.resource,
                 # Read straight from the Struct (a Mapping): numbers arrive as doubles.
