@@ -332,6 +332,7 @@ def test_shadow_disagreements_are_reported_by_diff(
     assert item["active"]["decision"] == "ALLOW"
     assert item["shadow"]["decision"] == "DENY"
     assert item["context"]["request"] == {"amount": 500}
+    assert item["issuer"] == "https://issuer.govmesh.dev"
     code, out = cli(replica, "diff")
     assert "1 of 2 requests disagree" in out
 

@@ -554,6 +554,9 @@ async def test_requests_postgres_cannot_store_as_given_are_still_recorded(setup:
     assert by_id["nul"].context["request"]["note"] == "a\x00b"
     assert by_id["nul"].context["request"]["k\x00"] == 1
     assert by_id["principal"].principal == "agent\ufffdx"
+    assert (
+        by_id["later"].issuer == "https://issuer.govmesh.dev"
+    )  # the same sub of another issuer is another agent
 
 
 def _record(
@@ -564,6 +567,7 @@ def _record(
         request_digest="digest",
         decision_id=decision_id,
         principal="spiffe://govmesh.dev/agent/demo",
+        issuer="https://issuer.govmesh.dev",
         action="payments.transfer",
         resource="account:acme/treasury",
         context={"request": {"amount": 500}} if context is None else context,

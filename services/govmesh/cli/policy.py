@@ -631,8 +631,9 @@ def _diff(args: argparse.Namespace) -> int:
                     "recorded_at": _when(d.recorded_at),
                     "decision_id": d.decision_id,
                     "request_digest": d.request_digest,
-                    "request": f"{d.principal} {d.action} on {d.resource} "
-                    f"(decision {d.decision_id or '-'})",
+                    "request": f"{d.principal} ({d.issuer or 'issuer not recorded'}) "
+                    f"{d.action} on {d.resource} (decision {d.decision_id or '-'})",
+                    "issuer": d.issuer,
                     "context": json_format.MessageToDict(d.context),
                     "active": {
                         "decision": common_pb2.Decision.Name(d.active_decision),

@@ -113,6 +113,7 @@ def _disagreement(record: ShadowRecord) -> policy_pb2.ShadowDisagreement:
         request_digest=record.request_digest,
         decision_id=record.decision_id,
         principal=record.principal,
+        issuer=record.issuer,
         action=record.action,
         resource=record.resource,
         active_decision=common_pb2.Decision.Value(record.active_decision),
