@@ -40,6 +40,7 @@ from google.protobuf import json_format
 
 from govmesh.policy.bundle import BundleSource, CompiledBundle, PolicyFile, compile_bundle
 from govmesh.policy.core import PolicyRequest, evaluate
+from govmesh.policy.entities import request_entities
 from govmesh.policy.servicer import PolicyServicer
 from govmesh.v1 import common_pb2, policy_pb2
 
@@ -51,6 +52,7 @@ ACTIONS = [
     for verb in ("read", "write", "transfer", "approve", "run", "delete", "list", "export")
 ]
 AGENTS = [f"spiffe://acme.example/agent/{n}" for n in range(200)]
+ISSUER = "https://idp.acme.example"
 
 
 def _resource(n: int) -> str:
@@ -129,6 +131,7 @@ def requests(load: Workload, count: int, rng: random.Random) -> list[policy_pb2.
         request = policy_pb2.EvaluateRequest(
             request_digest=f"d{n}",
             principal=principal,
+            issuer=ISSUER,
             action=action,
             resource=resource,
             decision_id=f"id{n}",
@@ -152,6 +155,7 @@ def as_held(request: policy_pb2.EvaluateRequest) -> PolicyRequest:
         request.action,
         request.resource,
         json_format.MessageToDict(request.context),
+        request.issuer,
     )
 
 
@@ -159,7 +163,8 @@ def handler(bundle: CompiledBundle, request: policy_pb2.EvaluateRequest) -> bool
     """What the Evaluate handler runs: Struct read, evaluation, answer built (no transport)."""
     context = cast(Mapping[str, Any], request.context)  # a Struct is a Mapping
     decision = evaluate(
-        bundle, PolicyRequest(request.principal, request.action, request.resource, context)
+        bundle,
+        PolicyRequest(request.principal, request.action, request.resource, context, request.issuer),
     )
     response = PolicyServicer._response(request, 1, bundle.version, decision)
     return response.decision == common_pb2.ALLOW
@@ -189,7 +194,7 @@ def cedar_alone(bundle: CompiledBundle, request: PolicyRequest) -> bool:
             },
         },
         bundle.full_set,
-        [],
+        request_entities(request.principal, request.issuer),
     )
     return bool(result.allowed)
 
@@ -268,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         candidates = statistics.mean(
             len(
                 bundle.index.candidates(
-                    ("Agent", r.principal), ("Action", r.action), ("Resource", r.resource)
+                    ("Agent", r.principal),
+                    ("Action", r.action),
+                    ("Resource", r.resource),
+                    principal_in=(("Issuer", r.issuer),),
                 )
             )
             for r in held

@@ -65,6 +65,7 @@ async def test_evaluate_batch_answers_under_one_bundle_in_order(
         request = policy_pb2.EvaluateRequest(
             request_digest=f"digest-{n}",
             principal="spiffe://govmesh.dev/agent/demo",
+            issuer="https://issuer.govmesh.dev",
             action="payments.transfer",
             resource="account:acme/treasury",
         )

@@ -70,6 +70,7 @@ def ask(service: ServiceProcess, context: dict[str, Any], *, principal: str = "a
     request = policy_pb2.EvaluateRequest(
         request_digest="digest",
         principal=principal,
+        issuer="https://issuer.govmesh.dev",
         action="payments.transfer",
         resource="account:acme/treasury",
     )
@@ -245,6 +246,7 @@ def test_test_and_diff_refuse_a_fetched_bundle_that_is_not_the_version_or_not_si
         json.dumps(
             {
                 "principal": "spiffe://govmesh.dev/agent/demo",
+                "issuer": "https://issuer.govmesh.dev",
                 "action": "payments.transfer",
                 "resource": "account:acme/treasury",
                 "context": {"request": {"amount": 500}},

@@ -36,6 +36,7 @@ def evaluate(
     request = policy_pb2.EvaluateRequest(
         request_digest=digest,
         principal="spiffe://govmesh.dev/agent/demo",
+        issuer="https://issuer.govmesh.dev",
         action="payments.transfer",
         resource="account:acme/treasury",
         decision_id=f"decision-{digest}",
@@ -263,7 +264,7 @@ def test_refused_pushes_keep_the_active_bundle(
         "when { context.request.amont < 10 };",
     )
     (schema_invalid / "app.cedarschema").write_text(
-        "entity Agent; entity Resource;\n"
+        "entity Issuer; entity Agent in [Issuer]; entity Resource;\n"
         'action "payments.transfer" appliesTo { principal: [Agent], resource: [Resource], '
         "context: { request: { amount: Long }, env: {}, attribution: {} } };\n"
     )
@@ -331,6 +332,7 @@ def test_shadow_disagreements_are_reported_by_diff(
     assert item["active"]["decision"] == "ALLOW"
     assert item["shadow"]["decision"] == "DENY"
     assert item["context"]["request"] == {"amount": 500}
+    assert item["issuer"] == "https://issuer.govmesh.dev"
     code, out = cli(replica, "diff")
     assert "1 of 2 requests disagree" in out
 
@@ -353,6 +355,7 @@ def test_list_show_test_and_rollback_through_the_cli(
                 {
                     "name": "medium",
                     "principal": "spiffe://govmesh.dev/agent/demo",
+                    "issuer": "https://issuer.govmesh.dev",
                     "action": "payments.transfer",
                     "resource": "account:acme/treasury",
                     "context": {"request": {"amount": 500}},
@@ -361,6 +364,7 @@ def test_list_show_test_and_rollback_through_the_cli(
                 {
                     "name": "frozen",
                     "principal": "spiffe://govmesh.dev/agent/demo",
+                    "issuer": "https://issuer.govmesh.dev",
                     "action": "payments.transfer",
                     "resource": "account:acme/frozen",
                     "context": {"request": {"amount": 5}},

@@ -53,6 +53,7 @@ def bundle(text: str = SAMPLE_POLICY, schema: str | None = None) -> BundleSource
 def transfer(amount: float, resource: str = "account:acme/treasury") -> PolicyRequest:
     return PolicyRequest(
         principal="spiffe://govmesh.dev/agent/demo",
+        issuer="https://issuer.govmesh.dev",
         action="payments.transfer",
         resource=resource,
         context={"request": {"amount": amount}, "env": {}, "attribution": {}},
@@ -168,7 +169,7 @@ async def test_publish_and_activate_then_answer_under_that_epoch(setup: Setup) -
 
 
 SCHEMA = """
-entity Agent; entity Resource;
+entity Issuer; entity Agent in [Issuer]; entity Resource;
 action "payments.transfer" appliesTo {
   principal: [Agent], resource: [Resource],
   context: { request: { amount: Long }, env: {}, attribution: {} }
@@ -534,6 +535,7 @@ def disagreeing(
 ) -> PolicyRequest:
     return PolicyRequest(
         principal=principal,
+        issuer="https://issuer.govmesh.dev",
         action="payments.transfer",
         resource="account:acme/treasury",
         context={"request": {"amount": 500, **context}, "env": {}, "attribution": {}},
@@ -561,6 +563,9 @@ async def test_requests_postgres_cannot_store_as_given_are_still_recorded(setup:
     assert by_id["nul"].context["request"]["note"] == "a\x00b"
     assert by_id["nul"].context["request"]["k\x00"] == 1
     assert by_id["principal"].principal == "agent\ufffdx"
+    assert (
+        by_id["later"].issuer == "https://issuer.govmesh.dev"
+    )  # the same sub of another issuer is another agent
 
 
 def _record(
@@ -571,6 +576,7 @@ def _record(
         request_digest="digest",
         decision_id=decision_id,
         principal="spiffe://govmesh.dev/agent/demo",
+        issuer="https://issuer.govmesh.dev",
         action="payments.transfer",
         resource="account:acme/treasury",
         context={"request": {"amount": 500}} if context is None else context,

@@ -189,3 +189,46 @@ async def test_valid_requests_beside_a_flood_of_costly_keys_are_allowed(
         ("INVALID_VERIFICATION", True)
     }
     assert "Traceback" not in mesh.verification.log()
+
+
+def test_dev_attestor_attesting_production_is_denied_from_the_cli(
+    start_mesh: Callable[..., Mesh],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The README's quick start: keys init lets the dev attestor attest cluster=dev only.
+    mesh = start_mesh()
+    dev = ["--dev-dir", str(mesh.setup.root)]
+    files = {}
+    for name, command in {
+        "mandate": ["mandate", "issue", *dev, "--env", "cluster=prod"],
+        "attestation": ["attest", *dev, "--env", "cluster=prod"],
+    }.items():
+        assert govmesh(command) == 0
+        files[name] = tmp_path / f"{name}.jwt"
+        files[name].write_text(capsys.readouterr().out)
+
+    code = govmesh(
+        [
+            "authorize",
+            *dev,
+            "--target",
+            mesh.engine.address,
+            "--timeout",
+            "10",
+            "--action",
+            "payments.transfer",
+            "--resource",
+            "account:acme/treasury",
+            "--context",
+            '{"amount": 250}',
+            "--mandate",
+            str(files["mandate"]),
+            "--attestation",
+            str(files["attestation"]),
+        ]
+    )
+    answer = json.loads(capsys.readouterr().out)
+
+    assert (code, answer["reason"]) == (1, "ENVIRONMENT_MISMATCH"), answer
+    assert answer["failed_checks"] == ["environment"]

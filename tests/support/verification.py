@@ -42,6 +42,10 @@ ISSUER = "https://idp.test"
 SINGLE_KEY_ISSUER = "https://single.test"
 ATTESTOR = "https://attestor.test"
 SUBJECT = "spiffe://test/agent/1"
+#: The namespaces each issuer of the world may sign for.
+ISSUER_SUBJECTS = "spiffe://test/agent/"
+SINGLE_KEY_SUBJECTS = "spiffe://single.test/agent/"
+SINGLE_KEY_SUBJECT = SINGLE_KEY_SUBJECTS + "1"
 GOOD_MEASUREMENT = "sha256:" + hashlib.sha256(b"good runtime").hexdigest()
 OTHER_MEASUREMENT = "sha256:" + hashlib.sha256(b"unknown runtime").hexdigest()
 ENV = {"cluster": "prod-eu", "region": "eu-west-1", "tier": 2}
@@ -184,10 +188,12 @@ class World:
 [[issuers]]
 iss = "{ISSUER}"
 jwks = "issuer.jwks.json"
+subjects = ["{ISSUER_SUBJECTS}"]
 
 [[issuers]]
 iss = "{SINGLE_KEY_ISSUER}"
 jwks = "single.jwks.json"
+subjects = ["{SINGLE_KEY_SUBJECTS}"]
 
 [[attestors]]
 iss = "{ATTESTOR}"

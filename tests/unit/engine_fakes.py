@@ -18,6 +18,7 @@ from govmesh.lineage.core import EntryRejected, check_entry, leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
 
 SUBJECT = "spiffe://test/agent"
+ISSUER = "https://issuer.test"
 BUNDLE = common_pb2.BundleRef(version="b" * 64, epoch=3)
 
 
@@ -31,12 +32,12 @@ def jws(payload: Mapping[str, Any]) -> str:
 
 
 def authorize_request(**overrides: Any) -> engine_pb2.AuthorizeRequest:
-    """A well-formed request whose mandate names SUBJECT."""
+    """A well-formed request whose mandate names SUBJECT, issued by ISSUER."""
     context = overrides.pop("context", {"amount": 250})
     fields: dict[str, Any] = {
         "action": "payments.transfer",
         "resource": "account:acme/treasury",
-        "mandate": jws({"sub": SUBJECT, "att": {"session": "s1"}}),
+        "mandate": jws({"iss": ISSUER, "sub": SUBJECT, "att": {"session": "s1"}}),
         "proof": jws({"jti": "p1"}),
         **overrides,
     }
@@ -53,7 +54,7 @@ def passing_verification(
     for check in REQUIRED_CHECKS:
         response.checks.add(name=check.value, verdict=common_pb2.CHECK_PASSED)
     response.claims.subject = SUBJECT
-    response.claims.issuer = "https://issuer.test"
+    response.claims.issuer = ISSUER
     response.claims.cnf_jkt = "jkt"
     response.claims.attestor = "https://attestor.test"
     response.claims.measurements.append("sha256:" + "ab" * 32)

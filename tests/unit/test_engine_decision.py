@@ -27,6 +27,7 @@ from govmesh.lineage.core import leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
 from tests.unit.engine_fakes import (
     BUNDLE,
+    ISSUER,
     SUBJECT,
     FakeLineage,
     FakePolicy,
@@ -161,7 +162,7 @@ async def test_ordinary_resources_are_not_refused(resource: str) -> None:
     assert response.decision == ALLOW, response.message
 
 
-async def test_policy_sees_the_claimed_subject_environment_and_attribution() -> None:
+async def test_policy_sees_the_claimed_subject_issuer_environment_and_attribution() -> None:
     h = build_engine(
         verification=FakeVerification(answer=lambda r: _with_env(passing_verification(r)))
     )
@@ -171,6 +172,7 @@ async def test_policy_sees_the_claimed_subject_environment_and_attribution() -> 
     assert response.decision == ALLOW, response.message
     [asked] = h.policy.calls
     assert asked.principal == SUBJECT
+    assert asked.issuer == ISSUER
     assert json_format.MessageToDict(asked.context) == {
         "request": {"amount": 250},
         "env": {"cluster": "prod"},
@@ -477,6 +479,11 @@ def _other_subject(response: verification_pb2.VerifyResponse) -> None:
     response.claims.subject = "spiffe://test/someone-else"
 
 
+def _other_issuer(response: verification_pb2.VerifyResponse) -> None:
+    # The same sub under another issuer: another agent than policy evaluated.
+    response.claims.issuer = "https://issuer-b.test"
+
+
 def _no_claims(response: verification_pb2.VerifyResponse) -> None:
     response.ClearField("claims")
 
@@ -504,6 +511,7 @@ def _other_attribution(response: verification_pb2.VerifyResponse) -> None:
         _unknown_verdict,
         _other_digest,
         _other_subject,
+        _other_issuer,
         _no_claims,
         _other_env,
         _other_attribution,
@@ -666,14 +674,24 @@ def _raw_jws(payload: bytes) -> str:
     return ".".join([b64url(b'{"alg":"EdDSA"}'), b64url(payload), b64url(b"sig")])
 
 
+_ISS = b'{"iss": "https://issuer.test", '
+
+
 @pytest.mark.parametrize(
     ("mandate", "why"),
     [
-        (_raw_jws(b'{"sub": "\\ud800"}'), "lone surrogate escaped in JSON"),
-        (_raw_jws(b'{"sub": "\xed\xa0\x80"}'), "lone surrogate as raw bytes"),
-        (_raw_jws(b'{"sub": "x", "att": {"n": ' + b"9" * 400 + b"}}"), "huge integer"),
-        (_raw_jws(b'{"sub": "' + b"x" * 3000 + b'"}'), "subject longer than a SPIFFE ID"),
-        (_raw_jws(b'{"sub": "x", "att": ' + b"[" * 5000 + b"]" * 5000 + b"}"), "deep nesting"),
+        (_raw_jws(_ISS + b'"sub": "\\ud800"}'), "lone surrogate escaped in JSON"),
+        (_raw_jws(_ISS + b'"sub": "\xed\xa0\x80"}'), "lone surrogate as raw bytes"),
+        (_raw_jws(_ISS + b'"sub": "x", "att": {"n": ' + b"9" * 400 + b"}}"), "huge integer"),
+        (_raw_jws(_ISS + b'"sub": "' + b"x" * 3000 + b'"}'), "subject longer than a SPIFFE ID"),
+        (
+            _raw_jws(_ISS + b'"sub": "x", "att": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+            "deep nesting",
+        ),
+        (_raw_jws(b'{"sub": "x"}'), "no issuer"),
+        (_raw_jws(b'{"iss": 7, "sub": "x"}'), "an issuer that is not a string"),
+        (_raw_jws(b'{"iss": "\\ud800", "sub": "x"}'), "issuer with a lone surrogate"),
+        (_raw_jws(b'{"iss": "' + b"i" * 3000 + b'", "sub": "x"}'), "issuer longer than a URL"),
     ],
 )
 async def test_unreadable_claims_are_never_evaluated_and_the_deny_is_recorded(

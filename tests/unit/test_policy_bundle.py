@@ -120,7 +120,7 @@ def test_unusable_policies_are_refused(texts: tuple[str, ...], named: str) -> No
 
 
 SCHEMA = """
-entity Agent; entity Resource;
+entity Issuer; entity Agent in [Issuer]; entity Resource;
 action "payments.transfer" appliesTo {
   principal: [Agent], resource: [Resource],
   context: { request: { amount: Long }, env: {}, attribution: {} }

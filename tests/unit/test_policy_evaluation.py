@@ -9,6 +9,7 @@ import pytest
 
 from govmesh.policy import core
 from govmesh.policy.bundle import (
+    BundleRejected,
     BundleSource,
     CompiledBundle,
     PolicyFile,
@@ -16,6 +17,9 @@ from govmesh.policy.bundle import (
     compile_bundle,
 )
 from govmesh.policy.core import PolicyRequest, cedar_context, evaluate
+
+ISSUER_A = "https://idp-a.example"
+ISSUER_B = "https://idp-b.example"
 
 TRANSFERS = """
 @id("transfers")
@@ -39,10 +43,12 @@ def request(
     action: str = "payments.transfer",
     resource: str = "account:acme/treasury",
     principal: str = "spiffe://govmesh.dev/agent/demo",
+    issuer: str = ISSUER_A,
     **request_context: Any,
 ) -> PolicyRequest:
     return PolicyRequest(
         principal=principal,
+        issuer=issuer,
         action=action,
         resource=resource,
         context={"request": {"amount": amount, **request_context}, "env": {}, "attribution": {}},
@@ -129,7 +135,7 @@ def test_satisfied_forbid_still_determines_a_deny_with_errors() -> None:
 
 
 SCHEMA = """
-entity Agent; entity Resource;
+entity Issuer; entity Agent in [Issuer]; entity Resource;
 action "payments.transfer" appliesTo {
   principal: [Agent], resource: [Resource],
   context: { request: { amount: Long }, env: {}, attribution: {} }
@@ -148,6 +154,55 @@ def test_no_decision_from_a_request_the_schema_refuses_is_a_named_deny() -> None
         assert not decision.allowed
         assert decision.errors and "failed to build request" in decision.errors[0]
     assert "payments.refund" in unknown_action.errors[0]
+
+
+# --- the principal's issuer ------------------------------------------------------------------
+
+ISSUER_A_AGENTS = """
+@id("issuer-a-agents")
+permit (principal in Issuer::"https://idp-a.example", action, resource);
+"""
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+@pytest.mark.parametrize("schema", [None, SCHEMA])
+def test_a_policy_for_one_issuers_agents_does_not_reach_the_same_sub_of_another(
+    indexed: bool, schema: str | None
+) -> None:
+    policies = bundle(ISSUER_A_AGENTS, schema=schema)
+
+    mine = evaluate(policies, request(1.0, issuer=ISSUER_A), indexed=indexed)
+    theirs = evaluate(policies, request(1.0, issuer=ISSUER_B), indexed=indexed)
+
+    assert mine.allowed and mine.determining == ("issuer-a-agents",)
+    assert not theirs.allowed and theirs.errors == ()
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_a_forbid_for_one_issuers_agents_overrides_a_permit_for_all(indexed: bool) -> None:
+    policies = bundle(
+        '@id("all") permit (principal, action, resource);',
+        '@id("not-b") forbid (principal is Agent in Issuer::"https://idp-b.example", action, '
+        "resource);",
+    )
+
+    assert evaluate(policies, request(1.0, issuer=ISSUER_A), indexed=indexed).allowed
+    denied = evaluate(policies, request(1.0, issuer=ISSUER_B), indexed=indexed)
+    assert not denied.allowed and denied.determining == ("not-b",)
+
+
+def test_a_schema_without_the_issuer_membership_is_refused() -> None:
+    old_schema = SCHEMA.replace("entity Issuer; entity Agent in [Issuer];", "entity Agent;")
+
+    with pytest.raises(BundleRejected, match=r"entity Agent in \[Issuer\]"):
+        bundle(TRANSFERS, schema=old_schema)
+    with pytest.raises(BundleRejected, match="required attributes"):
+        bundle(
+            TRANSFERS,
+            schema=SCHEMA.replace(
+                "entity Agent in [Issuer];", "entity Agent in [Issuer] { level: Long };"
+            ),
+        )
 
 
 def test_positional_ids_name_file_and_position() -> None:
@@ -204,10 +259,10 @@ def test_an_entity_escape_in_the_context_cannot_forge_an_entity() -> None:
     assert "reserved" in decision.errors[0]
 
 
-@pytest.mark.parametrize("field", ["principal", "action", "resource"])
+@pytest.mark.parametrize("field", ["principal", "issuer", "action", "resource"])
 def test_an_empty_request_variable_denies(field: str) -> None:
     policies = bundle("permit (principal, action, resource);")
-    fields = {"principal": "p", "action": "a", "resource": "r", field: ""}
+    fields = {"principal": "p", "issuer": "i", "action": "a", "resource": "r", field: ""}
 
     decision = evaluate(policies, PolicyRequest(context={}, **fields))
 
@@ -223,7 +278,7 @@ def test_too_deep_a_context_denies() -> None:
         node = node["x"]
     policies = bundle("permit (principal, action, resource);")
 
-    decision = evaluate(policies, PolicyRequest("p", "a", "r", deep))
+    decision = evaluate(policies, PolicyRequest("p", "a", "r", deep, "i"))
 
     assert not decision.allowed
     assert "deeper" in decision.errors[0]

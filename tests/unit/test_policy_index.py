@@ -26,15 +26,17 @@ from govmesh.policy.bundle import (
     policy_set_of,
 )
 from govmesh.policy.core import PolicyRequest, evaluate
+from govmesh.policy.entities import request_entities
 from govmesh.policy.index import ScopeIndex, action_ancestors
 
 AGENTS = ["a0", "a1", "a2"]
+ISSUERS = ["i0", "i1"]
 RESOURCES = ["r0", "r1", "r2"]
 ACTIONS = ["act0", "act1", "act2", "act3"]
 GROUPS = ["grp0", "grp1"]
 
 SCHEMA = """
-entity Agent; entity User; entity Resource;
+entity Issuer; entity Agent in [Issuer]; entity User in [Issuer]; entity Resource;
 type C = { request: { n: Long, flag?: Bool }, env: {}, attribution: {} };
 action "grp0";
 action "grp1" in ["grp0"];
@@ -53,6 +55,7 @@ def _entity(kind: str, ids: list[str]) -> st.SearchStrategy[str]:
 
 def principal_scopes() -> st.SearchStrategy[str]:
     agent = _entity("Agent", AGENTS)
+    issuer = _entity("Issuer", ISSUERS)
     return st.one_of(
         st.just("principal"),
         agent.map(lambda e: f"principal == {e}"),
@@ -61,6 +64,10 @@ def principal_scopes() -> st.SearchStrategy[str]:
         st.just("principal is User"),
         agent.map(lambda e: f"principal is Agent in {e}"),
         st.just('principal == User::"a0"'),
+        issuer.map(lambda e: f"principal in {e}"),
+        issuer.map(lambda e: f"principal is Agent in {e}"),
+        issuer.map(lambda e: f"principal is User in {e}"),
+        issuer.map(lambda e: f"principal == {e}"),  # never an Agent: filed, never satisfied
     )
 
 
@@ -133,7 +140,8 @@ def requests(draw: st.DrawFn, *, grouped: bool) -> PolicyRequest:
         request_context["n"] = "not a number"  # the schema refuses it: NoDecision
     actions = [*ACTIONS, *GROUPS, "unknown"] if grouped else [*ACTIONS, "unknown"]
     return PolicyRequest(
-        principal=draw(st.sampled_from([*AGENTS, "someone-else"])),
+        principal=draw(st.sampled_from([*AGENTS, "someone-else", *ISSUERS])),
+        issuer=draw(st.sampled_from([*ISSUERS, "i9", *AGENTS])),
         action=draw(st.sampled_from(actions)),
         resource=draw(st.sampled_from([*RESOURCES, "r9"])),
         context={"request": request_context, "env": {}, "attribution": {}},
@@ -173,7 +181,7 @@ def _cedar_text_decision(
             "context": context,
         },
         cedarpy.PolicySet.from_str(text),
-        [],
+        request_entities(request.principal, request.issuer),
         schema=bundle.schema,
     )
     return result.decision.value, sorted(ids[r] for r in result.diagnostics.reasons)
@@ -230,7 +238,7 @@ def test_action_groups_reach_policies_scoped_to_a_group() -> None:
     text = '@id("grp0-all") permit (principal, action in Action::"grp0", resource);'
     bundle = _compile(text, SCHEMA)
     request = PolicyRequest(
-        "a0", "act0", "r0", {"request": {"n": 1.0}, "env": {}, "attribution": {}}
+        "a0", "act0", "r0", {"request": {"n": 1.0}, "env": {}, "attribution": {}}, "i0"
     )
 
     decision = evaluate(bundle, request)
@@ -248,11 +256,39 @@ def test_a_request_runs_only_the_policies_its_scope_can_hit() -> None:
     text += '\n@id("everyone") forbid (principal, action, resource) when { context.stop };'
     bundle = _compile(text, None)
 
-    candidates = bundle.index.candidates(("Agent", "a0"), ("Action", "act2"), ("Resource", "r42"))
+    candidates = bundle.index.candidates(
+        ("Agent", "a0"), ("Action", "act2"), ("Resource", "r42"), principal_in=(("Issuer", "i0"),)
+    )
 
     assert candidates == ("r42", "everyone")
     decision = evaluate(
-        bundle, PolicyRequest("a0", "act2", "r42", {"request": {}, "env": {}, "attribution": {}})
+        bundle,
+        PolicyRequest("a0", "act2", "r42", {"request": {}, "env": {}, "attribution": {}}, "i0"),
     )
     assert not decision.allowed  # the unscoped forbid errors (no context.stop): still evaluated
     assert "everyone" in decision.errors[0]
+
+
+def test_policies_scoped_to_an_issuer_are_candidates_for_its_agents_only() -> None:
+    text = (
+        '@id("all") permit (principal, action, resource);\n'
+        '@id("not-i0") forbid (principal in Issuer::"i0", action, resource);\n'
+        '@id("i1-only") permit (principal is Agent in Issuer::"i1", action, resource);'
+    )
+    bundle = _compile(text, None)
+
+    def candidates(issuer: str) -> tuple[str, ...]:
+        return bundle.index.candidates(
+            ("Agent", "a0"),
+            ("Action", "act0"),
+            ("Resource", "r0"),
+            principal_in=(("Issuer", issuer),),
+        )
+
+    assert candidates("i0") == ("all", "not-i0")
+    assert candidates("i1") == ("all", "i1-only")
+    denied = evaluate(
+        bundle,
+        PolicyRequest("a0", "act0", "r0", {"request": {}, "env": {}, "attribution": {}}, "i0"),
+    )
+    assert not denied.allowed and denied.determining == ("not-i0",)

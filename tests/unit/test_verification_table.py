@@ -34,9 +34,11 @@ from tests.support.verification import (
     ENV,
     GOOD_MEASUREMENT,
     ISSUER,
+    ISSUER_SUBJECTS,
     OTHER_MEASUREMENT,
     RESOURCE,
     SINGLE_KEY_ISSUER,
+    SINGLE_KEY_SUBJECT,
     SUBJECT,
     World,
     hmac_token,
@@ -202,7 +204,9 @@ CASES = [
     Case("RS256 mandate", lambda w: w.request(mandate=w.mandate(key=w.issuer_rs)), OK),
     Case(
         "kid-less key of a single-key issuer",
-        lambda w: w.request(mandate=w.mandate(key=w.single, iss=SINGLE_KEY_ISSUER)),
+        lambda w: w.request(
+            mandate=w.mandate(key=w.single, iss=SINGLE_KEY_ISSUER, sub=SINGLE_KEY_SUBJECT)
+        ),
         OK,
     ),
     Case("audience list naming govmesh", with_mandate(aud=["other", "govmesh"]), OK),
@@ -270,7 +274,9 @@ CASES = [
     Case(
         "kid naming no key of a kid-less issuer",
         lambda w: w.request(
-            mandate=w.mandate(key=w.single, iss=SINGLE_KEY_ISSUER, header={"kid": "k1"})
+            mandate=w.mandate(
+                key=w.single, iss=SINGLE_KEY_ISSUER, sub=SINGLE_KEY_SUBJECT, header={"kid": "k1"}
+            )
         ),
         INVALID,
         ("signature",),
@@ -334,6 +340,21 @@ CASES = [
     ),
     Case("wrong audience", with_mandate(aud="someone-else"), INVALID, ("issuer",)),
     Case(
+        "issuer signing for another issuer's subject",
+        lambda w: w.request(mandate=w.mandate(key=w.single, iss=SINGLE_KEY_ISSUER, sub=SUBJECT)),
+        INVALID,
+        ("issuer",),
+    ),
+    Case(
+        "sub outside every namespace", with_mandate(sub="spiffe://x/agent/1"), INVALID, ("issuer",)
+    ),
+    Case(
+        "sub sharing a namespace's letters but not its segment",
+        with_mandate(sub=ISSUER_SUBJECTS.rstrip("/") + "X/1"),
+        INVALID,
+        ("issuer",),
+    ),
+    Case(
         "malformed mandate",
         lambda w: w.request(mandate="not-a-token"),
         INVALID,
@@ -345,7 +366,7 @@ CASES = [
     Case("missing nbf", with_mandate(nbf=DROP), INVALID, ("signature", "window")),
     Case("nbf not a number", with_mandate(nbf="soon"), INVALID, ("signature", "window")),
     Case("missing jti", with_mandate(jti=DROP), INVALID, ("signature",)),
-    Case("missing sub", with_mandate(sub=DROP), INVALID, ("signature",)),
+    Case("missing sub", with_mandate(sub=DROP), INVALID, ("signature", "issuer")),
     # Signed by a trusted issuer, inside its subject namespace, yet a subject
     # the decision log cannot record: it would turn an ALLOW into a DENY
     # whose entry lineage refuses.

@@ -31,6 +31,7 @@ class EvaluateRequest(_message.Message):
     RESOURCE_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
     request_digest: _builtins.str
     principal: _builtins.str
     """mandate sub; evaluated as Agent::"<principal>" """
@@ -40,6 +41,8 @@ class EvaluateRequest(_message.Message):
     """evaluated as Resource::"<resource>" """
     decision_id: _builtins.str
     """correlation only"""
+    issuer: _builtins.str
+    """mandate iss; the principal is in Issuer::"<issuer>" """
     @_builtins.property
     def context(self) -> _struct_pb2.Struct:
         """{"request": ..., "env": ..., "attribution": ...}"""
@@ -53,10 +56,11 @@ class EvaluateRequest(_message.Message):
         resource: _builtins.str = ...,
         context: _struct_pb2.Struct | None = ...,
         decision_id: _builtins.str = ...,
+        issuer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "context", b"context", "decision_id", b"decision_id", "principal", b"principal", "request_digest", b"request_digest", "resource", b"resource"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "context", b"context", "decision_id", b"decision_id", "issuer", b"issuer", "principal", b"principal", "request_digest", b"request_digest", "resource", b"resource"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -667,6 +671,7 @@ class ShadowDisagreement(_message.Message):
     SHADOW_DECISION_FIELD_NUMBER: _builtins.int
     SHADOW_DETERMINING_FIELD_NUMBER: _builtins.int
     SHADOW_ERRORS_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     request_digest: _builtins.str
     decision_id: _builtins.str
@@ -675,6 +680,8 @@ class ShadowDisagreement(_message.Message):
     resource: _builtins.str
     active_decision: _common_pb2.Decision.ValueType
     shadow_decision: _common_pb2.Decision.ValueType
+    issuer: _builtins.str
+    """the principal's issuer (empty when recorded before it was kept)"""
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -704,10 +711,11 @@ class ShadowDisagreement(_message.Message):
         shadow_decision: _common_pb2.Decision.ValueType = ...,
         shadow_determining: _abc.Iterable[_builtins.str] | None = ...,
         shadow_errors: _abc.Iterable[_builtins.str] | None = ...,
+        issuer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "active_decision", b"active_decision", "active_determining", b"active_determining", "active_errors", b"active_errors", "context", b"context", "decision_id", b"decision_id", "epoch", b"epoch", "principal", b"principal", "recorded_at", b"recorded_at", "request_digest", b"request_digest", "resource", b"resource", "shadow_decision", b"shadow_decision", "shadow_determining", b"shadow_determining", "shadow_errors", b"shadow_errors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "active_decision", b"active_decision", "active_determining", b"active_determining", "active_errors", b"active_errors", "context", b"context", "decision_id", b"decision_id", "epoch", b"epoch", "issuer", b"issuer", "principal", b"principal", "recorded_at", b"recorded_at", "request_digest", b"request_digest", "resource", b"resource", "shadow_decision", b"shadow_decision", "shadow_determining", b"shadow_determining", "shadow_errors", b"shadow_errors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,13 +3,29 @@
     [[issuers]]                 # who may sign mandates
     iss = "https://idp.example"
     jwks = "issuer.jwks.json"
+    subjects = ["spiffe://acme.example/agent/"]       # the subs it may sign for
 
     [[attestors]]               # who may sign attestations
     iss = "https://attestor.example"
     jwks = "attestor.jwks.json"
+    env = { cluster = ["prod-eu-1", "prod-us-1"] }    # the env values it may attest
 
     [runtime]
     allowed_measurements = ["sha256:9f86d0..."]
+
+A subject names one agent whoever signed the mandate, so each issuer's
+`subjects` bounds the subs it may sign for: an entry ending in "/" is a
+namespace (every sub that starts with it, so "spiffe://a/agent/" never
+reaches "spiffe://a/agentX"), any other entry one exact sub. Likewise each
+attestor's `env` lists, per environment key, the string values it may attest;
+an attestation carrying a key the attestor did not declare, or a value not
+listed for it, is not vouched for. The file is refused when two issuers'
+namespaces overlap (equal, or one inside the other), when two attestors may
+attest the same value of the same key, or when more than one issuer (or
+attestor) is trusted and one of them does not declare its namespaces (or
+values). A single issuer without `subjects` may sign for any sub, and a
+single attestor without `env` may attest anything: nobody else could be
+confused with it.
 
 Every key is pinned to exactly one algorithm. An Ed25519 key verifies EdDSA
 (whether or not it says so); an EC P-256 key verifies ES256 and an RSA key
@@ -58,6 +74,14 @@ _KNOWN_TOP_LEVEL = frozenset({"issuers", "attestors", "runtime", "policy"})
 
 VerifyingKey = OKPKey | ECKey | RSAKey
 
+#: What each kind of party declares it may vouch for.
+_DECLARES = {"issuers": "subjects", "attestors": "env"}
+_ONE_ONLY = {
+    "issuers": "a subject may belong to one issuer only",
+    "attestors": "an environment value may be attested by one attestor only",
+}
+_ENV_EXAMPLE = 'env = { cluster = ["prod-eu-1"] }'
+
 
 class TrustFileError(ConfigurationError):
     """A trust file, or a JWKS file it names, that cannot be used."""
@@ -75,11 +99,34 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class TrustedParty:
-    """An issuer or attestor and its usable public keys."""
+    """An issuer or attestor and its usable public keys.
+
+    `subjects` (issuers) and `env` (attestors) are what the party may vouch
+    for; None when undeclared, which the loader allows only for a party that
+    is the single one of its kind.
+    """
 
     iss: str
     jwks_path: Path
     keys: tuple[TrustedKey, ...]
+    subjects: tuple[str, ...] | None = None
+    env: Mapping[str, frozenset[str]] | None = None
+
+    def may_issue_for(self, sub: str) -> bool:
+        """Whether `sub` is inside this issuer's subject namespaces."""
+        if self.subjects is None:
+            return True
+        return any(subject_in(sub, entry) for entry in self.subjects)
+
+    def unattestable(self, env: Mapping[str, object]) -> list[str]:
+        """The claims of `env` this attestor may not attest, as `key=value` (empty: all may)."""
+        if self.env is None:
+            return []
+        return [
+            f"{key}={value!r}"
+            for key, value in sorted(env.items())
+            if not isinstance(value, str) or value not in self.env.get(key, frozenset())
+        ]
 
     def key_for(self, kid: object) -> TrustedKey | None:
         """The key a JWS header's `kid` names.
@@ -115,6 +162,16 @@ class Trust:
     version: str = ""
     files: tuple[Path, ...] = ()
     notes: tuple[str, ...] = ()
+
+
+def subject_in(sub: str, entry: str) -> bool:
+    """Whether `sub` is within one `subjects` entry: a "/"-ended namespace, or one exact sub."""
+    return sub.startswith(entry) if entry.endswith("/") else sub == entry
+
+
+def _entries_overlap(a: str, b: str) -> bool:
+    """Whether some sub is within both entries."""
+    return subject_in(a, b) or subject_in(b, a)
 
 
 def _read_bytes(path: Path, what: str) -> bytes:
@@ -262,17 +319,91 @@ def _parties(
             raise TrustFileError(f"every [[{section}]] needs iss and jwks")
         if iss in parties:
             raise TrustFileError(f"[[{section}]] lists {iss!r} twice")
-        unknown = set(entry) - {"iss", "jwks"}
+        declares = _DECLARES[section]
+        unknown = set(entry) - {"iss", "jwks", declares}
         if unknown:
             notes.append(f"[[{section}]] {iss!r}: unknown keys {sorted(unknown)} ignored")
+        declared = entry.get(declares)
         # Not resolved: a Kubernetes ConfigMap updates by swapping a symlink,
         # and the path must keep naming the file, not its old target.
         path = Path(os.path.normpath(base / jwks))
         raw = _read_bytes(path, "JWKS")
         hashed.update(str(path).encode() + b"\0" + hashlib.sha256(raw).digest())
         files.append(path)
-        parties[iss] = TrustedParty(iss=iss, jwks_path=path, keys=_read_jwks(path, raw, notes))
+        parties[iss] = TrustedParty(
+            iss=iss,
+            jwks_path=path,
+            keys=_read_jwks(path, raw, notes),
+            subjects=(
+                _subjects(iss, declared) if section == "issuers" and declared is not None else None
+            ),
+            env=_env(iss, declared) if section == "attestors" and declared is not None else None,
+        )
+    _check_disjoint(section, parties)
     return parties
+
+
+def _subjects(iss: str, value: object) -> tuple[str, ...]:
+    where = f"[[issuers]] {iss!r}: subjects"
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise TrustFileError(f"{where} must be a list of non-empty strings")
+    if not value:
+        raise TrustFileError(f"{where} is empty: the issuer could sign for nobody")
+    return tuple(dict.fromkeys(value))
+
+
+def _env(iss: str, value: object) -> dict[str, frozenset[str]]:
+    where = f"[[attestors]] {iss!r}: env"
+    if not isinstance(value, dict) or not value:
+        raise TrustFileError(f"{where} must be a table of environment keys, e.g. {_ENV_EXAMPLE}")
+    env: dict[str, frozenset[str]] = {}
+    for key, values in value.items():
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str) and v for v in values)
+        ):
+            raise TrustFileError(f"{where}.{key} must be a non-empty list of strings")
+        env[key] = frozenset(values)
+    return env
+
+
+def _check_disjoint(section: str, parties: Mapping[str, TrustedParty]) -> None:
+    """The load-time rules: several parties each declare their bounds, and no two overlap."""
+    declares = _DECLARES[section]
+    if len(parties) > 1:
+        undeclared = sorted(
+            iss
+            for iss, party in parties.items()
+            if (party.subjects if section == "issuers" else party.env) is None
+        )
+        if undeclared:
+            raise TrustFileError(
+                f"[[{section}]]: with more than one trusted, each must declare `{declares}`; "
+                f"{', '.join(repr(i) for i in undeclared)} does not"
+            )
+    ordered = sorted(parties.values(), key=lambda p: p.iss)
+    for n, first in enumerate(ordered):
+        for second in ordered[n + 1 :]:
+            if section == "issuers":
+                clashes = [
+                    f"{a!r} and {b!r}"
+                    for a in first.subjects or ()
+                    for b in second.subjects or ()
+                    if _entries_overlap(a, b)
+                ]
+            else:
+                ours, theirs = first.env or {}, second.env or {}
+                clashes = [
+                    f"{key} = {value!r}"
+                    for key in sorted(ours.keys() & theirs.keys())
+                    for value in sorted(ours[key] & theirs[key])
+                ]
+            if clashes:
+                raise TrustFileError(
+                    f"[[{section}]] {first.iss!r} and {second.iss!r} overlap in `{declares}` "
+                    f"({'; '.join(clashes)}): {_ONE_ONLY[section]}"
+                )
 
 
 def load_trust(path: Path) -> Trust:

@@ -34,7 +34,9 @@ from govmesh.runtime.errors import ConfigurationError
 
 DEV_ISSUER = "https://issuer.govmesh.dev"
 DEV_ATTESTOR = "https://attestor.govmesh.dev"
-DEV_SUBJECT = "spiffe://govmesh.dev/agent/demo"
+#: The subject namespace the development issuer may sign for.
+DEV_SUBJECTS = "spiffe://govmesh.dev/agent/"
+DEV_SUBJECT = DEV_SUBJECTS + "demo"
 DEV_ENV = {"cluster": "dev", "region": "local"}
 #: The measurement of the development runtime that the sample trust file allows.
 DEV_MEASUREMENT = "sha256:" + hashlib.sha256(b"govmesh development runtime").hexdigest()
@@ -44,7 +46,8 @@ SERVICE_KEYS = ("engine", "lineage", "policy-admin")
 
 SAMPLE_POLICY = """\
 // Sample govmesh policy. Principal, action and resource are
-// Agent::"<mandate sub>", Action::"<action>" and Resource::"<resource>";
+// Agent::"<mandate sub>" (a member of Issuer::"<mandate iss>"),
+// Action::"<action>" and Resource::"<resource>";
 // context is {request: <request context>, env: <attested env>, attribution: <mandate att>}.
 
 // Agents may move up to 1,000 at a time.
@@ -114,13 +117,18 @@ def write_dev_setup(root: Path) -> DevSetup:
         f"""\
 # govmesh trust configuration (DESIGN.md section 4); paths are relative to this file.
 
+# Each issuer signs for its own subject namespaces ("/"-ended prefixes, or
+# exact subjects), and each attestor attests only the environment values it
+# lists; required, and disjoint, once more than one of either is trusted.
 [[issuers]]
 iss = "{DEV_ISSUER}"
 jwks = "issuer.jwks.json"
+subjects = ["{DEV_SUBJECTS}"]
 
 [[attestors]]
 iss = "{DEV_ATTESTOR}"
 jwks = "attestor.jwks.json"
+env = {{ {_toml_env(DEV_ENV)} }}
 
 [runtime]
 allowed_measurements = ["{DEV_MEASUREMENT}"]
@@ -134,6 +142,11 @@ admin_jwks = "policy-admin.jwks.json"
     setup.policies.mkdir(exist_ok=True)
     (setup.policies / "sample.cedar").write_text(SAMPLE_POLICY)
     return setup
+
+
+def _toml_env(env: dict[str, str]) -> str:
+    """`env` as the values of an attestor's TOML `env` table (json strings are TOML strings)."""
+    return ", ".join(f"{key} = [{json.dumps(value)}]" for key, value in env.items())
 
 
 def _write_json(path: Path, document: object) -> None:

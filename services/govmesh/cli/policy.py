@@ -414,10 +414,10 @@ def _read_cases(path: Path) -> list[_Case]:
     cases = []
     for n, item in enumerate(items, 1):
         if not isinstance(item, dict) or not all(
-            isinstance(item.get(k), str) for k in ("principal", "action", "resource")
+            isinstance(item.get(k), str) for k in ("principal", "issuer", "action", "resource")
         ):
             raise ConfigurationError(
-                f"{path}: request {n} needs principal, action and resource strings"
+                f"{path}: request {n} needs principal, issuer, action and resource strings"
             )
         expect = item.get("expect")
         if expect is not None and expect not in ("ALLOW", "DENY"):
@@ -431,6 +431,7 @@ def _read_cases(path: Path) -> list[_Case]:
                 name=str(item.get("name") or f"request {n}"),
                 request=PolicyRequest(
                     principal=item["principal"],
+                    issuer=item["issuer"],
                     action=item["action"],
                     resource=item["resource"],
                     context=_as_the_engine_sends(context),
@@ -630,8 +631,9 @@ def _diff(args: argparse.Namespace) -> int:
                     "recorded_at": _when(d.recorded_at),
                     "decision_id": d.decision_id,
                     "request_digest": d.request_digest,
-                    "request": f"{d.principal} {d.action} on {d.resource} "
-                    f"(decision {d.decision_id or '-'})",
+                    "request": f"{d.principal} ({d.issuer or 'issuer not recorded'}) "
+                    f"{d.action} on {d.resource} (decision {d.decision_id or '-'})",
+                    "issuer": d.issuer,
                     "context": json_format.MessageToDict(d.context),
                     "active": {
                         "decision": common_pb2.Decision.Name(d.active_decision),
@@ -711,8 +713,8 @@ def register(commands: Any) -> None:
     )
     test.add_argument(
         "requests",
-        help='JSON: a request or a list of {"principal", "action", "resource", "context", '
-        '"expect": "ALLOW"|"DENY", "name"}',
+        help='JSON: a request or a list of {"principal", "issuer", "action", "resource", '
+        '"context", "expect": "ALLOW"|"DENY", "name"}',
     )
     test.add_argument("--bundle", help="a .cedar file/folder or a VERSION (default: the active)")
     test.add_argument("--json", action="store_true")

@@ -53,6 +53,8 @@ MAX_CONTEXT_DEPTH = 16
 MAX_ARTIFACT_CHARS = 16 * 1024
 #: SPIFFE IDs are at most 2048 bytes; a longer subject is not one govmesh serves.
 MAX_SUBJECT_CHARS = 2048
+#: An issuer is a URL from the trust file; one this long is none of them.
+MAX_ISSUER_CHARS = 2048
 
 
 # --- what the engine talks to ------------------------------------------------
@@ -134,11 +136,12 @@ class Claimed:
     """What the artifacts say before verification: the input policy is asked about.
 
     Never trusted on its own: a decision uses it only when verification
-    reports the same subject, environment and attribution from verified
-    artifacts.
+    reports the same subject, issuer, environment and attribution from
+    verified artifacts.
     """
 
     subject: str
+    issuer: str
     env: dict[str, Any]
     attribution: dict[str, Any]
 
@@ -299,13 +302,15 @@ def _jws_payload(token: str) -> dict[str, Any] | None:
 
 
 def claimed_inputs(request: engine_pb2.AuthorizeRequest) -> Claimed | None:
-    """The subject, attested environment and attribution the artifacts claim.
+    """The subject, issuer, attested environment and attribution the artifacts claim.
 
     None when the mandate is absent or unreadable: policy is then not asked,
     and the decision cannot be an ALLOW.
     """
     mandate = _jws_payload(request.mandate) if request.mandate else None
-    if mandate is None or not isinstance(mandate.get("sub"), str) or not mandate["sub"]:
+    if mandate is None or not all(
+        isinstance(mandate.get(name), str) and mandate[name] for name in ("sub", "iss")
+    ):
         return None
     attribution = mandate.get("att", {})
     if not isinstance(attribution, dict):
@@ -316,13 +321,17 @@ def claimed_inputs(request: engine_pb2.AuthorizeRequest) -> Claimed | None:
         observed = attestation.get("env") if attestation else None
         if isinstance(observed, dict):
             env = observed
-    claimed = Claimed(subject=mandate["sub"], env=env, attribution=attribution)
-    if len(claimed.subject) > MAX_SUBJECT_CHARS:
+    claimed = Claimed(
+        subject=mandate["sub"], issuer=mandate["iss"], env=env, attribution=attribution
+    )
+    if len(claimed.subject) > MAX_SUBJECT_CHARS or len(claimed.issuer) > MAX_ISSUER_CHARS:
         return None
     try:
         # What cannot be canonical JSON (lone surrogates, integers past 2^53)
         # can neither reach policy as a Struct nor the log as an entry.
-        canonical_json({"sub": claimed.subject, "env": env, "att": attribution})
+        canonical_json(
+            {"sub": claimed.subject, "iss": claimed.issuer, "env": env, "att": attribution}
+        )
     except CanonicalizationError:
         return None
     return claimed
@@ -367,6 +376,9 @@ def check_verification(
     claims = answer.claims
     if claimed is None or not answer.HasField("claims") or claims.subject != claimed.subject:
         raise _Inconsistent("verification vouched for another subject than policy evaluated")
+    # The same sub under another issuer is another agent (DESIGN.md section 5).
+    if claims.issuer != claimed.issuer:
+        raise _Inconsistent("verification vouched for another issuer than policy evaluated")
     if _struct_to_dict(claims.env) != claimed.env:
         raise _Inconsistent("verification vouched for another environment than policy evaluated")
     if _struct_to_dict(claims.attribution) != claimed.attribution:
@@ -632,6 +644,7 @@ class Engine:
             evaluate_request = policy_pb2.EvaluateRequest(
                 request_digest=decision.digest,
                 principal=claimed.subject,
+                issuer=claimed.issuer,
                 action=request.action,
                 resource=request.resource,
                 decision_id=decision.decision_id,

@@ -213,6 +213,7 @@ class Authority:
             request_digest=request_digest,
             decision_id=decision_id,
             principal=request.principal,
+            issuer=request.issuer,
             action=request.action,
             resource=request.resource,
             context=plain_json(request.context),

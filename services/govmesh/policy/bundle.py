@@ -31,6 +31,7 @@ from typing import Any
 import cedarpy
 
 from govmesh.artifacts.canonical import CanonicalizationError, canonical_json
+from govmesh.policy.entities import ISSUER_TYPE, PRINCIPAL_TYPE, request_entities
 from govmesh.policy.index import (
     EntityUid,
     PolicyScope,
@@ -308,13 +309,34 @@ def _schema(source: BundleSource) -> Any:
         raise BundleRejected(f"the schema does not parse: {exc}") from exc
 
 
+def _check_request_entities(schema: Any) -> None:
+    """Refuse a schema under which no request could be evaluated.
+
+    Every request carries its principal, a member of its issuer; a schema that
+    does not declare them so (or requires attributes of them, which govmesh
+    never has) would make Cedar refuse every request: better said at publish.
+    """
+    probe = json.dumps(request_entities("probe", "probe"))
+    try:
+        cedarpy.Entities.from_json_str(probe, schema)
+    except ValueError as exc:
+        raise BundleRejected(
+            f"the schema must declare `entity {ISSUER_TYPE};` and "
+            f"`entity {PRINCIPAL_TYPE} in [{ISSUER_TYPE}];` without required attributes "
+            f"(every request's principal is an {PRINCIPAL_TYPE}, a member of its "
+            f"{ISSUER_TYPE}): {exc}"
+        ) from None
+
+
 def compile_bundle(source: BundleSource) -> CompiledBundle:
     """Parse, check, validate and index `source`; raise BundleRejected with every reason.
 
     1. Every file parses, and holds no template.
     2. Every policy gets a stable id; ids are unique.
     3. The set is not empty.
-    4. With a schema: the schema parses and every policy validates against it.
+    4. With a schema: the schema parses, admits the entities every request
+       carries (an Agent that is a member of an Issuer), and every policy
+       validates against it.
     5. The full policy set and the scope index are built.
     """
     # 1. Parse.
@@ -343,6 +365,7 @@ def compile_bundle(source: BundleSource) -> CompiledBundle:
     # 4. Schema validation, file by file so that errors name the file's policies.
     schema = _schema(source)
     if schema is not None:
+        _check_request_entities(schema)
         problems = []
         for policy_file in sorted(source.policies, key=_by_name):
             result = cedarpy.validate_policies(policy_file.text, schema, release_gil=True)

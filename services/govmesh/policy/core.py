@@ -2,8 +2,11 @@
 
 A request is evaluated as principal `Agent::"<sub>"`, action
 `Action::"<action>"`, resource `Resource::"<resource>"` and context
-{"request": ..., "env": ..., "attribution": ...}, with an empty entity store
-and the bundle's schema when it has one.
+{"request": ..., "env": ..., "attribution": ...}, with the bundle's schema
+when it has one. The entity store holds the principal alone, a member of
+`Issuer::"<iss>"` (and that issuer): a subject is one agent only under the
+issuer verification vouched for, so `principal in Issuer::"..."` lets a
+policy say whose agents it means.
 
 Cedar skips a policy whose evaluation errors and decides without it; govmesh
 does not: any error, NoDecision, or answer other than a clean Allow is a deny
@@ -29,10 +32,14 @@ from typing import Any
 import cedarpy
 
 from govmesh.policy.bundle import CompiledBundle
-
-PRINCIPAL_TYPE = "Agent"
-ACTION_TYPE = "Action"
-RESOURCE_TYPE = "Resource"
+from govmesh.policy.entities import (
+    ACTION_TYPE,
+    ISSUER_TYPE,
+    PRINCIPAL_TYPE,
+    RESOURCE_TYPE,
+    request_entities,
+    uid,
+)
 
 #: Every integer up to this magnitude is exact in a double.
 MAX_EXACT_INTEGER = 2**53
@@ -52,6 +59,7 @@ class PolicyRequest:
     action: str
     resource: str
     context: Mapping[str, Any]
+    issuer: str
 
 
 @dataclass(frozen=True)
@@ -180,10 +188,6 @@ def plain_json(value: Any) -> Any:
     return value
 
 
-def _uid(entity_type: str, entity_id: str) -> dict[str, str]:
-    return {"type": entity_type, "id": entity_id}
-
-
 def _deny(*errors: str, determining: tuple[str, ...] = ()) -> PolicyDecision:
     return PolicyDecision(False, determining, tuple(errors))
 
@@ -193,7 +197,7 @@ def evaluate(
 ) -> PolicyDecision:
     """Evaluate `request` under `bundle`, denying on anything but a clean Allow.
 
-    1. Principal, action and resource must be non-empty strings.
+    1. Principal, issuer, action and resource must be non-empty strings.
     2. The context must convert to Cedar values (see the module docstring).
     3. Take the policies that can apply (the scope index), or all of them.
     4. Ask Cedar, once per policy set the index hands out; an exception is a deny.
@@ -202,7 +206,7 @@ def evaluate(
     7. Allow needs a determining permit; Deny names its forbids.
     """
     # 1. The request variables.
-    for name in ("principal", "action", "resource"):
+    for name in ("principal", "issuer", "action", "resource"):
         value = getattr(request, name)
         if not isinstance(value, str) or not value:
             return _deny(f"request has no {name}")
@@ -213,21 +217,25 @@ def evaluate(
         return _deny(str(exc))
     # 3. The policies: the index's sets together hold exactly the candidates.
     principal = (PRINCIPAL_TYPE, request.principal)
+    issuer = (ISSUER_TYPE, request.issuer)
     action = (ACTION_TYPE, request.action)
     resource = (RESOURCE_TYPE, request.resource)
     cedar_request = {
-        "principal": _uid(*principal),
-        "action": _uid(*action),
-        "resource": _uid(*resource),
+        "principal": uid(*principal),
+        "action": uid(*action),
+        "resource": uid(*resource),
         "context": context,
     }
     try:
         policy_sets = (
-            bundle.index.policy_sets(principal, action, resource) if indexed else (bundle.full_set,)
+            bundle.index.policy_sets(principal, action, resource, principal_in=(issuer,))
+            if indexed
+            else (bundle.full_set,)
         )
+        entities = request_entities(request.principal, request.issuer)
         # 4. Cedar, once per set.
         results = [
-            cedarpy.is_authorized(cedar_request, policy_set, [], schema=bundle.schema)
+            cedarpy.is_authorized(cedar_request, policy_set, entities, schema=bundle.schema)
             for policy_set in policy_sets
         ]
         decisions = {result.decision for result in results}

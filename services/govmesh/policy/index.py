@@ -11,12 +11,15 @@ decision, the same determining policies and the same errors (proven by the
 differential test in tests/unit/test_policy_index.py).
 
 Which scopes can match is decided as Cedar decides it for govmesh requests:
-the entity store is empty, so `principal in X` and `resource in X` hold only
-for X itself; actions may be grouped by the bundle's schema (`action
-"payments.transfer" in ["payments"]`), so `action in X` holds for X and for
-every action whose ancestors (read from the schema's action entities, as
-Cedar builds them) include X. Anything the index does not understand is filed
-as unscoped: evaluated for every request, never skipped.
+the entity store holds only the principal, a member of its issuer, so
+`principal in X` holds for the principal itself and for its issuer (the
+request names both; `principal == Issuer::"..."` filed with them is merely
+evaluated in vain), and `resource in X` only for X itself; actions may be
+grouped by the bundle's schema (`action "payments.transfer" in
+["payments"]`), so `action in X` holds for X and for every action whose
+ancestors (read from the schema's action entities, as Cedar builds them)
+include X. Anything the index does not understand is filed as unscoped:
+evaluated for every request, never skipped.
 """
 
 from __future__ import annotations
@@ -212,11 +215,16 @@ class ScopeIndex:
         return len(self._buckets)
 
     def _hits(
-        self, principal: EntityUid, action: EntityUid, resource: EntityUid
+        self,
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+        principal_in: Sequence[EntityUid],
     ) -> tuple[_BucketKey, ...]:
         actions: list[ScopeKey] = [action, *sorted(self._ancestors.get(action, ())), None]
+        principals: list[ScopeKey] = [principal, *dict.fromkeys(principal_in), None]
         hits = []
-        for p in (principal, None):
+        for p in principals:
             for a in actions:
                 for r in (resource, None):
                     key = (p, a, r)
@@ -225,21 +233,38 @@ class ScopeIndex:
         return tuple(hits)
 
     def candidates(
-        self, principal: EntityUid, action: EntityUid, resource: EntityUid
+        self,
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+        *,
+        principal_in: Sequence[EntityUid],
     ) -> tuple[str, ...]:
-        """The ids of the policies that can apply to the request, in bundle order."""
-        ids = {i for key in self._hits(principal, action, resource) for i in self._buckets[key]}
+        """The ids of the policies that can apply to the request, in bundle order.
+
+        `principal_in` are the entities the principal is a member of (its
+        issuer): required, since a policy scoped to one of them must be found.
+        """
+        return self._ids(self._hits(principal, action, resource, principal_in))
+
+    def _ids(self, hits: tuple[_BucketKey, ...]) -> tuple[str, ...]:
+        ids = {i for key in hits for i in self._buckets[key]}
         return tuple(sorted(ids, key=self._order.__getitem__))
 
     def policy_sets(
-        self, principal: EntityUid, action: EntityUid, resource: EntityUid
+        self,
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+        *,
+        principal_in: Sequence[EntityUid],
     ) -> tuple[Any, ...]:
         """cedarpy PolicySets whose policies together are exactly the request's candidates.
 
         Never empty: with no candidate, an empty set, so that Cedar still
         checks the request itself (against the schema).
         """
-        hits = self._hits(principal, action, resource)
+        hits = self._hits(principal, action, resource, principal_in)
         if not hits:
             return (self._empty,)
         if len(hits) == 1:
@@ -264,16 +289,10 @@ class ScopeIndex:
                 for _ in range(MAX_SEEN):
                     self._seen.popitem(last=False)
             return tuple(needed)
-        return (self._merge(hits, principal, action, resource),)
+        return (self._merge(hits),)
 
-    def _merge(
-        self,
-        hits: tuple[_BucketKey, ...],
-        principal: EntityUid,
-        action: EntityUid,
-        resource: EntityUid,
-    ) -> Any:
-        ids = self.candidates(principal, action, resource)
+    def _merge(self, hits: tuple[_BucketKey, ...]) -> Any:
+        ids = self._ids(hits)
         if len(ids) == len(self._est) and self._full_set is not None:
             policy_set, weight = self._full_set, 0
         else:

@@ -114,6 +114,7 @@ def _disagreement(record: ShadowRecord) -> policy_pb2.ShadowDisagreement:
         request_digest=record.request_digest,
         decision_id=record.decision_id,
         principal=record.principal,
+        issuer=record.issuer,
         action=record.action,
         resource=record.resource,
         active_decision=common_pb2.Decision.Value(record.active_decision),
@@ -178,6 +179,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
         answer = self._authority.evaluate(
             PolicyRequest(
                 principal=request.principal,
+                issuer=request.issuer,
                 action=request.action,
                 resource=request.resource,
                 # Read straight from the Struct (a Mapping): numbers arrive as doubles.

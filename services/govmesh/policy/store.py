@@ -102,6 +102,7 @@ class ShadowRecord:
     request_digest: str
     decision_id: str
     principal: str
+    issuer: str
     action: str
     resource: str
     context: dict[str, Any]
@@ -159,6 +160,7 @@ disagreements_table = Table(
     Column("request_digest", Text, nullable=False),
     Column("decision_id", Text, nullable=False),
     Column("principal", Text, nullable=False),
+    Column("issuer", Text, nullable=False),  # migration 0203
     Column("action", Text, nullable=False),
     Column("resource", Text, nullable=False),
     Column("context", Text, nullable=False),  # JSON text (migration 0201)
@@ -220,6 +222,7 @@ def _record(row: Any) -> ShadowRecord:
         request_digest=row.request_digest,
         decision_id=row.decision_id,
         principal=row.principal,
+        issuer=row.issuer,
         action=row.action,
         resource=row.resource,
         context=json.loads(row.context),
@@ -250,6 +253,7 @@ def _disagreement_row(record: ShadowRecord) -> dict[str, Any]:
         "request_digest": _text(record.request_digest),
         "decision_id": _text(record.decision_id),
         "principal": _text(record.principal),
+        "issuer": _text(record.issuer),
         "action": _text(record.action),
         "resource": _text(record.resource),
         "context": context,

@@ -495,7 +495,8 @@ class Verifier:
            by the key its kid names among its issuer's keys, with that key's
            pinned algorithm (or found in the verified-token cache), and carries
            every required claim.
-        4. Issuer: the issuer is trusted and the audience is govmesh.
+        4. Issuer: the issuer is trusted, the sub is inside its subject
+           namespaces, and the audience is govmesh.
         5. Window: mandate exp/nbf/iat, proof iat and attestation exp/nbf/iat,
            each within the clock skew; the proof no older than the proof window.
         6. Proof of possession: typ, a public jwk whose pinned alg signed the
@@ -503,9 +504,10 @@ class Verifier:
            ath == SHA-256 of the mandate.
         7. Attestation (when presented): typ, a trusted attestor's key, its
            signature, its required claims.
-        8. Environment: the attestation names the mandate's sub and cnf.jkt
-           and its env satisfies every claim of the mandate's env binding; a
-           binding without attestation fails.
+        8. Environment: the attestation names the mandate's sub and cnf.jkt,
+           its attestor may attest every claim of its env, and its env
+           satisfies every claim of the mandate's env binding; a binding
+           without attestation fails.
         9. Runtime: every measurement is on the allow list, and a binding
            needs at least one.
         10. Scope: action and resource match one of the mandate's scope entries.
@@ -696,9 +698,14 @@ class Verifier:
         if trust is None:
             findings.fail(Check.ISSUER, INTERNAL, "trust configuration unusable")
             return
-        iss = payload.get("iss")
-        if not isinstance(iss, str) or iss not in trust.issuers:
+        iss, sub = payload.get("iss"), payload.get("sub")
+        issuer = trust.issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
             findings.fail(Check.ISSUER, INVALID, f"issuer {iss!r} is not trusted")
+        elif not isinstance(sub, str) or not issuer.may_issue_for(sub):
+            # A subject names one agent whoever signs: another issuer's subject
+            # would reach the policies written for that agent.
+            findings.fail(Check.ISSUER, INVALID, f"issuer {iss} may not issue for subject {sub!r}")
         if not _audience_ok(payload.get("aud")):
             findings.fail(Check.ISSUER, INVALID, f"audience {payload.get('aud')!r} is not govmesh")
         findings.ok(Check.ISSUER)
@@ -861,6 +868,14 @@ class Verifier:
         if env is None:
             findings.fail(check, INVALID, "attestation env missing or not an object")
             return
+        # Only what its attestor may attest is observed: every attested claim,
+        # bound by the mandate or not, since policy reads them all. (An
+        # attestor that is not trusted fails check 7 already.)
+        trust, iss = exam.state.trust, attested.get("iss")
+        attestor = trust.attestors.get(iss) if trust and isinstance(iss, str) else None
+        beyond = attestor.unattestable(env) if attestor is not None else []
+        if beyond:
+            findings.fail(check, ENV_MISMATCH, f"attestor {iss} may not attest {', '.join(beyond)}")
         missing = sorted(key for key in binding if key not in env)
         wrong = sorted(
             key for key in binding if key in env and not binding_satisfied(binding[key], env[key])
