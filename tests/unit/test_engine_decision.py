@@ -762,7 +762,9 @@ async def test_an_allow_for_a_subject_lineage_cannot_store_is_a_recorded_deny() 
     # (or spool) an entry that would be refused for ever.
     subject = SUBJECT + "\x00x"
     h = build_engine(verification=FakeVerification(answer=vouching_for(subject)))
-    request = authorize_request(mandate=jws({"sub": subject, "att": {"session": "s1"}}))
+    request = authorize_request(
+        mandate=jws({"iss": ISSUER, "sub": subject, "att": {"session": "s1"}})
+    )
 
     response = await h.engine.authorize(request)
 
@@ -792,8 +794,12 @@ async def test_every_entry_the_engine_sends_or_spools_is_one_lineage_accepts() -
     requests = [
         authorize_request(action="pay\x00ments"),
         authorize_request(resource="a" * 5000),
-        authorize_request(mandate=jws({"sub": SUBJECT + "\x00", "att": {"session": "s1"}})),
-        authorize_request(mandate=jws({"sub": "é" * 2048, "att": {"session": "s1"}})),
+        authorize_request(
+            mandate=jws({"iss": ISSUER, "sub": SUBJECT + "\x00", "att": {"session": "s1"}})
+        ),
+        authorize_request(
+            mandate=jws({"iss": ISSUER, "sub": "é" * 2048, "att": {"session": "s1"}})
+        ),
         authorize_request(),
     ]
     for request in requests:
