@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ def _private_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """A Postgres server: GOVMESH_TEST_DATABASE_URL when set, else an embedded pgserver."""
     url = os.environ.get("GOVMESH_TEST_DATABASE_URL")
     if url:
@@ -29,11 +31,17 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    # Not under pytest's temporary root: every pytest session that starts on
+    # the machine makes that folder private to its owner again, and run as
+    # root pgserver runs Postgres as another user, which then loses its data
+    # directory (PANIC) in the middle of this session.
+    data = Path(tempfile.mkdtemp(prefix="govmesh-test-pg-"))
+    server = pgserver.get_server(data, cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:
         server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,23 @@ class PostgresProxy:
 
     `cut()` drops every connection through it and refuses new ones, as a lost
     network would, until `restore()`; the Postgres behind it is never touched.
+    The Postgres may listen on TCP or, like the embedded server the tests use
+    without GOVMESH_TEST_DATABASE_URL, only on a Unix socket.
     """
 
     def __init__(self, database_url: str) -> None:
         url = make_url(libpq_database_url(database_url))
-        self._database_url = url
-        self._upstream = (url.host or "127.0.0.1", url.port or 5432)
+        # libpq reads the server from the host, or from a `host` query
+        # parameter; a host that is a path names the socket's directory.
+        host = url.query.get("host") or url.host or "127.0.0.1"
+        if not isinstance(host, str):
+            raise ValueError(f"one Postgres host expected, got {host!r}")
+        port = url.port or 5432
+        self._upstream: str | tuple[str, int] = (
+            f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+        )
+        # The proxy is the only way in: nothing in the URL may name the server itself.
+        self._database_url = url.difference_update_query(["host", "hostaddr", "port"])
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -72,7 +83,7 @@ class PostgresProxy:
                     client.close()
                     continue
                 try:
-                    upstream = socket.create_connection(self._upstream, timeout=5)
+                    upstream = self._connect_upstream()
                 except OSError:
                     client.close()
                     continue
@@ -80,6 +91,18 @@ class PostgresProxy:
                 self._open += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self._upstream, tuple):
+            return socket.create_connection(self._upstream, timeout=5)
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.settimeout(5)
+            upstream.connect(self._upstream)
+        except OSError:
+            upstream.close()
+            raise
+        return upstream
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:

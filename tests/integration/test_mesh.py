@@ -189,6 +189,60 @@ async def test_a_semantically_malformed_request_is_an_answered_deny(
     assert result.reason == "MALFORMED_REQUEST"
 
 
+#: Spellings of the sample policy's forbidden `account:acme/frozen` that an executor
+#: which decodes, normalises, globs or folds case reads as that account.
+OTHER_SPELLINGS_OF_FROZEN = [
+    "account:acme/frozen/",
+    "account:acme//frozen",
+    "account:acme/./frozen",
+    "account:acme/treasury/../frozen",
+    "account:acme/frozen%00",
+    "account:acme/%66rozen",
+    "account:acme/%2566rozen",
+    "account:acme%2ffrozen",
+    "account:acme/frozen?",
+    "account:acme/frozen#x",
+    "account:acme/froze*",
+    "account:acme/Frozen",
+    "account:acme/\uff46rozen",
+    "account:acme/frozen.",
+    "account:acme/frozen;x",
+    "account:acme\\frozen",
+    "account:acme/frozen\t",
+]
+
+
+async def test_no_other_spelling_of_a_forbidden_resource_is_allowed(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh()
+    # A mandate for any resource: only policy stands between the agent and the account.
+    mandate = mesh.mandate(scope=[{"action": "payments.transfer", "resource": "*"}])
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        treasury = await engine.authorize(**mesh.request(mandate=mandate))
+        frozen = await engine.authorize(
+            **mesh.request(resource="account:acme/frozen", mandate=mandate)
+        )
+        spellings = {
+            spelling: await engine.authorize(**mesh.request(resource=spelling, mandate=mandate))
+            for spelling in OTHER_SPELLINGS_OF_FROZEN
+        }
+
+    assert treasury.decision == "ALLOW", treasury
+    assert (frozen.decision, frozen.reason) == ("DENY", "POLICY_MISMATCH")
+    assert {s: (r.answered, r.decision, r.reason) for s, r in spellings.items()} == {
+        s: (True, "DENY", "MALFORMED_REQUEST") for s in OTHER_SPELLINGS_OF_FROZEN
+    }
+    rows = await fetch(
+        mesh.database_url,
+        "SELECT entry FROM lineage_entries WHERE decision_id::text = ANY($1::text[])",
+        [r.decision_id for r in spellings.values()],
+    )
+    assert sorted(json.loads(row["entry"])["reason"] for row in rows) == [
+        "MALFORMED_REQUEST"
+    ] * len(OTHER_SPELLINGS_OF_FROZEN)
+
+
 async def test_bytes_that_are_not_a_request_get_an_answered_deny(
     start_mesh: Callable[..., Mesh],
 ) -> None:

@@ -21,8 +21,25 @@ RECORDERS = {
     "pg_ctlcluster": 'echo "pg_ctlcluster $*" >> "$CALLS/log"; touch "$CALLS/started"',
     "psql": "echo 1",
     "createdb": 'echo "createdb $*" >> "$CALLS/log"',
-    "make": 'echo "make $*" >> "$CALLS/log"',
+    # The GOVMESH_* variables each make runs with, after its arguments.
+    "make": 'echo "make $* $(env | grep ^GOVMESH_ | sort | tr "\\n" " ")" >> "$CALLS/log"',
 }
+
+#: A developer's own settings: the runs against the machine's Postgres keep them
+#: (with .ci/run's test database), the newcomer's run must not see them.
+DEVELOPER = {"GOVMESH_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/govmesh"}
+WITH_DATABASE = (
+    f"GOVMESH_DATABASE_URL={DEVELOPER['GOVMESH_DATABASE_URL']} "
+    "GOVMESH_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/govmesh_test"
+)
+#: What .ci/run runs: install, lint, the tests against the machine's Postgres, and
+#: the README's `make test` again with no GOVMESH_* variable at all (embedded Postgres).
+MAKES = [
+    f"make .venv/.installed-dev {WITH_DATABASE}",
+    f"make lint {WITH_DATABASE}",
+    f"make test {WITH_DATABASE}",
+    "make test",
+]
 
 
 def _run_ci(tmp_path: Path, versions: dict[str, bool], *, up: bool = False) -> list[str]:
@@ -41,7 +58,9 @@ def _run_ci(tmp_path: Path, versions: dict[str, bool], *, up: bool = False) -> l
     if up:
         (calls / "started").touch()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("GOVMESH_")},
+        **DEVELOPER,
+        "GOVMESH_TEST_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/elsewhere",
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "PG_CLUSTER_CONF_ROOT": str(conf_root),
         "CALLS": str(calls),
@@ -56,7 +75,7 @@ def _run_ci(tmp_path: Path, versions: dict[str, bool], *, up: bool = False) -> l
     )
     assert result.returncode == 0, result.stdout + result.stderr
     log = calls / "log"
-    return log.read_text().splitlines() if log.exists() else []
+    return [line.rstrip() for line in log.read_text().splitlines()] if log.exists() else []
 
 
 @pytest.mark.parametrize(
@@ -75,10 +94,10 @@ def test_a_down_postgres_is_started_from_the_first_version_with_a_main_cluster(
 
     assert calls[0] == f"pg_ctlcluster --skip-systemctl-redirect {started} main start"
     assert [c for c in calls if c.startswith("pg_ctlcluster")] == [calls[0]]
-    assert calls[1:] == ["make .venv/.installed-dev", "make lint", "make test"]
+    assert calls[1:] == MAKES
 
 
 def test_a_running_postgres_is_left_alone(tmp_path: Path) -> None:
     calls = _run_ci(tmp_path, {"15": True, "16": True}, up=True)
 
-    assert calls == ["make .venv/.installed-dev", "make lint", "make test"]
+    assert calls == MAKES

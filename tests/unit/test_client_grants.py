@@ -112,6 +112,29 @@ async def test_grant_headers_other_than_the_engines_are_refused() -> None:
         _check("garbage", key)
 
 
+@pytest.mark.parametrize(
+    "spelling", ["account:acme/frozen/", "account:acme/frozen%00", "account:acme/Frozen"]
+)
+def test_a_grant_never_covers_a_name_another_spelling_could_stand_for(spelling: str) -> None:
+    # The engine grants only names in the grammar; a signed grant for any other
+    # spelling (an engine that predates it, a stolen key) is refused all the same,
+    # so the executor never acts on `frozen/` believing it is not `frozen`.
+    key = generate_ed25519()
+    now = int(time.time())
+    claims = {
+        "iss": "govmesh",
+        "aud": "executor",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 30,
+        "act": {"action": ACTION, "resource": spelling},
+        "req": request_digest(ACTION, spelling, CONTEXT),
+    }
+    grant = _signed(key, {"alg": "EdDSA", "typ": GRANT_TYP, "kid": key.kid}, claims)
+    with pytest.raises(GrantError, match="resource"):
+        _check(grant, key, resource=spelling)
+
+
 def test_a_jwks_without_usable_keys_is_refused() -> None:
     with pytest.raises(GrantError, match="no Ed25519"):
         load_engine_keys({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "x"}]})

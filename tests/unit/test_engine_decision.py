@@ -122,7 +122,22 @@ async def test_every_decision_is_one_canonical_lineage_entry() -> None:
         ({"resource": "account:acme%2Ffrozen"}, "encoded slash"),
         ({"resource": "account:acme\\frozen"}, "backslash"),
         ({"resource": "account:acme/cafe\u0301"}, "not NFC"),
+        ({"resource": "account:acme/caf\u00e9"}, "not ASCII"),
+        ({"resource": "account:acme/frozen/"}, "trailing slash"),
+        ({"resource": "s3:bucket/dir/"}, "trailing slash on a directory"),
+        ({"resource": "url:https://bank.example/accounts/7"}, "a URL: scheme and empty segment"),
+        ({"resource": "account:acme/frozen%00"}, "encoded NUL"),
+        ({"resource": "account:acme/%25%32%65%25%32%65/frozen"}, "double-encoded dots"),
+        ({"resource": "account:acme/frozen?x=1"}, "query"),
+        ({"resource": "account:acme/frozen#x"}, "fragment"),
+        ({"resource": "account:acme/froze*"}, "glob"),
+        ({"resource": "account:acme/Frozen"}, "upper case"),
+        ({"resource": "account:acme/frozen."}, "trailing dot"),
+        ({"resource": "acme/frozen"}, "no type"),
         ({"action": "payments transfer"}, "space in action"),
+        ({"action": "payments.transfer."}, "trailing dot in action"),
+        ({"action": "Payments.Transfer"}, "upper-case action"),
+        ({"action": "payments/transfer"}, "slash in action"),
         ({"context": {"blob": "x" * 20_000}}, "context too large"),
         ({"context": {"a": [[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]}}, "context too deep"),
     ],
@@ -153,7 +168,13 @@ async def test_a_context_holding_nan_is_malformed_not_a_crash() -> None:
 
 @pytest.mark.parametrize(
     "resource",
-    ["url:https://bank.example/accounts/7", "s3:bucket/dir/", "account:acme/.hidden", "café"],
+    [
+        "url:bank.example/accounts/7",
+        "s3:bucket/dir/report-2024.pdf",
+        "account:acme/.hidden",
+        "k8s:prod/deployments/api_v2",
+        "account:acme/..x",
+    ],
 )
 async def test_ordinary_resources_are_not_refused(resource: str) -> None:
     h = build_engine()

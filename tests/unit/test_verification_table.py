@@ -549,6 +549,25 @@ CASES = [
         "out-of-scope resource", lambda w: w.request(resource="account:other/x"), SCOPE, ("scope",)
     ),
     Case("empty scope", with_mandate(scope=[]), SCOPE, ("scope",)),
+    # A `*` matches any run of characters; only names in the grammar are matched.
+    Case(
+        "another spelling of an in-scope resource",
+        lambda w: w.request(resource="account:acme/treasury/"),
+        MALFORMED,
+        ("scope",),
+    ),
+    Case(
+        "an encoded spelling of an in-scope resource",
+        lambda w: w.request(resource="account:acme/%74reasury"),
+        MALFORMED,
+        ("scope",),
+    ),
+    Case(
+        "another spelling of an in-scope action",
+        lambda w: w.request(action="payments.Transfer"),
+        MALFORMED,
+        ("scope",),
+    ),
     # -- several at once: every failure listed, the primary by precedence --------------------
     Case(
         "expired and out of scope",

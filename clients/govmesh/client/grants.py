@@ -15,6 +15,7 @@ from joserfc.jwk import OKPKey
 
 from govmesh.artifacts import GRANT_TYP
 from govmesh.artifacts.canonical import request_digest
+from govmesh.artifacts.names import InvalidName, check_action, check_resource
 
 #: DESIGN.md section 4: a grant lives at most 60 seconds.
 MAX_GRANT_LIFETIME_S = 60
@@ -57,8 +58,9 @@ def verify_grant(
     2. The signature, with that key.
     3. iss and aud.
     4. The window: nbf and exp within the leeway, and a lifetime of at most 60 s.
-    5. The binding: `act` is this action and resource, `req` is the digest of
-       this action, resource and context.
+    5. The binding: this action and resource are names in govmesh's grammar
+       (govmesh.artifacts.names: the engine grants nothing else), `act` is
+       exactly them, `req` is the digest of them and this context.
     """
     # 1. Header.
     try:
@@ -96,7 +98,13 @@ def verify_grant(
         raise GrantError("the grant expired")
     if now < nbf - leeway_s:
         raise GrantError("the grant is not valid yet")
-    # 5. Binding.
+    # 5. Binding. An executor that asks about a name outside the grammar is
+    # about to act on a spelling another name could stand for.
+    try:
+        check_action(action)
+        check_resource(resource)
+    except InvalidName as exc:
+        raise GrantError(str(exc)) from None
     if claims.get("act") != {"action": action, "resource": resource}:
         raise GrantError("the grant is for another action or resource")
     if claims.get("req") != request_digest(action, resource, context or {}):

@@ -11,9 +11,7 @@ import contextlib
 import itertools
 import json
 import logging
-import re
 import time
-import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +33,13 @@ from govmesh.artifacts.canonical import (
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Reason, primary_reason
 from govmesh.artifacts.entries import entry_problem, text_problem
+from govmesh.artifacts.names import (
+    MAX_ACTION_CHARS,
+    MAX_RESOURCE_CHARS,
+    InvalidName,
+    check_action,
+    check_resource,
+)
 from govmesh.v1 import (
     common_pb2,
     engine_pb2,
@@ -46,8 +51,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_ACTION_CHARS = 256
-MAX_RESOURCE_CHARS = 1024
 MAX_CONTEXT_BYTES = 16 * 1024
 MAX_CONTEXT_DEPTH = 16
 MAX_ARTIFACT_CHARS = 16 * 1024
@@ -228,49 +231,18 @@ def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
-# Spellings of a path that executors commonly collapse to another resource:
-# dot segments, empty segments, and their percent-encoded forms.
-_ALIASING = re.compile(r"(^|/)\.{1,2}(/|$)|(?<!:)//|%2e|%2f|%5c|\\", re.IGNORECASE)
-
-
-def _printable(text: str) -> bool:
-    return text.isprintable()
-
-
-def _canonical_name(text: str, what: str) -> None:
-    """Refuse names that another spelling could stand for.
-
-    A policy that forbids `account:acme/frozen` must not be passed by
-    `account:acme/treasury/../frozen`, `account:acme//frozen` or a trailing
-    space: executors act on the string in the grant, and some of them
-    normalise it. Names are taken as exact, NFC-normalised strings; matching
-    them byte for byte is the executor's contract.
-    """
-    if text != text.strip():
-        raise MalformedRequest(f"{what} has leading or trailing whitespace")
-    if not unicodedata.is_normalized("NFC", text):
-        raise MalformedRequest(f"{what} is not NFC-normalised Unicode")
-    if _ALIASING.search(text):
-        raise MalformedRequest(f"{what} has dot segments, empty segments or encoded separators")
-
-
 def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
-    """Check sizes and required fields; return the context as plain JSON.
+    """Check names, sizes and required fields; return the context as plain JSON.
 
     Raises MalformedRequest with the first problem found.
     """
-    if not request.action or len(request.action) > MAX_ACTION_CHARS:
-        raise MalformedRequest(f"action must be 1..{MAX_ACTION_CHARS} characters")
-    if not _printable(request.action):
-        raise MalformedRequest("action contains control characters")
-    if not request.resource or len(request.resource) > MAX_RESOURCE_CHARS:
-        raise MalformedRequest(f"resource must be 1..{MAX_RESOURCE_CHARS} characters")
-    if not _printable(request.resource):
-        raise MalformedRequest("resource contains control characters")
-    _canonical_name(request.action, "action")
-    if any(c.isspace() for c in request.action):
-        raise MalformedRequest("action contains whitespace")
-    _canonical_name(request.resource, "resource")
+    # Names another spelling could stand for are refused here, before anyone
+    # is asked: the grammar is govmesh.artifacts.names, shared by every reader.
+    try:
+        check_action(request.action)
+        check_resource(request.resource)
+    except InvalidName as exc:
+        raise MalformedRequest(str(exc)) from None
     for name in ("mandate", "proof", "attestation"):
         value = getattr(request, name)
         if len(value) > MAX_ARTIFACT_CHARS:

@@ -38,6 +38,7 @@ from govmesh.artifacts.canonical import (
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check, Reason, primary_reason
 from govmesh.artifacts.entries import text_problem
 from govmesh.artifacts.keys import jwk_thumbprint
+from govmesh.artifacts.names import is_action, is_resource
 from govmesh.artifacts.trust import TrustedParty, VerifyingKey
 from govmesh.v1 import common_pb2
 from govmesh.verification.cache import token_key
@@ -510,7 +511,8 @@ class Verifier:
            without attestation fails.
         9. Runtime: every measurement is on the allow list, and a binding
            needs at least one.
-        10. Scope: action and resource match one of the mandate's scope entries.
+        10. Scope: action and resource are names in the one grammar
+            (govmesh.artifacts.names) and match one of the mandate's scope entries.
         11. Replay: a proof that passed 3, 4 and 6 inside its window is
             recorded in the shared store, and fails if it was there already;
             any other proof is only looked up. The store's clock has the last
@@ -928,6 +930,11 @@ class Verifier:
         scope = _scope(payload)
         if scope is None:
             findings.fail(Check.SCOPE, INVALID, "mandate scope unreadable")
+            return
+        # Patterns are matched only against names in the one grammar: a `*`
+        # must not reach a spelling an executor reads as another name.
+        if not (is_action(request.action) and is_resource(request.resource)):
+            findings.fail(Check.SCOPE, MALFORMED, "action or resource outside the name grammar")
             return
         if not any(
             glob_match(action, request.action) and glob_match(resource, request.resource)
