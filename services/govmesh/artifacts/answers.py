@@ -27,7 +27,7 @@ MAX_QUOTED_CHARS = 64
 #: The most UTF-8 bytes of one check detail or one evaluation error.
 MAX_DETAIL_BYTES = 256
 #: The most UTF-8 bytes of an answer's message.
-MAX_MESSAGE_BYTES = 1024
+MAX_MESSAGE_TEXT_BYTES = 1024
 #: The most UTF-8 bytes of a list of errors or of determining policies, framing included.
 MAX_LIST_BYTES = 2048
 #: Protobuf framing of one repeated string: its tag and a length of up to 3 bytes.

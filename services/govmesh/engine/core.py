@@ -67,6 +67,16 @@ class PeerUnavailable(PeerError):
     """A peer could not be reached or failed."""
 
 
+class PeerRejected(PeerUnavailable):
+    """A peer refused or could not handle one call as a whole, while healthy.
+
+    A message too large, a batch it finds invalid, an error while handling
+    it: something in that call, not the peer's health. The batcher asks
+    again for the call's requests in smaller batches; a single request so
+    refused is PEER_UNAVAILABLE like any other.
+    """
+
+
 class VerificationPeer(Protocol):
     """The verification service, as the engine sees it."""
 

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import json_format, timestamp_pb2
 from sqlalchemy.exc import SQLAlchemyError
 
-from govmesh.artifacts.answers import MAX_MESSAGE_BYTES, clip, clip_list, evaluate_answer_bound
+from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, clip_list, evaluate_answer_bound
 from govmesh.policy.authority import Authority, NotReady
 from govmesh.policy.bundle import BundleRejected, CompiledBundle
 from govmesh.policy.core import PolicyDecision, PolicyRequest
@@ -235,7 +235,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
             bundle=common_pb2.BundleRef(version=version, epoch=epoch),
             determining_policies=determining,
             errors=errors,
-            message=clip(message, MAX_MESSAGE_BYTES),
+            message=clip(message, MAX_MESSAGE_TEXT_BYTES),
         )
 
     # --- administration -----------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from govmesh.artifacts.answers import MAX_MESSAGE_BYTES, clip, verify_answer_bound
+from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, verify_answer_bound
 from govmesh.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationInput, VerificationResult, Verifier
 
@@ -89,7 +89,7 @@ def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
     else:
         response.message = clip(
             "; ".join(f"{c.name}: {c.detail}" for c in response.checks if c.detail),
-            MAX_MESSAGE_BYTES,
+            MAX_MESSAGE_TEXT_BYTES,
         )
     return response
 
