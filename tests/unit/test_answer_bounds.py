@@ -7,6 +7,7 @@ long as possible) and checks the real answer against its bound.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ from tests.support.verification import (
     ACTION,
     RESOURCE,
     World,
+    b64,
     make_world,
-    raw_token,
 )
 
 #: A character JSON writes as one byte and repr as four ('\x7f').
@@ -41,8 +42,12 @@ WIDE = "\x7f"
 
 def hostile_context() -> dict[str, Any]:
     """A context at the engine's limit whose keys every evaluation error quotes, four-fold."""
-    keys = [f"__{WIDE * 2000}{n}" for n in range(7)]
-    return {key: 0.5 for key in keys}
+    return {"__" + WIDE * (MAX_CONTEXT_BYTES - 64): 0.5}
+
+
+def _raw_json(value: dict[str, Any]) -> str:
+    # WIDE written as itself, one byte, not as a six-character escape.
+    return b64(json.dumps(value, ensure_ascii=False).encode())
 
 
 def hostile_token(header: dict[str, Any], payload: dict[str, Any]) -> str:
@@ -53,7 +58,9 @@ def hostile_token(header: dict[str, Any], payload: dict[str, Any]) -> str:
     while True:
         trial_header = {k: (v + WIDE * pad if k in strings else v) for k, v in header.items()}
         trial_payload = {k: (v + WIDE * pad if k in strings else v) for k, v in payload.items()}
-        token = raw_token(trial_header, trial_payload, b"\0" * 64)
+        token = ".".join(
+            [*(_raw_json(part) for part in (trial_header, trial_payload)), b64(bytes(64))]
+        )
         if len(token) > MAX_ARTIFACT_CHARS:
             return best
         best, pad = token, pad + 64
