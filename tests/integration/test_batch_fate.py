@@ -13,9 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+
 from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT
 from govmesh.client import EngineClient
-from govmesh.engine.core import MAX_ARTIFACT_CHARS, MAX_CONTEXT_BYTES
+from govmesh.engine.core import MAX_ARTIFACT_CHARS, MAX_CONTEXT_BYTES, PeerUnavailable
+from govmesh.engine.peers import BatchedVerification, GrpcVerification, open_channel
+from govmesh.v1 import verification_pb2, verification_pb2_grpc
 from tests.integration.conftest import Mesh
 
 #: JSON carries it as one byte, repr quotes it as four ('\x7f').
@@ -89,3 +93,73 @@ async def test_hostile_requests_sharing_batches_never_fail_a_valid_one(
     assert denied_valid == []
     assert all(r.decision == "DENY" for v, r in answered if not v)
     assert {r.reason for v, r in answered if not v} == {"INVALID_VERIFICATION"}
+
+
+class _OversizedAnswers(verification_pb2_grpc.VerificationServicer):
+    """A verification peer whose answer to one marked request is larger than a message holds."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    async def Verify(
+        self, request: verification_pb2.VerifyRequest, context: Any
+    ) -> verification_pb2.VerifyResponse:
+        raise NotImplementedError  # the engine asks in batches
+
+    async def VerifyBatch(
+        self, request: verification_pb2.VerifyBatchRequest, context: Any
+    ) -> verification_pb2.VerifyBatchResponse:
+        self.batches.append(len(request.requests))
+        return verification_pb2.VerifyBatchResponse(
+            responses=[
+                verification_pb2.VerifyResponse(
+                    request_digest=r.request_digest,
+                    message="x" * (5 * 1024 * 1024) if r.action == "poison" else "",
+                )
+                for r in request.requests
+            ]
+        )
+
+
+async def test_a_batch_whose_answer_is_too_large_is_resent_in_halves_over_grpc() -> None:
+    # Whatever bound a peer promises, the engine does not rely on it alone: a
+    # batch answer the channel refuses (RESOURCE_EXHAUSTED) is asked again in
+    # halves, and only the request whose answer cannot travel fails.
+    peer = _OversizedAnswers()
+    server = grpc.aio.server()
+    verification_pb2_grpc.add_VerificationServicer_to_server(peer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}")
+    batcher = BatchedVerification(GrpcVerification(channel), max_in_flight=1)
+    batcher.start()
+    try:
+        blocker = asyncio.ensure_future(
+            batcher.verify(verification_pb2.VerifyRequest(request_digest="first"), timeout=20)
+        )
+        await asyncio.sleep(0)  # the rest queue behind it and travel as one batch
+        actions = ["ok"] * 20
+        actions[7] = "poison"
+        answers = await asyncio.gather(
+            blocker,
+            *(
+                batcher.verify(
+                    verification_pb2.VerifyRequest(request_digest=str(n), action=action),
+                    timeout=20,
+                )
+                for n, action in enumerate(actions)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await batcher.close()
+        await channel.close()
+        await server.stop(None)
+
+    assert isinstance(answers[8], PeerUnavailable)
+    assert "RESOURCE_EXHAUSTED" in str(answers[8])
+    others = [a for n, a in enumerate(answers) if n != 8]
+    assert [getattr(a, "request_digest", a) for a in others] == ["first"] + [
+        str(n) for n in range(20) if n != 7
+    ]
+    assert 20 in peer.batches  # they did share a batch first
