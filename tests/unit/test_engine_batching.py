@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
-from govmesh.engine.batching import Batcher
-from govmesh.engine.core import PeerUnavailable
+from govmesh.engine.batching import ANSWER_FRAMING_BYTES, Batcher
+from govmesh.engine.core import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from tests.unit.engine_fakes import (
     FakeVerification,
@@ -154,3 +156,119 @@ async def test_closing_fails_the_callers_of_batches_in_flight() -> None:
 
     with pytest.raises(PeerUnavailable, match="stopping"):
         await asyncio.wait_for(caller, 2)
+
+
+async def test_a_batch_never_brings_back_more_answer_bytes_than_a_message_holds() -> None:
+    # Small requests whose answers may be large: the batch is cut by the
+    # bound of its answers, not by the size of its requests.
+    sizes: list[int] = []
+
+    async def send(requests: list[int], timeout: float) -> list[int]:
+        sizes.append(len(requests))
+        await asyncio.sleep(0.001)
+        return requests
+
+    batcher: Batcher[int, int] = Batcher(
+        name="test",
+        send=send,
+        size=lambda r: 1,
+        answer_size=lambda r: 100,
+        max_answer_bytes=1000,
+        max_in_flight=1,
+    )
+    batcher.start()
+    try:
+        blocker = asyncio.ensure_future(batcher.submit(0, timeout=5))
+        await asyncio.sleep(0)
+        answers = await asyncio.gather(
+            blocker, *(batcher.submit(n, timeout=5) for n in range(1, 40))
+        )
+    finally:
+        await batcher.close()
+
+    assert answers == list(range(40))
+    assert max(sizes) * (100 + ANSWER_FRAMING_BYTES) <= 1000
+    assert max(sizes) > 1
+
+
+def _rejecting_poison(
+    calls: list[list[int]], error: PeerError
+) -> Callable[[list[int], float], Awaitable[list[int]]]:
+    async def send(requests: list[int], timeout: float) -> list[int]:
+        calls.append(list(requests))
+        await asyncio.sleep(0.001)
+        if -1 in requests:
+            raise error
+        return [r * 2 for r in requests]
+
+    return send
+
+
+async def _submit_all(batcher: Batcher[int, int], requests: list[int]) -> list[object]:
+    batcher.start()
+    try:
+        blocker = asyncio.ensure_future(batcher.submit(0, timeout=5))
+        await asyncio.sleep(0)  # the rest queue up behind it and travel together
+        return await asyncio.gather(
+            blocker, *(batcher.submit(r, timeout=5) for r in requests), return_exceptions=True
+        )
+    finally:
+        await batcher.close()
+
+
+async def test_a_batch_refused_as_a_whole_is_sent_again_in_halves() -> None:
+    calls: list[list[int]] = []
+    batcher: Batcher[int, int] = Batcher(
+        name="test",
+        send=_rejecting_poison(calls, PeerRejected("RESOURCE_EXHAUSTED: too large")),
+        max_in_flight=1,
+    )
+    requests = [1, 2, 3, -1, 4, 5, 6, 7, 8]
+
+    answers = await _submit_all(batcher, requests)
+
+    # Every member but the one that caused the refusal is answered; it fails alone.
+    assert answers[0] == 0
+    assert answers[1:4] == [2, 4, 6]
+    assert isinstance(answers[4], PeerUnavailable)
+    assert answers[5:] == [8, 10, 12, 14, 16]
+    assert [-1] in calls
+    assert len(calls) <= 2 * len(requests)
+
+
+@pytest.mark.parametrize("error", [PeerUnavailable("UNAVAILABLE"), PeerTimeout("late")])
+async def test_a_peer_that_is_down_or_late_is_not_asked_again(error: PeerError) -> None:
+    calls: list[list[int]] = []
+    batcher: Batcher[int, int] = Batcher(
+        name="test", send=_rejecting_poison(calls, error), max_in_flight=1
+    )
+
+    answers = await _submit_all(batcher, [1, 2, -1, 3])
+
+    assert answers[0] == 0
+    assert all(a is error for a in answers[1:])
+    assert calls == [[0], [1, 2, -1, 3]]
+
+
+async def test_halves_are_sent_only_within_their_members_deadlines() -> None:
+    starts: list[float] = []
+
+    async def send(requests: list[int], timeout: float) -> list[int]:
+        starts.append(time.monotonic())
+        await asyncio.sleep(0.03)
+        raise PeerRejected("INTERNAL: always")
+
+    batcher: Batcher[int, int] = Batcher(name="test", send=send, max_in_flight=1)
+    batcher.start()
+    started = time.monotonic()
+    try:
+        answers = await asyncio.gather(
+            *(batcher.submit(n, timeout=0.1) for n in range(64)), return_exceptions=True
+        )
+    finally:
+        await batcher.close()
+
+    assert all(isinstance(a, PeerUnavailable) for a in answers)
+    # A batch of 64 would take six rounds of halving; the deadline allows about three.
+    assert max(starts) < started + 0.1 + 0.05  # the deadlines, and scheduling
+    assert len(starts) < 2 * 64 - 1

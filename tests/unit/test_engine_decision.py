@@ -264,9 +264,11 @@ async def test_the_budget_bounds_the_whole_decision_even_with_generous_peer_dead
     # for a peer deadline (each is 50 times the budget).
     assert elapsed < config.budget + 0.1
     assert reason(response) == "PEER_TIMEOUT"
-    assert set(response.failed_checks) == {"verification", "policy"}
+    # Unverified: the answer names verification only, the entry both.
+    assert list(response.failed_checks) == ["verification"]
     # No time was left for lineage: the deny is spooled, not dropped.
     assert len(h.spool.entries) == 1
+    assert set(json.loads(h.spool.entries[0][0])["failed_checks"]) == {"verification", "policy"}
 
 
 @pytest.fixture
@@ -655,10 +657,13 @@ async def test_the_primary_reason_follows_the_precedence_and_every_failure_is_li
     response = await h.engine.authorize(authorize_request())
 
     assert reason(response) == "EXPIRED_AUTHORIZATION"
-    assert list(response.failed_checks) == ["window", "policy"]
+    assert list(response.failed_checks) == ["window"]
+    [entry] = h.lineage.decoded()
+    assert entry["reason"] == "EXPIRED_AUTHORIZATION"
+    assert entry["failed_checks"] == ["window", "policy"]
 
 
-async def test_a_definitive_policy_deny_outranks_a_peer_timeout() -> None:
+async def test_a_definitive_policy_deny_outranks_a_peer_timeout_in_the_entry() -> None:
     def deny(request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
         response = permitting_policy(request)
         response.decision = common_pb2.DENY
@@ -670,8 +675,13 @@ async def test_a_definitive_policy_deny_outranks_a_peer_timeout() -> None:
     )
     response = await h.engine.authorize(authorize_request())
 
-    assert reason(response) == "POLICY_MISMATCH"
-    assert set(response.failed_checks) == {"verification", "policy"}
+    # The decision is POLICY_MISMATCH, as the entry records; the caller,
+    # whose artifacts were never verified, learns only of verification.
+    [entry] = h.lineage.decoded()
+    assert entry["reason"] == "POLICY_MISMATCH"
+    assert set(entry["failed_checks"]) == {"verification", "policy"}
+    assert reason(response) == "PEER_TIMEOUT"
+    assert list(response.failed_checks) == ["verification"]
 
 
 async def test_concurrent_decisions_do_not_mix_answers() -> None:
@@ -926,3 +936,69 @@ async def test_claims_nested_deeper_than_a_struct_holds_are_a_deny_without_a_tra
 
     assert (response.decision, reason(response)) == (DENY, "INVALID_VERIFICATION")
     assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+# --- what an unverified caller learns ------------------------------------------------------
+
+
+def _policy_variants() -> dict[str, FakePolicy]:
+    def deny(request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        response = permitting_policy(request)
+        response.decision = common_pb2.DENY
+        response.ClearField("determining_policies")
+        response.determining_policies.append("frozen-accounts")
+        return response
+
+    def erroring(request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        response = deny(request)
+        response.ClearField("determining_policies")
+        response.errors.append("context.request.secret: evaluation error")
+        return response
+
+    def stale(request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        response = permitting_policy(request)
+        response.request_digest = "another"
+        return response
+
+    return {
+        "permits": FakePolicy(),
+        "forbids": FakePolicy(answer=deny),
+        "errs": FakePolicy(answer=erroring),
+        "inconsistent": FakePolicy(answer=stale),
+        "down": FakePolicy(error=PeerUnavailable("UNAVAILABLE: policy down")),
+        "late": FakePolicy(error=PeerTimeout("deadline")),
+    }
+
+
+@pytest.mark.parametrize(
+    "verification",
+    [
+        FakeVerification(answer=_expired),
+        FakeVerification(error=PeerTimeout("deadline")),
+        FakeVerification(error=PeerUnavailable("UNAVAILABLE: down")),
+    ],
+    ids=["expired", "verification late", "verification down"],
+)
+async def test_an_unverified_callers_deny_is_the_same_whatever_policy_says(
+    verification: FakeVerification,
+) -> None:
+    answers, entries = {}, {}
+    for name, policy in _policy_variants().items():
+        h = build_engine(verification=verification, policy=policy)
+        response = await h.engine.authorize(authorize_request())
+        answers[name] = (response.reason, tuple(response.failed_checks), response.message)
+        [entries[name]] = h.lineage.decoded()
+
+    assert len(set(answers.values())) == 1, answers
+    reason_name, failed, message = answers["forbids"]
+    assert "policy" not in failed
+    assert "frozen" not in message and "evaluation" not in message
+    assert reason_name != common_pb2.POLICY_MISMATCH
+    # The entry keeps it all.
+    assert entries["forbids"]["policy"]["determining"] == ["frozen-accounts"]
+    assert entries["errs"]["policy"]["errors"] == ["context.request.secret: evaluation error"]
+    assert all(
+        "policy" in entries[n]["failed_checks"] for n in _policy_variants() if n != "permits"
+    )
+    if verification.error is not None:
+        assert entries["forbids"]["reason"] == "POLICY_MISMATCH"

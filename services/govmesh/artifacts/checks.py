@@ -13,6 +13,12 @@ of the public contract:
 Definitive reasons outrank inconclusive ones: a request that policy forbids is
 reported as POLICY_MISMATCH even when a peer also timed out, because no answer
 from that peer could have turned it into an ALLOW.
+
+That is the decision's reason, as lineage records it. The answer to a caller
+whose artifacts did not verify names only the failures that are not policy's,
+and its reason is the first of those in this order
+(`govmesh.engine.core.Engine._disclosed`): policy's answer is never an oracle
+for someone without valid credentials.
 """
 
 from __future__ import annotations

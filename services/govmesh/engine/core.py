@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
+from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, clip_list
 from govmesh.artifacts.canonical import (
     MAX_JSON_DEPTH,
     SAFE_INTEGER,
@@ -59,6 +60,9 @@ MAX_SUBJECT_CHARS = 2048
 #: An issuer is a URL from the trust file; one this long is none of them.
 MAX_ISSUER_CHARS = 2048
 
+#: The failed check that stands for policy's answer, or for the policy peer's failure.
+POLICY_CHECK = "policy"
+
 
 # --- what the engine talks to ------------------------------------------------
 
@@ -73,6 +77,16 @@ class PeerTimeout(PeerError):
 
 class PeerUnavailable(PeerError):
     """A peer could not be reached or failed."""
+
+
+class PeerRejected(PeerUnavailable):
+    """A peer refused or could not handle one call as a whole, while healthy.
+
+    A message too large, a batch it finds invalid, an error while handling
+    it: something in that call, not the peer's health. The batcher asks
+    again for the call's requests in smaller batches; a single request so
+    refused is PEER_UNAVAILABLE like any other.
+    """
 
 
 class VerificationPeer(Protocol):
@@ -439,12 +453,14 @@ def check_policy(
     if answer.decision == common_pb2.DENY:
         epochs.record(answer.bundle)
         if answer.errors:
-            detail = "policy evaluation failed: " + "; ".join(answer.errors)
+            detail = "policy evaluation failed: " + "; ".join(clip_list(answer.errors))
         elif answer.determining_policies:
-            detail = "forbidden by " + ", ".join(answer.determining_policies)
+            detail = "forbidden by " + ", ".join(clip_list(answer.determining_policies))
         else:
             detail = "no policy permits this request"
-        return [Failure("policy", common_pb2.POLICY_MISMATCH, detail)]
+        return [
+            Failure(POLICY_CHECK, common_pb2.POLICY_MISMATCH, clip(detail, MAX_MESSAGE_TEXT_BYTES))
+        ]
     raise _Inconsistent("policy answered neither ALLOW nor DENY")
 
 
@@ -497,7 +513,9 @@ class Engine:
            error PEER_UNAVAILABLE.
         4. Check the answers for consistency; a mismatch is INCONSISTENT_ANSWERS.
         5. Decide: ALLOW only when every check passed and policy permits;
-           otherwise DENY with one primary reason and every failed check.
+           otherwise DENY with one primary reason and every failed check
+           (to a caller whose artifacts did not verify, only those that are
+           not policy's: see _disclosed).
         6. Append the decision to lineage. An ALLOW without a receipt becomes
            DENY LINEAGE_UNAVAILABLE; a DENY that cannot be appended is spooled.
         7. For an ALLOW, sign the execution grant, bound to the digest, the
@@ -627,7 +645,7 @@ class Engine:
             )
             answer = await self._call(
                 decision,
-                "policy",
+                POLICY_CHECK,
                 lambda t: self._policy.evaluate(evaluate_request, timeout=t),
                 self._config.policy_timeout,
             )
@@ -638,7 +656,7 @@ class Engine:
                 decision.failures.extend(check_policy(answer, decision.digest, self.epochs))
                 decision.policy = answer
             except _Inconsistent as exc:
-                decision.fail("policy", common_pb2.INCONSISTENT_ANSWERS, str(exc))
+                decision.fail(POLICY_CHECK, common_pb2.INCONSISTENT_ANSWERS, str(exc))
 
         # A TaskGroup, not gather: if one side fails, the other is cancelled
         # and nothing touches the decision after its entry is built.
@@ -686,19 +704,25 @@ class Engine:
             **_trace_ids(),
         }
         if policy is not None:
+            # The whole of policy's answer, its errors when it has any, even
+            # when the caller's answer may not name it (see _disclosed).
             entry["policy"] = {
                 "bundle": policy.bundle.version,
                 "epoch": policy.bundle.epoch,
                 "decision": common_pb2.Decision.Name(policy.decision),
-                "determining": list(policy.determining_policies),
+                "determining": clip_list(policy.determining_policies),
             }
+            if policy.errors:
+                entry["policy"]["errors"] = clip_list(policy.errors)
             if policy.HasField("shadow"):
                 entry["shadow"] = {
                     "bundle": policy.shadow.bundle.version,
                     "epoch": policy.shadow.bundle.epoch,
                     "decision": common_pb2.Decision.Name(policy.shadow.decision),
-                    "determining": list(policy.shadow.determining_policies),
+                    "determining": clip_list(policy.shadow.determining_policies),
                 }
+                if policy.shadow.errors:
+                    entry["shadow"]["errors"] = clip_list(policy.shadow.errors)
         return entry
 
     @staticmethod
@@ -856,15 +880,46 @@ class Engine:
             )
         return canonical_json(essentials)
 
+    @staticmethod
+    def _disclosed(decision: _Decision) -> list[Failure]:
+        """The failures a DENY names to its caller.
+
+        Until the caller's artifacts have verified, the answer names only
+        why they did not: the request's own failures, verification's failed
+        checks, or verification's peer failing. Nothing of policy (whether
+        it would have permitted, which policy forbids, its errors, whether
+        it answered at all) reaches a caller who could not show a valid
+        mandate and proof, or the DENY would be an oracle for policy. The
+        primary reason is then the first in REASON_PRECEDENCE among the
+        disclosed failures: POLICY_MISMATCH from policy never outranks, say,
+        a verification PEER_TIMEOUT in such an answer. The lineage entry and
+        the log keep every failure and the decision's full reason.
+        """
+        if decision.verified is not None:
+            return decision.failures
+        disclosed = [f for f in decision.failures if f.check != POLICY_CHECK]
+        if disclosed:
+            return disclosed
+        # Unreachable: an unverified decision has verification's failure.
+        return [Failure("engine", common_pb2.INTERNAL_ERROR, "internal error")]
+
     def _deny_response(
         self, decision: _Decision, receipt: common_pb2.LineageReceipt | None
     ) -> engine_pb2.AuthorizeResponse:
-        details = [f"{f.check}: {f.detail}" for f in decision.failures]
+        failures = self._disclosed(decision)
+        withheld = [f for f in decision.failures if f not in failures]
+        if withheld:
+            logger.info(
+                "decision %s: withheld from the unverified caller: %s",
+                decision.decision_id,
+                "; ".join(f"{f.check}: {f.detail}" for f in withheld),
+            )
+        details = [f"{f.check}: {f.detail}" for f in failures]
         response = engine_pb2.AuthorizeResponse(
             decision=common_pb2.DENY,
-            reason=self._reason(decision),
+            reason=primary_reason(f.reason for f in failures),
             decision_id=decision.decision_id,
-            failed_checks=self._failed_names(decision),
+            failed_checks=list(dict.fromkeys(f.check for f in failures)),
             message="; ".join(dict.fromkeys(details)),
             request_digest=decision.digest,
         )

@@ -6,8 +6,9 @@ from typing import Any
 
 import grpc
 
+from govmesh.artifacts.answers import evaluate_answer_bound, verify_answer_bound
 from govmesh.engine.batching import Batcher
-from govmesh.engine.core import PeerError, PeerTimeout, PeerUnavailable
+from govmesh.engine.core import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
 from govmesh.engine.floor import StoreActivation
 from govmesh.v1 import (
     lineage_pb2,
@@ -38,11 +39,28 @@ def open_channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
+#: Failures of one call rather than of the peer: a message too large to send or
+#: to receive, a batch the peer finds invalid, an error while handling it.
+#: Whatever else fails (UNAVAILABLE, CANCELLED, ...) says the peer is unwell.
+REJECTED_CALL = frozenset(
+    {
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+
 def peer_error(peer: str, error: grpc.aio.AioRpcError) -> PeerError:
     """Map a failed call to the engine's view of it."""
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return PeerTimeout(f"{peer}: deadline exceeded")
-    return PeerUnavailable(f"{error.code().name}: {error.details() or ''}".strip())
+    text = f"{error.code().name}: {error.details() or ''}".strip()
+    if error.code() in REJECTED_CALL:
+        return PeerRejected(text)
+    return PeerUnavailable(text)
 
 
 class GrpcVerification:
@@ -118,6 +136,7 @@ class BatchedVerification(Batcher[verification_pb2.VerifyRequest, verification_p
             name="verification",
             send=lambda requests, timeout: peer.verify_batch(requests, timeout=timeout),
             size=verification_pb2.VerifyRequest.ByteSize,
+            answer_size=verify_answer_bound,
             **options,
         )
 
@@ -135,6 +154,7 @@ class BatchedPolicy(Batcher[policy_pb2.EvaluateRequest, policy_pb2.EvaluateRespo
             name="policy",
             send=lambda requests, timeout: peer.evaluate_batch(requests, timeout=timeout),
             size=policy_pb2.EvaluateRequest.ByteSize,
+            answer_size=evaluate_answer_bound,
             **options,
         )
 

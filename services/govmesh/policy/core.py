@@ -31,6 +31,7 @@ from typing import Any
 
 import cedarpy
 
+from govmesh.artifacts.answers import MAX_QUOTED_CHARS, clip, quoted
 from govmesh.policy.bundle import CompiledBundle
 from govmesh.policy.entities import (
     ACTION_TYPE,
@@ -135,13 +136,14 @@ def _convert(value: Any, depth: int) -> Any:
         record = {}
         for key, item in value.items():
             if type(key) is not str:
-                raise _Refused(f"key {key!r} is not a string")
+                raise _Refused(f"key {quoted(key)} is not a string")
             if key.startswith("__"):
-                raise _Refused(f"key {key!r} is reserved (Cedar reads it as an escape)")
+                raise _Refused(f"key {quoted(key)} is reserved (Cedar reads it as an escape)")
             try:
                 record[key] = _convert(item, depth + 1)
             except _Refused as exc:
-                exc.path.append(f".{key}")
+                # Keys are the caller's: the path quotes each only so far.
+                exc.path.append(f".{clip(key, MAX_QUOTED_CHARS)}")
                 raise
         return record
     if kind == _SEQ:

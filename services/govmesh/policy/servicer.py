@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import json_format, timestamp_pb2
 from sqlalchemy.exc import SQLAlchemyError
 
+from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, clip_list, evaluate_answer_bound
 from govmesh.policy.authority import Authority, NotReady
 from govmesh.policy.bundle import BundleRejected, CompiledBundle
 from govmesh.policy.core import PolicyDecision, PolicyRequest
@@ -198,9 +199,20 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
                         version=answer.snapshot.shadow.version, epoch=answer.snapshot.epoch
                     ),
                     decision=_decision(answer.shadow),
-                    determining_policies=answer.shadow.determining,
-                    errors=answer.shadow.errors,
+                    determining_policies=clip_list(answer.shadow.determining),
+                    errors=clip_list(answer.shadow.errors),
                 )
+            )
+        if response.ByteSize() > evaluate_answer_bound(request):
+            # Cannot happen with the lists and message clipped; should it
+            # anyway, a fixed-size deny rather than an answer that could fail
+            # the batch it travels in.
+            logger.error("policy answer exceeds its bound; answering a deny")
+            return self._response(
+                request,
+                answer.snapshot.epoch,
+                answer.snapshot.active.version,
+                PolicyDecision(False, errors=("the answer exceeded its size bound",)),
             )
         return response
 
@@ -208,21 +220,25 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
     def _response(
         request: policy_pb2.EvaluateRequest, epoch: int, version: str, decision: PolicyDecision
     ) -> policy_pb2.EvaluateResponse:
-        if decision.errors:
-            message = "policy evaluation failed: " + "; ".join(decision.errors)
+        # Errors quote the caller's context and any number of policies may
+        # determine: both lists and the message are clipped, so that the
+        # answer stays within evaluate_answer_bound.
+        errors, determining = clip_list(decision.errors), clip_list(decision.determining)
+        if errors:
+            message = "policy evaluation failed: " + "; ".join(errors)
         elif decision.allowed:
-            message = "permitted by " + ", ".join(decision.determining)
-        elif decision.determining:
-            message = "forbidden by " + ", ".join(decision.determining)
+            message = "permitted by " + ", ".join(determining)
+        elif determining:
+            message = "forbidden by " + ", ".join(determining)
         else:
             message = "no policy permits this request"
         return policy_pb2.EvaluateResponse(
             request_digest=request.request_digest,
             decision=_decision(decision),
             bundle=common_pb2.BundleRef(version=version, epoch=epoch),
-            determining_policies=decision.determining,
-            errors=decision.errors,
-            message=message,
+            determining_policies=determining,
+            errors=errors,
+            message=clip(message, MAX_MESSAGE_TEXT_BYTES),
         )
 
     # --- administration -----------------------------------------------------------------

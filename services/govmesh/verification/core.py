@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from govmesh.artifacts import ATTESTATION_TYP, AUDIENCE, MANDATE_TYP, PROOF_TYP
+from govmesh.artifacts.answers import quoted
 from govmesh.artifacts.canonical import (
     CanonicalizationError,
     canonical_json,
@@ -659,13 +660,15 @@ class Verifier:
             iss = jws.payload.get("iss")
             party = parties.get(iss) if isinstance(iss, str) else None
             if party is None:
-                raise TokenError(f"no key to verify with: {iss!r} is not trusted")
+                raise TokenError(f"no key to verify with: {quoted(iss)} is not trusted")
             kid = jws.header.get("kid")
             key = party.key_for(kid)
             if key is None and kid is None:
-                raise TokenError(f"no kid, and {iss} does not have exactly one key without kid")
+                raise TokenError(
+                    f"no kid, and {quoted(iss)} does not have exactly one key without kid"
+                )
             if key is None:
-                raise TokenError(f"{iss} has no key {kid!r}")
+                raise TokenError(f"{quoted(iss)} has no key {quoted(kid)}")
             verify_signature(jws, alg=alg, pinned=key.alg, key=key.key)
         except TokenError as exc:
             findings.fail(check, INVALID, f"{artifact.kind}: {exc}")
@@ -703,13 +706,19 @@ class Verifier:
         iss, sub = payload.get("iss"), payload.get("sub")
         issuer = trust.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
-            findings.fail(Check.ISSUER, INVALID, f"issuer {iss!r} is not trusted")
+            findings.fail(Check.ISSUER, INVALID, f"issuer {quoted(iss)} is not trusted")
         elif not isinstance(sub, str) or not issuer.may_issue_for(sub):
             # A subject names one agent whoever signs: another issuer's subject
             # would reach the policies written for that agent.
-            findings.fail(Check.ISSUER, INVALID, f"issuer {iss} may not issue for subject {sub!r}")
+            findings.fail(
+                Check.ISSUER,
+                INVALID,
+                f"issuer {quoted(iss)} may not issue for subject {quoted(sub)}",
+            )
         if not _audience_ok(payload.get("aud")):
-            findings.fail(Check.ISSUER, INVALID, f"audience {payload.get('aud')!r} is not govmesh")
+            findings.fail(
+                Check.ISSUER, INVALID, f"audience {quoted(payload.get('aud'))} is not govmesh"
+            )
         findings.ok(Check.ISSUER)
 
     def _check_windows(self, exam: _Examination, now: float) -> None:

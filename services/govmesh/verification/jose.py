@@ -21,6 +21,7 @@ from typing import Any
 
 from joserfc.jws import JWSRegistry
 
+from govmesh.artifacts.answers import quoted
 from govmesh.artifacts.canonical import (
     MAX_JSON_DEPTH,
     SAFE_INTEGER,
@@ -164,19 +165,19 @@ def check_header(jws: CompactJWS, typ: str) -> str:
     if alg.lower() == "none":
         raise TokenError("alg none is refused")
     if alg.upper().startswith("HS"):
-        raise TokenError(f"HMAC alg {alg} is refused")
+        raise TokenError(f"HMAC alg {quoted(alg)} is refused")
     refused = REFUSED_HEADERS & set(header)
     if refused:
-        raise TokenError(f"header {sorted(refused)[0]!r} is not supported")
+        raise TokenError(f"header {quoted(sorted(refused)[0])} is not supported")
     if header.get("typ") != typ:
-        raise TokenError(f"typ {header.get('typ')!r}, expected {typ!r}")
+        raise TokenError(f"typ {quoted(header.get('typ'))}, expected {typ!r}")
     return alg
 
 
 def verify_signature(jws: CompactJWS, *, alg: str, pinned: str, key: VerifyingKey) -> None:
     """Verify with `key`, which verifies only its `pinned` algorithm; TokenError otherwise."""
     if alg != pinned:
-        raise TokenError(f"alg {alg} does not match the key's {pinned}")
+        raise TokenError(f"alg {quoted(alg)} does not match the key's {pinned}")
     algorithm = JWSRegistry.algorithms.get(pinned)
     if algorithm is None:
         raise TokenError(f"alg {pinned} unavailable")

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, verify_answer_bound
 from govmesh.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationInput, VerificationResult, Verifier
 
@@ -45,14 +46,12 @@ def to_input(request: verification_pb2.VerifyRequest) -> VerificationInput:
     )
 
 
-def _utf8(text: str) -> str:
-    # A detail may quote what the caller sent, and JSON carries lone surrogates
-    # ("\ud800") that a protobuf string cannot: escaped, the deny still goes out.
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
-    """Translate a core result to the wire answer."""
+    """Translate a core result to the wire answer, each detail and the message clipped.
+
+    Clipped so that the answer of an unverified request stays within
+    `verify_answer_bound` whatever its artifacts quote.
+    """
     response = verification_pb2.VerifyResponse(
         request_digest=result.request_digest,
         verified=result.verified,
@@ -68,7 +67,7 @@ def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
                 name=outcome.check.value,
                 verdict=common_pb2.CHECK_FAILED,
                 reason=outcome.reason,
-                detail=_utf8(outcome.detail),
+                detail=clip(outcome.detail),
             )
     claims = result.claims
     if claims is not None:
@@ -88,7 +87,10 @@ def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
         )
         response.message = "verified"
     else:
-        response.message = _utf8("; ".join(f"{o.check.value}: {o.detail}" for o in result.failed))
+        response.message = clip(
+            "; ".join(f"{c.name}: {c.detail}" for c in response.checks if c.detail),
+            MAX_MESSAGE_TEXT_BYTES,
+        )
     return response
 
 
@@ -128,12 +130,18 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
     ) -> verification_pb2.VerifyResponse:
         result = await self._verifier.verify(to_input(request), timeout=timeout)
         try:
-            return to_response(result)
+            response = to_response(result)
         except (ValueError, TypeError, OverflowError, json_format.ParseError):
             # Claims that protobuf cannot carry (e.g. an integer beyond a
             # double's range) are not vouched for: the answer is a deny.
-            return to_response(
-                VerificationResult.internal_error(
-                    result.request_digest, "verified claims cannot be represented"
-                )
-            )
+            return _internal_error(result.request_digest, "verified claims cannot be represented")
+        if response.ByteSize() > verify_answer_bound(request):
+            # Only claims can grow this large, and only past what any mandate
+            # and attestation within the engine's limits can state: a deny,
+            # rather than an answer that could fail the batch it travels in.
+            return _internal_error(result.request_digest, "verified claims are too large")
+        return response
+
+
+def _internal_error(digest: str, detail: str) -> verification_pb2.VerifyResponse:
+    return to_response(VerificationResult.internal_error(digest, detail))
