@@ -15,6 +15,17 @@ def _default_spool() -> Path:
     return platformdirs.user_state_path("govmesh") / "engine-spool"
 
 
+#: Decisions at once. Throughput through the mesh grows with concurrency while
+#: batches toward the peers fill, and is flat beyond about this on a 2-core
+#: machine (bench/engine.py); more only lengthens each decision.
+ADMISSION_MAX_CONCURRENT = 32
+#: Requests waiting for a slot: about a second of work at that throughput.
+ADMISSION_QUEUE_MAX = 1024
+#: Calls the gRPC server accepts beyond admission's bounds: health checks,
+#: reflection, and calls on their way to being refused.
+RPC_HEADROOM = 64
+
+
 class EngineSettings(ServerSettings):
     """GOVMESH_* settings read by `govmesh serve engine`.
 
@@ -58,6 +69,22 @@ class EngineSettings(ServerSettings):
     lineage_batch_max: int = Field(default=256, ge=1, le=4096)
     lineage_max_in_flight: int = Field(default=8, ge=1, le=64)
     lineage_linger_ms: float = Field(default=1.0, ge=0, le=100)
+
+    # Admission: at most this many decisions at once (their budgets running);
+    # the rest wait in line, at most admission_queue_max of them, before
+    # their budgets start. Past that, or when a caller's deadline cannot
+    # cover the wait, a request is refused at once with RESOURCE_EXHAUSTED.
+    admission_max_concurrent: int = Field(default=ADMISSION_MAX_CONCURRENT, ge=1, le=4096)
+    admission_queue_max: int = Field(default=ADMISSION_QUEUE_MAX, ge=0, le=65_536)
+
+    def maximum_concurrent_rpcs(self) -> int:
+        """The gRPC server's own bound: every admitted or waiting call, and room for probes.
+
+        Calls beyond it get grpc's bare RESOURCE_EXHAUSTED before reaching
+        admission, so it sits above admission's own bounds and only stops
+        work that would otherwise pile up unbounded below them.
+        """
+        return self.admission_max_concurrent + self.admission_queue_max + RPC_HEADROOM
 
     def decision_config(self) -> DecisionConfig:
         """The deadlines of one decision, in seconds, as the engine's core takes them."""
