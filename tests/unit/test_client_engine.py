@@ -52,6 +52,16 @@ def test_grpcs_own_resource_exhausted_is_a_request_too_large_and_not_retryable()
     assert not result.allowed
 
 
+def test_grpcs_concurrent_rpc_limit_is_a_busy_engine_and_retryable() -> None:
+    # What grpc.aio.server(maximum_concurrent_rpcs=...) answers beyond its limit.
+    error = _error(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+
+    result = AuthorizationResult.no_answer(error)
+
+    assert (result.reason, result.retryable, result.answered) == ("PEER_UNAVAILABLE", True, False)
+    assert not result.allowed
+
+
 def _status_with(info: error_details_pb2.ErrorInfo, *, message: str) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(info)

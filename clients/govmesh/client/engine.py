@@ -23,6 +23,10 @@ DEFAULT_TIMEOUT_S = 1.0
 #: The google.rpc.ErrorInfo domain of the engine's own refusals (see engine.servicer).
 ENGINE_ERROR_DOMAIN = "govmesh.dev"
 
+#: What grpc's server answers when it holds its maximum_concurrent_rpcs calls:
+#: the engine refused the call before reading it, as busy as a full queue.
+_SERVER_LIMIT_DETAILS = "Concurrent RPC limit exceeded!"
+
 #: Codes after which asking again may get a decision: the engine was busy or
 #: could not be reached. A DEADLINE_EXCEEDED is not among them: the caller's
 #: own time is spent, and the engine may have decided the request already.
@@ -108,7 +112,9 @@ class AuthorizationResult:
         retryable = code in _RETRYABLE
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             reason = "PEER_TIMEOUT"
-        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and _refused_by_engine(error):
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+            _refused_by_engine(error) or error.details() == _SERVER_LIMIT_DETAILS
+        ):
             # The engine refused before deciding (busy): nothing was decided or
             # recorded, and the same request may be sent again.
             reason = "PEER_UNAVAILABLE"
