@@ -15,11 +15,15 @@ def _default_spool() -> Path:
     return platformdirs.user_state_path("govmesh") / "engine-spool"
 
 
-#: Decisions at once. Throughput through the mesh grows with concurrency while
-#: batches toward the peers fill, and is flat beyond about this on a 2-core
-#: machine (bench/engine.py); more only lengthens each decision.
-ADMISSION_MAX_CONCURRENT = 32
-#: Requests waiting for a slot: about a second of work at that throughput.
+#: Decisions at once. With every decision in flight, each takes about
+#: limit / throughput (Little's law), and that must stay well inside the
+#: default 30 ms peer deadlines: on a 2-core machine allows/s peaked at 8
+#: and fell as peer timeouts grew from 12 up (bench/engine.py --set
+#: GOVMESH_ADMISSION_MAX_CONCURRENT=N). With longer deadlines throughput kept
+#: growing to 16-64 as batches toward the peers fill; raise it with them.
+ADMISSION_MAX_CONCURRENT = 8
+#: Requests waiting for a slot: a few seconds of work at 300-700 decisions/s,
+#: each holding at most its request (under 64 KiB) meanwhile.
 ADMISSION_QUEUE_MAX = 1024
 #: Calls the gRPC server accepts beyond admission's bounds: health checks,
 #: reflection, and calls on their way to being refused.
