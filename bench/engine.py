@@ -1,12 +1,27 @@
-"""Decision latency and throughput through the whole mesh.
+"""Decision latency, throughput and goodput through the whole mesh, at and past capacity.
 
-    python bench/engine.py [--requests 5000] [--concurrency 64] [--database-url URL]
+    python bench/engine.py [--callers 8,64,256] [--deadline 10] [--requests 5000]
+                           [--rate 300] [--seconds 10] [--mixed]
+                           [--set GOVMESH_NAME=VALUE ...] [--database-url URL]
 
 Starts `govmesh up` (the four real processes; an embedded Postgres unless a
 database URL is given, in which case a throwaway database is created on that
-server and dropped afterwards), warms it up, then sends Authorize calls with fresh
-proofs from a pool of client tasks and prints p50/p95/p99 latency and
-decisions/s, for an ALLOW-only load and a mixed ALLOW/DENY load. Figures are
+server and dropped afterwards), warms it up, then:
+
+- closed loop, for each N in --callers: N callers each send one request, wait
+  for its answer (or its --deadline), and send the next, until --requests
+  requests were sent;
+- open loop, with --rate R (0: none): requests at R per second for --seconds,
+  each with the same deadline, whatever the answers do.
+
+Every request is valid (a fresh proof each) and should be ALLOWed; with
+--mixed, every other one asks for more than the sample policy permits and
+should be DENYed POLICY_MISMATCH. Each run prints decisions/s (answered
+decisions per second), allows/s, p50/p95/p99 latency of the answered calls,
+how many requests did not get the expected outcome, by reason (answered
+denies) or gRPC status (no answer, RESOURCE_EXHAUSTED being the engine's
+admission refusals), and how fast refusals came. --set passes engine settings
+to `govmesh up` (e.g. --set GOVMESH_ADMISSION_MAX_CONCURRENT=16). Figures are
 for this machine and this moment; nothing here asserts a target.
 """
 
@@ -23,16 +38,21 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
+from google.protobuf import json_format
 from sqlalchemy.engine import make_url
 
 from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT, DevSetup
-from govmesh.client import EngineClient, Initiator, issue_mandate
+from govmesh.client import AuthorizationResult, EngineClient, Initiator, issue_mandate
 from govmesh.runtime.db import libpq_database_url
 from govmesh.v1 import engine_pb2
+
+#: What the sample policy allows, and what it refuses (it caps amounts at 1,000).
+ALLOWED_AMOUNT, DENIED_AMOUNT = 250, 5000
 
 
 async def _admin(server_url: str, statement: str) -> None:
@@ -49,10 +69,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_mesh(data: Path, port: int, database_url: str | None) -> subprocess.Popen[bytes]:
+def _start_mesh(
+    data: Path, port: int, database_url: str | None, settings: dict[str, str]
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOVMESH_")}
     env["GOVMESH_DATA_DIR"] = str(data)
     env["GOVMESH_LOG_LEVEL"] = "WARNING"
+    env.update(settings)
     if database_url:
         env["GOVMESH_DATABASE_URL"] = database_url
     log = (data / "up.log").open("wb")
@@ -70,58 +93,134 @@ def _start_mesh(data: Path, port: int, database_url: str | None) -> subprocess.P
     return up
 
 
-def _request(
-    setup: DevSetup, agent: Initiator, mandate: str, amount: int
-) -> engine_pb2.AuthorizeRequest:
-    from google.protobuf import json_format
+@dataclass
+class _Load:
+    """The requests of one run: one per amount, each with a fresh proof."""
 
-    action, resource, context = "payments.transfer", "account:acme/treasury", {"amount": amount}
-    request = engine_pb2.AuthorizeRequest(
-        action=action,
-        resource=resource,
-        mandate=mandate,
-        proof=agent.proof(mandate, action, resource, context),
-    )
-    json_format.ParseDict(context, request.context)
-    return request
+    agent: Initiator
+    mandate: str
+    amounts: list[int]
+
+    def requests(self) -> list[engine_pb2.AuthorizeRequest]:
+        # Fresh proofs, made before the run so that signing is not measured.
+        made = []
+        for amount in self.amounts:
+            action, resource, context = (
+                "payments.transfer",
+                "account:acme/treasury",
+                {"amount": amount},
+            )
+            request = engine_pb2.AuthorizeRequest(
+                action=action,
+                resource=resource,
+                mandate=self.mandate,
+                proof=self.agent.proof(self.mandate, action, resource, context),
+            )
+            json_format.ParseDict(context, request.context)
+            made.append(request)
+        return made
 
 
-async def _load(
-    target: str, requests: list[engine_pb2.AuthorizeRequest], concurrency: int
-) -> dict[str, Any]:
-    latencies: list[float] = []
-    decisions: dict[str, int] = {}
+@dataclass
+class _Tally:
+    latencies: list[float] = field(default_factory=list)  # answered calls
+    refusals: list[float] = field(default_factory=list)  # RESOURCE_EXHAUSTED, time to refusal
+    unexpected: Counter[str] = field(default_factory=Counter)
+    allows: int = 0
+
+    def count(
+        self, request: engine_pb2.AuthorizeRequest, result: AuthorizationResult, elapsed: float
+    ) -> None:
+        expected_allow = request.context.fields["amount"].number_value == ALLOWED_AMOUNT
+        code = ""
+        if result.answered:
+            self.latencies.append(elapsed)
+        else:
+            # The error code; before the client had it, read from the message.
+            words = result.message.split()
+            code = getattr(result, "error_code", "") or (words[5] if len(words) > 5 else "?")
+            if code == "RESOURCE_EXHAUSTED":
+                self.refusals.append(elapsed)
+        if result.allowed:
+            self.allows += 1
+        if expected_allow and result.allowed:
+            return
+        if not expected_allow and result.answered and result.reason == "POLICY_MISMATCH":
+            return
+        label = result.reason if result.answered else f"no answer {code}"
+        self.unexpected[label] += 1
+
+    def report(self, name: str, elapsed: float, sent: int) -> str:
+        answered = len(self.latencies)
+        line = f"{name:28} {sent:6} sent  {answered / elapsed:7.1f} decisions/s"
+        line += f"  {self.allows / elapsed:7.1f} allows/s"
+        if answered >= 2:
+            cuts = statistics.quantiles(self.latencies, n=100)
+            line += f"  p50 {cuts[49] * 1000:6.1f}  p95 {cuts[94] * 1000:6.1f}"
+            line += f"  p99 {cuts[98] * 1000:6.1f} ms"
+        wrong = sum(self.unexpected.values())
+        line += f"\n{'':28} not as expected: {wrong}"
+        if wrong:
+            line += " (" + ", ".join(f"{k} {v}" for k, v in self.unexpected.most_common()) + ")"
+        if self.refusals:
+            line += f"; refused after at most {max(self.refusals) * 1000:.0f} ms"
+        return line
+
+
+async def _closed_loop(
+    target: str, requests: list[engine_pb2.AuthorizeRequest], callers: int, deadline: float
+) -> tuple[_Tally, float]:
+    tally = _Tally()
     queue = list(reversed(requests))
-    async with await EngineClient.connect(target, timeout=5) as engine:
+    async with await EngineClient.connect(target, timeout=deadline) as engine:
 
-        async def worker() -> None:
+        async def caller() -> None:
             while queue:
                 request = queue.pop()
                 started = time.perf_counter()
                 result = await engine.authorize_request(request)
-                latencies.append(time.perf_counter() - started)
-                key = result.decision if result.decision == "ALLOW" else result.reason
-                decisions[key] = decisions.get(key, 0) + 1
+                tally.count(request, result, time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    cuts = statistics.quantiles(latencies, n=100)
-    return {
-        "decisions/s": len(latencies) / elapsed,
-        "p50 ms": cuts[49] * 1000,
-        "p95 ms": cuts[94] * 1000,
-        "p99 ms": cuts[98] * 1000,
-        "outcomes": decisions,
-    }
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        return tally, time.perf_counter() - started
+
+
+async def _open_loop(
+    target: str, requests: list[engine_pb2.AuthorizeRequest], rate: float, deadline: float
+) -> tuple[_Tally, float]:
+    tally = _Tally()
+    async with await EngineClient.connect(target, timeout=deadline) as engine:
+
+        async def one(request: engine_pb2.AuthorizeRequest) -> None:
+            started = time.perf_counter()
+            result = await engine.authorize_request(request)
+            tally.count(request, result, time.perf_counter() - started)
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        calls = []
+        for n, request in enumerate(requests):
+            # On schedule whatever the answers do; a late tick sends at once.
+            await asyncio.sleep(max(0.0, started + n / rate - loop.time()))
+            calls.append(asyncio.create_task(one(request)))
+        await asyncio.gather(*calls)
+        return tally, loop.time() - started
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--callers", default="8,64,256", help="closed-loop caller counts")
+    parser.add_argument("--requests", type=int, default=5000, help="per closed-loop run")
+    parser.add_argument("--deadline", type=float, default=10.0, help="seconds per call")
+    parser.add_argument("--rate", type=float, default=300.0, help="open loop, per second (0: off)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="open-loop duration")
+    parser.add_argument("--mixed", action="store_true", help="every other request a policy deny")
+    parser.add_argument("--set", action="append", default=[], metavar="GOVMESH_NAME=VALUE")
     parser.add_argument("--database-url", default=os.environ.get("GOVMESH_DATABASE_URL"))
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
+    callers = [int(n) for n in args.callers.split(",") if n.strip()]
 
     server_url, database_url = args.database_url, None
     if server_url:
@@ -135,7 +234,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         port = _free_port()
-        up = _start_mesh(data, port, database_url)
+        up = _start_mesh(data, port, database_url, settings)
         try:
             setup = DevSetup(data / "dev")
             agent = Initiator(setup.dev_key("agent"))
@@ -147,19 +246,31 @@ def main() -> None:
                 scope=[{"action": "payments.transfer", "resource": "account:acme/*"}],
                 ttl_s=3600,
             )
+
+            def load(count: int) -> list[engine_pb2.AuthorizeRequest]:
+                amounts = [
+                    DENIED_AMOUNT if args.mixed and n % 2 else ALLOWED_AMOUNT for n in range(count)
+                ]
+                return _Load(agent, mandate, amounts).requests()
+
             target = f"127.0.0.1:{port}"
-            warm = [_request(setup, agent, mandate, 1) for _ in range(200)]
-            asyncio.run(_load(target, warm, 8))
-            print(f"mesh: 4 processes, {os.cpu_count()} cores; concurrency {args.concurrency}")
-            for name, amounts in (
-                ("allow", [250] * args.requests),
-                ("mixed", [250 if n % 2 else 5000 for n in range(args.requests)]),
-            ):
-                load = [_request(setup, agent, mandate, a) for a in amounts]
-                figures = asyncio.run(_load(target, load, args.concurrency))
-                outcomes = ", ".join(f"{k} {v}" for k, v in sorted(figures.pop("outcomes").items()))
-                line = "  ".join(f"{k} {v:,.1f}" for k, v in figures.items())
-                print(f"{name:6} {args.requests} requests: {line}  ({outcomes})")
+            asyncio.run(_closed_loop(target, load(300), 8, args.deadline))
+            print(
+                f"mesh: 4 processes, {os.cpu_count()} cores; deadline {args.deadline:g} s;"
+                f" {'mixed allow/deny' if args.mixed else 'allow'} load;"
+                f" settings {settings or 'default'}"
+            )
+            for n in callers:
+                tally, elapsed = asyncio.run(
+                    _closed_loop(target, load(args.requests), n, args.deadline)
+                )
+                print(tally.report(f"closed loop, {n} callers", elapsed, args.requests))
+            if args.rate > 0:
+                count = int(args.rate * args.seconds)
+                tally, elapsed = asyncio.run(
+                    _open_loop(target, load(count), args.rate, args.deadline)
+                )
+                print(tally.report(f"open loop, {args.rate:g}/s offered", elapsed, count))
         finally:
             up.send_signal(signal.SIGTERM)
             up.wait(60)

@@ -10,12 +10,27 @@ from typing import Any, Self
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from opentelemetry import propagate
 
 from govmesh.artifacts.canonical import CanonicalizationError, request_digest
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 1.0
+
+#: The google.rpc.ErrorInfo domain of the engine's own refusals (see engine.servicer).
+ENGINE_ERROR_DOMAIN = "govmesh.dev"
+
+#: What grpc's server answers when it holds its maximum_concurrent_rpcs calls:
+#: the engine refused the call before reading it, as busy as a full queue.
+_SERVER_LIMIT_DETAILS = "Concurrent RPC limit exceeded!"
+
+#: Codes after which asking again may get a decision: the engine was busy or
+#: could not be reached. A DEADLINE_EXCEEDED is not among them: the caller's
+#: own time is spent, and the engine may have decided the request already.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,13 @@ class AuthorizationResult:
     answered: bool = field(default=True)  # False when the engine gave no answer
     #: The digest of the request this client sent; an answer for another does not allow.
     expected_digest: str = ""
+    #: Without an answer: whether asking again may get one (the engine was busy
+    #: or unreachable). A retry asks for a new decision, with a fresh proof
+    #: unless the engine refused the request before deciding it; a grant is
+    #: never reused or replayed.
+    retryable: bool = False
+    #: Without an answer: the gRPC status code name ("RESOURCE_EXHAUSTED", ...).
+    error_code: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -87,9 +109,19 @@ class AuthorizationResult:
                 answered=False,
             )
         code = error.code()
+        retryable = code in _RETRYABLE
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             reason = "PEER_TIMEOUT"
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+            _refused_by_engine(error) or error.details() == _SERVER_LIMIT_DETAILS
+        ):
+            # The engine refused before deciding (busy): nothing was decided or
+            # recorded, and the same request may be sent again.
+            reason = "PEER_UNAVAILABLE"
+            retryable = True
         elif code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            # Without the engine's refusal detail, RESOURCE_EXHAUSTED is grpc's
+            # own: a message over the size limit, which asking again won't fix.
             reason = "MALFORMED_REQUEST"
         else:
             reason = "PEER_UNAVAILABLE"
@@ -98,6 +130,8 @@ class AuthorizationResult:
             reason=reason,
             message=f"no answer from the engine: {code.name} {error.details() or ''}".strip(),
             answered=False,
+            retryable=retryable,
+            error_code=code.name,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +155,25 @@ class AuthorizationResult:
             }
         if not self.answered:
             doc["answered"] = False
+            doc["retryable"] = self.retryable
+            doc["error_code"] = self.error_code
         return doc
+
+
+def _refused_by_engine(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the error carries the engine's admission refusal (a google.rpc.ErrorInfo)."""
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, DecodeError):
+        return False  # a status that contradicts the call's own is nobody's refusal
+    if status is None:
+        return False
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            reason: str = info.reason
+            return bool(info.domain == ENGINE_ERROR_DOMAIN and reason.startswith("ADMISSION_"))
+    return False
 
 
 class EngineClient:

@@ -15,6 +15,21 @@ def _default_spool() -> Path:
     return platformdirs.user_state_path("govmesh") / "engine-spool"
 
 
+#: Decisions at once. With every decision in flight, each takes about
+#: limit / throughput (Little's law), and that must stay well inside the
+#: default 30 ms peer deadlines: on a 2-core machine allows/s peaked at 8
+#: and fell as peer timeouts grew from 12 up (bench/engine.py --set
+#: GOVMESH_ADMISSION_MAX_CONCURRENT=N). With longer deadlines throughput kept
+#: growing to 16-64 as batches toward the peers fill; raise it with them.
+ADMISSION_MAX_CONCURRENT = 8
+#: Requests waiting for a slot: a few seconds of work at 300-700 decisions/s,
+#: each holding at most its request (under 64 KiB) meanwhile.
+ADMISSION_QUEUE_MAX = 1024
+#: Calls the gRPC server accepts beyond admission's bounds: health checks,
+#: reflection, and calls on their way to being refused.
+RPC_HEADROOM = 64
+
+
 class EngineSettings(ServerSettings):
     """GOVMESH_* settings read by `govmesh serve engine`.
 
@@ -70,6 +85,22 @@ class EngineSettings(ServerSettings):
     lineage_batch_max: int = Field(default=256, ge=1, le=4096)
     lineage_max_in_flight: int = Field(default=8, ge=1, le=64)
     lineage_linger_ms: float = Field(default=1.0, ge=0, le=100)
+
+    # Admission: at most this many decisions at once (their budgets running);
+    # the rest wait in line, at most admission_queue_max of them, before
+    # their budgets start. Past that, or when a caller's deadline cannot
+    # cover the wait, a request is refused at once with RESOURCE_EXHAUSTED.
+    admission_max_concurrent: int = Field(default=ADMISSION_MAX_CONCURRENT, ge=1, le=4096)
+    admission_queue_max: int = Field(default=ADMISSION_QUEUE_MAX, ge=0, le=65_536)
+
+    def maximum_concurrent_rpcs(self) -> int:
+        """The gRPC server's own bound: every admitted or waiting call, and room for probes.
+
+        Calls beyond it get grpc's bare RESOURCE_EXHAUSTED before reaching
+        admission, so it sits above admission's own bounds and only stops
+        work that would otherwise pile up unbounded below them.
+        """
+        return self.admission_max_concurrent + self.admission_queue_max + RPC_HEADROOM
 
     def decision_config(self) -> DecisionConfig:
         """The deadlines of one decision, in seconds, as the engine's core takes them."""

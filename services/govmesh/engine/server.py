@@ -18,6 +18,7 @@ import uuid
 import grpc
 
 from govmesh.artifacts.keys import load_private_jwk
+from govmesh.engine.admission import Admission
 from govmesh.engine.config import EngineSettings
 from govmesh.engine.core import Engine, EpochTracker
 from govmesh.engine.floor import PolicyFloor
@@ -132,7 +133,15 @@ class EngineService:
             engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
             epochs=epochs,
         )
-        self._servicer = EngineServicer(engine=engine)
+        self._servicer = EngineServicer(
+            engine=engine,
+            admission=Admission(
+                max_concurrent=s.admission_max_concurrent,
+                max_queue=s.admission_queue_max,
+                budget=s.decision_budget_ms / 1000,
+                monotonic=time.monotonic,
+            ),
+        )
 
     @staticmethod
     async def _connect(channels: list[grpc.aio.Channel]) -> None:
@@ -186,6 +195,7 @@ async def run(settings: EngineSettings) -> None:
         listen=settings.listen,
         grace_period_s=settings.grace_period_s,
         port_file=settings.port_file,
+        maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs(),
     )
 
 

@@ -7,26 +7,49 @@ import logging
 import uuid
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
+from govmesh.engine.admission import Admission, Refusal, Refused
 from govmesh.engine.core import Engine, UnreadableRequest
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
+#: The google.rpc.ErrorInfo domain and reasons of an admission refusal; the
+#: client reads them to tell a busy engine from a request too large to send.
+ERROR_DOMAIN = "govmesh.dev"
+REFUSAL_REASONS = {
+    Refusal.QUEUE_FULL: "ADMISSION_QUEUE_FULL",
+    Refusal.DEADLINE: "ADMISSION_DEADLINE_TOO_SHORT",
+}
+
 
 class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
     """Answers Authorize; a deny is an answer, never a gRPC error.
 
-    Each decision runs as its own task, shielded from the call: a caller that
-    cancels, or whose deadline passes, stops waiting for the answer, but the
-    decision is still recorded in lineage or the spool. A caller cannot keep
-    its denies out of the log by hanging up.
+    A request first waits for admission (govmesh.engine.admission). One that
+    is refused there gets RESOURCE_EXHAUSTED, the one error that is not a
+    deny: it was never decided, took no decision id or sequence number, and
+    has nothing to record in lineage. Once
+    admitted, each decision runs as its own task, shielded from the call: a
+    caller that cancels, or whose deadline passes, stops waiting for the
+    answer, but the decision is still recorded in lineage or the spool, and
+    keeps its admission slot until it is. A caller cannot keep its denies out
+    of the log by hanging up.
     """
 
-    def __init__(self, *, engine: Engine) -> None:
+    def __init__(self, *, engine: Engine, admission: Admission) -> None:
         self._engine = engine
+        self._admission = admission
         self._in_flight: set[asyncio.Task[engine_pb2.AuthorizeResponse]] = set()
+
+    @property
+    def admission(self) -> Admission:
+        """The admission controller, whose stats() count refusals."""
+        return self._admission
 
     async def drain(self, timeout: float) -> None:
         """Wait (at most `timeout`) for the decisions still being recorded."""
@@ -40,9 +63,17 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
             engine_pb2.AuthorizeRequest, engine_pb2.AuthorizeResponse
         ],
     ) -> engine_pb2.AuthorizeResponse:
+        try:
+            slot = await self._admission.admit(time_remaining=context.time_remaining())
+        except Refused as refused:
+            # Not decided, so not answered with a decision: an error the
+            # client reads as DENY, never a partial decision.
+            await context.abort_with_status(refusal_status(refused))
+        # The decision's budget starts inside authorize, now that it is admitted.
         decision = asyncio.ensure_future(self._engine.authorize(request))
         self._in_flight.add(decision)
         decision.add_done_callback(self._in_flight.discard)
+        decision.add_done_callback(lambda _: slot.release())
         try:
             return await asyncio.shield(decision)
         except Exception:
@@ -56,6 +87,33 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
                 failed_checks=["engine"],
                 message="internal error",
             )
+
+
+def refusal_status(refused: Refused) -> grpc.Status:
+    """RESOURCE_EXHAUSTED with a google.rpc.Status naming why and when to try again."""
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=REFUSAL_REASONS[refused.why],
+            domain=ERROR_DOMAIN,
+            metadata={
+                "expected_wait_ms": f"{refused.expected_wait * 1000:.0f}",
+                "queued": str(refused.queued),
+            },
+        )
+    )
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(refused.expected_wait * 1e9))
+    retry = any_pb2.Any()
+    retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status: grpc.Status = rpc_status.to_status(
+        status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=f"engine busy: {refused.why.value}",
+            details=[info, retry],
+        )
+    )
+    return status
 
 
 def read_request(data: bytes) -> engine_pb2.AuthorizeRequest | UnreadableRequest:

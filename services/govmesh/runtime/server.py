@@ -90,8 +90,13 @@ async def serve(
     grace_period_s: float,
     port_file: str | None = None,
     stop: asyncio.Event | None = None,
+    maximum_concurrent_rpcs: int | None = None,
 ) -> None:
-    """Run `service` until SIGTERM/SIGINT (or `stop` is set), then stop gracefully."""
+    """Run `service` until SIGTERM/SIGINT (or `stop` is set), then stop gracefully.
+
+    `maximum_concurrent_rpcs` bounds the calls the server holds at once (None:
+    unbounded); calls beyond it are answered RESOURCE_EXHAUSTED by grpc itself.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,6 +104,7 @@ async def serve(
 
     server = grpc.aio.server(
         interceptors=server_interceptors(),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
