@@ -79,7 +79,11 @@ def hostile_verify_request() -> verification_pb2.VerifyRequest:
         {"alg": "EdDSA", "typ": "x", "kid": "k"}, {"iss": "i", "sub": "s", "env": "e"}
     )
     request = engine_pb2.AuthorizeRequest(
-        action="a" * 256, resource="r:" + "r" * 1022, mandate=mandate, proof=proof, attestation=attestation
+        action="a" * 256,
+        resource="r:" + "r" * 1022,
+        mandate=mandate,
+        proof=proof,
+        attestation=attestation,
     )
     json_format.ParseDict(context, request.context)
     validate(request)  # within every limit of the engine
