@@ -178,6 +178,7 @@ def build_engine(
     config: DecisionConfig | None = None,
     clock: Callable[[], float] | None = None,
     epochs: EpochTracker | None = None,
+    monotonic: Callable[[], float] | None = None,
 ) -> Harness:
     """An engine over fakes; defaults are honest peers and generous deadlines."""
     import time
@@ -208,5 +209,6 @@ def build_engine(
         engine_id="engine-test",
         epochs=epochs or EpochTracker.unsafe_without_store_floor(),
         clock=clock or time.time,
+        monotonic=monotonic or time.monotonic,
     )
     return harness
