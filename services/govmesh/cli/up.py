@@ -270,13 +270,21 @@ class Mesh:
                 if self.stopping:
                     return
                 try:
-                    await asyncio.to_thread(self._postgres.ensure_postgres_running)
+                    await asyncio.to_thread(self._restart_postgres)
                 except Exception as exc:  # pgserver raises what pg_ctl and asserts give it
                     logger.error("the embedded Postgres did not start again: %r", exc)
                     continue
                 backoff.started()
                 logger.info("the embedded Postgres is back (pid %s)", self._postgres.get_pid())
                 break
+
+    def _restart_postgres(self) -> None:
+        # The same two steps as its first start: the data directory's
+        # permissions for the user Postgres runs as (something may have
+        # tightened them since), then pg_ctl start on the same directory and
+        # socket, over the stale postmaster.pid the killed one left.
+        self._postgres.ensure_pgdata_inited()
+        self._postgres.ensure_postgres_running()
 
     def _postgres_running(self) -> bool:
         try:
