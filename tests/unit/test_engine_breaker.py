@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client import REGISTRY
 
 from govmesh.engine.breaker import BreakerState, CircuitBreaker
 from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable
+from govmesh.engine.metrics import export_breaker_state
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from tests.unit.engine_fakes import (
     FakeLineage,
@@ -148,6 +150,31 @@ def test_an_abandoned_probe_frees_the_slot_without_closing() -> None:
     again = b.admit()
     assert again is not None and again.probe
     assert b.admit() is None
+
+
+def test_the_state_is_exported_as_a_gauge_per_peer() -> None:
+    clock = ManualClock()
+    b = CircuitBreaker(
+        peer="gauge-test-peer",
+        failure_threshold=1,
+        cool_down=1.0,
+        monotonic=clock,
+        on_change=export_breaker_state,
+    )
+
+    def exported() -> float | None:
+        return REGISTRY.get_sample_value(
+            "govmesh_engine_peer_breaker_state", {"peer": "gauge-test-peer"}
+        )
+
+    fail_times(b, 1)
+    assert exported() == 2.0
+    clock.now += 1.0
+    probe = b.admit()
+    assert probe is not None
+    assert exported() == 1.0
+    b.succeeded(probe)
+    assert exported() == 0.0
 
 
 @pytest.mark.parametrize(("threshold", "cool_down"), [(0, 1.0), (3, 0.0), (3, -1.0)])
