@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,3 +132,11 @@ def start_mesh(
         )
 
     return start
+
+
+@pytest.fixture
+def up_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `govmesh up` run: no GOVMESH_* of the caller's, its own data."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVMESH_")}
+    env["GOVMESH_DATA_DIR"] = str(tmp_path / "data")
+    return env

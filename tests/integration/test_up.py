@@ -33,13 +33,6 @@ def _govmesh(
     )
 
 
-@pytest.fixture
-def up_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVMESH_")}
-    env["GOVMESH_DATA_DIR"] = str(tmp_path / "data")
-    return env
-
-
 def _start_up(env: dict[str, str], port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         up = subprocess.Popen(

@@ -190,6 +190,7 @@ def build_engine(
     clock: Callable[[], float] | None = None,
     epochs: EpochTracker | None = None,
     engine_id: str = "engine-test",
+    monotonic: Callable[[], float] | None = None,
 ) -> Harness:
     """An engine over fakes; defaults are honest peers and generous deadlines."""
     import time
@@ -220,5 +221,6 @@ def build_engine(
         engine_id=engine_id,
         epochs=epochs or EpochTracker.unsafe_without_store_floor(),
         clock=clock or time.time,
+        monotonic=monotonic or time.monotonic,
     )
     return harness

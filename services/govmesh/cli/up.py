@@ -6,6 +6,16 @@ at them, waits until every service reports SERVING, and prints the engine's
 address. Ctrl-C or SIGTERM stops the engine first, then its peers, then
 Postgres. The children die with this process even if it is killed outright
 (PR_SET_PDEATHSIG), so nothing is left behind.
+
+Once up, it supervises: a service that exits is started again on the same
+address, after a delay that doubles from RESTART_DELAY_S up to
+RESTART_DELAY_MAX_S and starts over once the service has stayed up for
+STABLE_AFTER_S; the embedded Postgres is watched and started again on the
+same data directory and socket the same way. The engine keeps deciding
+(DENY) while a peer is down and reconnects on its own. A service that exits
+more than `--max-restarts` times within `--restart-window` seconds is a crash
+loop: the mesh stops and `govmesh up` exits 1, naming the service and its
+last exit codes.
 """
 
 from __future__ import annotations
@@ -18,8 +28,11 @@ import logging
 import os
 import signal
 import sys
+import time
 import warnings
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +50,13 @@ logger = logging.getLogger("govmesh.up")
 PEERS = ("lineage", "verification", "policy")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+RESTART_DELAY_S = 0.5
+RESTART_DELAY_MAX_S = 10.0
+STABLE_AFTER_S = 30.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+#: How often the embedded Postgres is checked for being alive.
+POSTGRES_CHECK_S = 0.5
 _PR_SET_PDEATHSIG = 1
 
 
@@ -47,13 +67,68 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+class CrashLoop(Exception):
+    """A supervised service exits too often to be worth starting again."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When to start an exited service again, and when to give up."""
+
+    delay: float = RESTART_DELAY_S
+    max_delay: float = RESTART_DELAY_MAX_S
+    stable_after: float = STABLE_AFTER_S
+    max_restarts: int = MAX_RESTARTS
+    window: float = RESTART_WINDOW_S
+
+
+class Backoff:
+    """The restart history of one service: the next delay, or a crash loop."""
+
+    def __init__(self, name: str, policy: RestartPolicy, *, monotonic: Callable[[], float]) -> None:
+        self.name = name
+        self._policy = policy
+        self._monotonic = monotonic
+        self._started = monotonic()
+        self._delay = policy.delay
+        self._exits: deque[float] = deque()
+        self.exit_codes: deque[int | None] = deque(maxlen=5)
+
+    def started(self) -> None:
+        """The service is running again."""
+        self._started = self._monotonic()
+
+    def exited(self, code: int | None) -> float:
+        """How long to wait before starting it again; CrashLoop past the limit."""
+        now = self._monotonic()
+        self.exit_codes.append(code)
+        if now - self._started >= self._policy.stable_after:
+            # It had settled: this exit is news, not part of a loop.
+            self._delay = self._policy.delay
+        self._exits.append(now)
+        while self._exits and now - self._exits[0] > self._policy.window:
+            self._exits.popleft()
+        if len(self._exits) > self._policy.max_restarts:
+            codes = ", ".join("unknown" if c is None else str(c) for c in self.exit_codes)
+            raise CrashLoop(
+                f"{self.name} keeps crashing: it exited {len(self._exits)} times within "
+                f"{self._policy.window:.0f} s (last exit codes: {codes}); stopping the mesh"
+            )
+        delay = self._delay
+        self._delay = min(self._delay * 2, self._policy.max_delay)
+        return delay
+
+
 @dataclass
 class Child:
-    """One service process."""
+    """One supervised service process; `process` is the current one."""
 
     name: str
+    env: dict[str, str]
     process: asyncio.subprocess.Process
     port_file: Path
+    backoff: Backoff
+    restarts: int = field(default=0)
 
     async def address(self, deadline: float) -> str:
         """Wait for the service to write its address, or fail if it exits first."""
@@ -91,11 +166,18 @@ async def _wait_serving(child: Child, address: str, deadline: float) -> None:
 class Mesh:
     """The supervisor's state: children, embedded Postgres, run directory."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, policy: RestartPolicy) -> None:
         self.data = data
         self.run_dir = data / "run"
+        self.policy = policy
         self.children: list[Child] = []
+        self.stopping = False
         self._postgres: Any = None
+
+    @property
+    def embedded_postgres(self) -> bool:
+        """Whether this mesh runs its own Postgres (and so supervises it)."""
+        return self._postgres is not None
 
     def database_url(self) -> str:
         """GOVMESH_DATABASE_URL, or an embedded Postgres in the data directory."""
@@ -116,8 +198,20 @@ class Mesh:
     async def spawn(self, name: str, env: dict[str, str]) -> Child:
         """Start `python -m govmesh.<name>` with GOVMESH_* settings in `env`."""
         port_file = self.run_dir / f"{name}.addr"
+        child = Child(
+            name,
+            env,
+            await self._exec(name, env, port_file),
+            port_file,
+            Backoff(name, self.policy, monotonic=time.monotonic),
+        )
+        self.children.append(child)
+        return child
+
+    @staticmethod
+    async def _exec(name: str, env: dict[str, str], port_file: Path) -> asyncio.subprocess.Process:
         port_file.unlink(missing_ok=True)
-        process = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             f"govmesh.{name}",
@@ -127,12 +221,80 @@ class Mesh:
             # supervisor, which then stops the children in order.
             start_new_session=True,
         )
-        child = Child(name, process, port_file)
-        self.children.append(child)
-        return child
+
+    async def supervise(self, child: Child) -> None:
+        """Start `child` again each time it exits; CrashLoop when it exits too often.
+
+        It comes back on the address it had (GOVMESH_LISTEN was pinned to it
+        once it first started), so the engine's channel to it reconnects on its
+        own and callers keep the engine's address.
+        """
+        while True:
+            code = await child.process.wait()
+            if self.stopping:
+                return
+            logger.error("%s exited with code %s", child.name, code)
+            delay = child.backoff.exited(code)
+            logger.warning("restarting %s in %.1f s", child.name, delay)
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            child.process = await self._exec(child.name, child.env, child.port_file)
+            child.restarts += 1
+            child.backoff.started()
+            try:
+                address = await child.address(asyncio.get_running_loop().time() + START_TIMEOUT_S)
+            except ConfigurationError as exc:
+                # Counted as the next exit on the next turn of the loop.
+                logger.error("%s", exc)
+                if child.process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.kill()
+                continue
+            logger.info("%s restarted (pid %d) at %s", child.name, child.process.pid, address)
+
+    async def supervise_postgres(self) -> None:
+        """Start the embedded Postgres again, on its data directory and socket, when it dies."""
+        backoff = Backoff("postgres", self.policy, monotonic=time.monotonic)
+        while True:
+            await asyncio.sleep(POSTGRES_CHECK_S)
+            if self.stopping:
+                return
+            if await asyncio.to_thread(self._postgres_running):
+                continue
+            logger.error("the embedded Postgres is gone")
+            while True:
+                delay = backoff.exited(None)
+                logger.warning("restarting the embedded Postgres in %.1f s", delay)
+                await asyncio.sleep(delay)
+                if self.stopping:
+                    return
+                try:
+                    await asyncio.to_thread(self._restart_postgres)
+                except Exception as exc:  # pgserver raises what pg_ctl and asserts give it
+                    logger.error("the embedded Postgres did not start again: %r", exc)
+                    continue
+                backoff.started()
+                logger.info("the embedded Postgres is back (pid %s)", self._postgres.get_pid())
+                break
+
+    def _restart_postgres(self) -> None:
+        # The same two steps as its first start: the data directory's
+        # permissions for the user Postgres runs as (something may have
+        # tightened them since), then pg_ctl start on the same directory and
+        # socket, over the stale postmaster.pid the killed one left.
+        self._postgres.ensure_pgdata_inited()
+        self._postgres.ensure_postgres_running()
+
+    def _postgres_running(self) -> bool:
+        try:
+            return bool(self._postgres.get_postmaster_info().is_running())
+        except Exception:  # a postmaster.pid half written or gone reads as not running
+            return False
 
     async def stop(self) -> None:
         """Stop the engine, then its peers, then Postgres; kill what does not stop."""
+        self.stopping = True
         engine = [c for c in self.children if c.name == "engine"]
         peers = [c for c in self.children if c.name != "engine"]
         for group in (engine, peers):
@@ -176,7 +338,10 @@ async def _up(args: argparse.Namespace) -> int:
     if not policies:
         raise ConfigurationError("with --trust, pass --policies (a .cedar file or folder)")
 
-    mesh = Mesh(data)
+    mesh = Mesh(
+        data,
+        RestartPolicy(max_restarts=args.max_restarts, window=args.restart_window),
+    )
     mesh.run_dir.mkdir(exist_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -203,6 +368,9 @@ async def _up(args: argparse.Namespace) -> int:
             await mesh.spawn(name, {**common, "GOVMESH_LISTEN": "127.0.0.1:0"}) for name in PEERS
         ]
         addresses = {c.name: await c.address(deadline) for c in peers}
+        for child in peers:
+            # A restarted peer listens where the engine already looks for it.
+            child.env["GOVMESH_LISTEN"] = addresses[child.name]
         await asyncio.gather(*(_wait_serving(c, addresses[c.name], deadline) for c in peers))
         engine_address = f"127.0.0.1:{args.engine_port}"
         engine = await mesh.spawn(
@@ -225,21 +393,26 @@ async def _up(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-        exited = asyncio.ensure_future(
-            asyncio.wait(
-                [asyncio.ensure_future(c.process.wait()) for c in mesh.children],
-                return_when=asyncio.FIRST_COMPLETED,
+        supervisors = [
+            asyncio.create_task(mesh.supervise(c), name=f"supervise-{c.name}")
+            for c in mesh.children
+        ]
+        if mesh.embedded_postgres:
+            supervisors.append(
+                asyncio.create_task(mesh.supervise_postgres(), name="supervise-postgres")
             )
-        )
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
-        if not stop.is_set():
-            dead = [c for c in mesh.children if c.process.returncode is not None]
-            for child in dead:
-                logger.error("%s exited with code %s", child.name, child.process.returncode)
-            exit_code = 1
-        exited.cancel()
-        stopping.cancel()
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopping, *supervisors], return_when=asyncio.FIRST_COMPLETED)
+        mesh.stopping = True
+        for task in (stopping, *supervisors):
+            task.cancel()
+        for task in supervisors:
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await task
+                except CrashLoop as exc:
+                    logger.error("%s", exc)
+                    exit_code = 1
     except ConfigurationError:
         exit_code = 2
         raise
@@ -259,6 +432,19 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(_up(args))
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "up", help="run the whole mesh on this machine"
@@ -273,4 +459,17 @@ def register(commands: Any) -> None:
         help="govmesh's signing keys, with --trust (GOVMESH_KEYS_DIR; `keys init` prints it)",
     )
     parser.add_argument("--engine-port", type=int, default=50051, help="default 50051")
+    parser.add_argument(
+        "--max-restarts",
+        type=_positive(int),
+        default=MAX_RESTARTS,
+        help="restarts of one service within --restart-window after which the mesh stops "
+        f"(a crash loop); default {MAX_RESTARTS}",
+    )
+    parser.add_argument(
+        "--restart-window",
+        type=_positive(float),
+        default=RESTART_WINDOW_S,
+        help=f"seconds, default {RESTART_WINDOW_S:.0f}",
+    )
     parser.set_defaults(func=_run)

@@ -73,6 +73,19 @@ class EngineSettings(ServerSettings):
         le=60,
         description="how long a deny may wait to be durable in the spool before it is answered",
     )
+    breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="consecutive failed calls to a peer after which its circuit breaker opens "
+        "and its calls are refused at once (DENY PEER_UNAVAILABLE)",
+    )
+    breaker_cool_down_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        le=600_000,
+        description="how long an open breaker refuses calls before one probe call is let through",
+    )
     engine_id: str | None = Field(
         default=None, description="defaults to host name and a random suffix"
     )
@@ -110,6 +123,8 @@ class EngineSettings(ServerSettings):
             lineage_timeout=self.lineage_timeout_ms / 1000,
             budget=self.decision_budget_ms / 1000,
             spool_timeout=self.spool_timeout_s,
+            breaker_failures=self.breaker_failures,
+            breaker_cool_down=self.breaker_cool_down_ms / 1000,
         )
 
     @model_validator(mode="after")

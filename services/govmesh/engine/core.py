@@ -41,6 +41,7 @@ from govmesh.artifacts.names import (
     check_action,
     check_resource,
 )
+from govmesh.engine.breaker import CircuitBreaker, Permit, StateHook
 from govmesh.v1 import (
     common_pb2,
     engine_pb2,
@@ -175,6 +176,11 @@ class DecisionConfig:
     #: the spool before it is answered anyway. Past the budget on purpose: a
     #: late DENY harms nobody, an unrecorded one breaks "nothing lost".
     spool_timeout: float = 2.0
+    #: Consecutive failed calls (timeouts, unreachable, unusable answers) after
+    #: which a peer's circuit breaker opens and its calls are refused at once.
+    breaker_failures: int = 5
+    #: How long an open breaker refuses calls before it lets one probe through.
+    breaker_cool_down: float = 1.0
 
 
 @dataclass
@@ -483,6 +489,7 @@ class Engine:
         epochs: EpochTracker,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        on_breaker_change: StateHook | None = None,
     ) -> None:
         # Every entry carries the engine id: one lineage would refuse would
         # make every decision of this engine unrecordable.
@@ -500,6 +507,17 @@ class Engine:
         self._monotonic = monotonic
         self._sequence = itertools.count()
         self.epochs = epochs
+        #: One circuit breaker per peer, read by metrics through `state`.
+        self.breakers = {
+            peer: CircuitBreaker(
+                peer=peer,
+                failure_threshold=config.breaker_failures,
+                cool_down=config.breaker_cool_down,
+                monotonic=monotonic,
+                on_change=on_breaker_change,
+            )
+            for peer in ("verification", "policy", "lineage")
+        }
 
     async def authorize(
         self, request: engine_pb2.AuthorizeRequest | UnreadableRequest
@@ -571,19 +589,51 @@ class Engine:
         peer: str,
         call: Callable[[float], Awaitable[T]],
         cap: float,
-    ) -> T | None:
+        use: Callable[[T], bool],
+    ) -> None:
+        """Ask `peer` through its breaker; `use` takes the answer and says if it held together."""
         timeout = min(cap, self._remaining(decision))
         if timeout <= 0:
             decision.fail(peer, common_pb2.PEER_TIMEOUT, f"{peer}: no time left in the budget")
-            return None
+            return
+        breaker = self.breakers[peer]
+        permit = breaker.admit()
+        if permit is None:
+            # 3. A peer that keeps failing is not waited for: deny at once.
+            decision.fail(peer, common_pb2.PEER_UNAVAILABLE, f"{peer} unavailable: circuit open")
+            return
+        usable: bool | None = None
         try:
-            async with asyncio.timeout(timeout):
-                return await call(timeout)
-        except (TimeoutError, PeerTimeout):
-            decision.fail(peer, common_pb2.PEER_TIMEOUT, f"{peer} did not answer in time")
-        except PeerUnavailable as exc:
-            decision.fail(peer, common_pb2.PEER_UNAVAILABLE, f"{peer} unavailable: {exc}")
-        return None
+            try:
+                async with asyncio.timeout(timeout):
+                    answer = await call(timeout)
+            except (TimeoutError, PeerTimeout):
+                usable = False
+                decision.fail(peer, common_pb2.PEER_TIMEOUT, f"{peer} did not answer in time")
+                return
+            except PeerUnavailable as exc:
+                usable = False
+                decision.fail(peer, common_pb2.PEER_UNAVAILABLE, f"{peer} unavailable: {exc}")
+                return
+            # 4. Only an answer that passed the consistency checks counts as
+            # the peer being healthy: a probe answered wrongly does not close
+            # the breaker. Nor does it count as a failure: what the request
+            # carries can make answers disagree, and no caller may open a
+            # peer's breaker for every other caller.
+            if use(answer):
+                usable = True
+        finally:
+            self._report(breaker, permit, usable)
+
+    @staticmethod
+    def _report(breaker: CircuitBreaker, permit: Permit, usable: bool | None) -> None:
+        # None: no verdict on the peer (an inconsistent answer, a cancelled decision).
+        if usable is None:
+            breaker.released(permit)
+        elif usable:
+            breaker.succeeded(permit)
+        else:
+            breaker.failed(permit)
 
     async def _ask_peers(
         self, decision: _Decision, request: engine_pb2.AuthorizeRequest, context: dict[str, Any]
@@ -599,25 +649,38 @@ class Engine:
         )
         verify_request.context.CopyFrom(request.context)
 
-        async def verify() -> None:
-            answer = await self._call(
-                decision,
-                "verification",
-                lambda t: self._verification.verify(verify_request, timeout=t),
-                self._config.verification_timeout,
-            )
-            if answer is None:
-                return
+        def use_verification(answer: verification_pb2.VerifyResponse) -> bool:
             # 4. Consistency of the verification answer.
             try:
                 decision.failures.extend(
                     check_verification(answer, decision.digest, decision.claimed)
                 )
-                if answer.verified:
-                    decision.verified = answer.claims
-                decision.trust_version = answer.trust_version
             except _Inconsistent as exc:
                 decision.fail("verification", common_pb2.INCONSISTENT_ANSWERS, str(exc))
+                return False
+            if answer.verified:
+                decision.verified = answer.claims
+            decision.trust_version = answer.trust_version
+            return True
+
+        async def verify() -> None:
+            await self._call(
+                decision,
+                "verification",
+                lambda t: self._verification.verify(verify_request, timeout=t),
+                self._config.verification_timeout,
+                use_verification,
+            )
+
+        def use_policy(answer: policy_pb2.EvaluateResponse) -> bool:
+            # 4. Consistency of the policy answer.
+            try:
+                decision.failures.extend(check_policy(answer, decision.digest, self.epochs))
+            except _Inconsistent as exc:
+                decision.fail(POLICY_CHECK, common_pb2.INCONSISTENT_ANSWERS, str(exc))
+                return False
+            decision.policy = answer
+            return True
 
         async def evaluate() -> None:
             claimed = decision.claimed
@@ -626,7 +689,7 @@ class Engine:
             if not self.epochs.floor_known:
                 # 4. Without the store's newest epoch no answer can be checked for staleness.
                 decision.fail(
-                    "policy",
+                    POLICY_CHECK,
                     common_pb2.PEER_UNAVAILABLE,
                     "policy: the newest activated epoch is not known yet",
                 )
@@ -643,20 +706,13 @@ class Engine:
                 {"request": context, "env": claimed.env, "attribution": claimed.attribution},
                 evaluate_request.context,
             )
-            answer = await self._call(
+            await self._call(
                 decision,
                 POLICY_CHECK,
                 lambda t: self._policy.evaluate(evaluate_request, timeout=t),
                 self._config.policy_timeout,
+                use_policy,
             )
-            if answer is None:
-                return
-            # 4. Consistency of the policy answer.
-            try:
-                decision.failures.extend(check_policy(answer, decision.digest, self.epochs))
-                decision.policy = answer
-            except _Inconsistent as exc:
-                decision.fail(POLICY_CHECK, common_pb2.INCONSISTENT_ANSWERS, str(exc))
 
         # A TaskGroup, not gather: if one side fails, the other is cancelled
         # and nothing touches the decision after its entry is built.
@@ -762,23 +818,32 @@ class Engine:
 
         # 6. Lineage: no log, no execution.
         receipt: common_pb2.LineageReceipt | None = None
+        unrecorded = "the decision could not be recorded"
         timeout = min(self._config.lineage_timeout, self._remaining(decision))
-        if timeout > 0:
+        breaker = self.breakers["lineage"]
+        permit = breaker.admit() if timeout > 0 else None
+        if timeout > 0 and permit is None:
+            # An open breaker skips the append, never the deny: it goes to the spool below.
+            unrecorded += ": circuit open"
+        if permit is not None:
+            appended: bool | None = None
             try:
                 async with asyncio.timeout(timeout):
                     receipt = await self._lineage.append(
                         data, decision.decision_id, timeout=timeout
                     )
+                appended = True
             except (TimeoutError, PeerError) as exc:
+                appended = False
                 logger.warning(
                     "lineage append failed",
                     extra={"decision_id": decision.decision_id, "error": repr(exc)},
                 )
+            finally:
+                self._report(breaker, permit, appended)
         if allowed and receipt is None:
             allowed = False
-            decision.fail(
-                "lineage", common_pb2.LINEAGE_UNAVAILABLE, "the decision could not be recorded"
-            )
+            decision.fail("lineage", common_pb2.LINEAGE_UNAVAILABLE, unrecorded)
             # The ALLOW was never answered: record what was, under the same id and place.
             entry.update(
                 decision="DENY",

@@ -24,6 +24,7 @@ from govmesh.engine.core import Engine, EpochTracker
 from govmesh.engine.floor import PolicyFloor
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.engine.lineage import BatchingLineage, FileSpool
+from govmesh.engine.metrics import export_breaker_state
 from govmesh.engine.peers import (
     BatchedPolicy,
     BatchedVerification,
@@ -132,7 +133,11 @@ class EngineService:
             config=s.decision_config(),
             engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
             epochs=epochs,
+            on_breaker_change=export_breaker_state,
         )
+        for peer, breaker in engine.breakers.items():
+            # Every peer's series exists from the start, not from its first change.
+            export_breaker_state(peer, breaker.state, breaker.state)
         self._servicer = EngineServicer(
             engine=engine,
             admission=Admission(
