@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -518,3 +519,39 @@ def test_a_refusal_record_is_always_one_lineage_accepts(refused: bytes, reason: 
     assert entry_problem(record, record_id) is None
     assert document["entry_sha256"] == sha256(refused).hexdigest()
     assert refuses(record, refused)
+
+
+async def test_denies_a_full_disk_refuses_reach_lineage_when_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lineage is down and the spool's disk is full: the denies already answered
+    # must still reach the log, not vanish with the failed write.
+    spool = FileSpool(tmp_path)
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("govmesh.engine.lineage.os.write", full)
+    entries = [entry(n=n, decision="DENY") for n in range(3)]
+    results = await asyncio.gather(*(spool.put(*e) for e in entries), return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)  # the engine knows: not durable
+    assert spool.unwritten == 3
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # no half-written file
+
+    with pytest.raises(PeerUnavailable):
+        await spool.drain(MemoryTransport(fail=PeerUnavailable("down")))
+    assert spool.unwritten == 3  # lineage down too: still held
+
+    transport = MemoryTransport()
+    assert await spool.drain(transport) == 3  # the disk is still full: straight to lineage
+    assert transport.log == {did: data for data, did in entries}
+    assert spool.unwritten == 0
+
+    # Once the disk has room again, held denies go to disk first (surviving a restart).
+    await asyncio.gather(*(spool.put(*entry()) for _ in range(2)), return_exceptions=True)
+    monkeypatch.setattr("govmesh.engine.lineage.os.write", real_write)
+    await spool.flush()
+    assert spool.unwritten == 0
+    reopened = FileSpool(tmp_path)
+    assert await reopened.drain(MemoryTransport()) == 2

@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from govmesh.cli import artifacts, db, keys, lineage, policy, serve, up
+from govmesh.cli import artifacts, bench, db, keys, lineage, policy, serve, up
 from govmesh.runtime.errors import ConfigurationError
 
-COMMANDS = (keys, up, serve, db, artifacts, policy, lineage)
+COMMANDS = (keys, up, serve, db, artifacts, policy, lineage, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -116,10 +118,16 @@ def _durable_write(directory: Path, name: str, data: bytes) -> None:
     tmp = directory / (name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes")
         os.fsync(fd)
-    finally:
+    except OSError:
+        # A full disk: the half-written file would only take more of it.
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     tmp.rename(directory / name)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
@@ -141,14 +149,41 @@ class FileSpool:
     refuse it on every try) is moved aside to `quarantine/`, with the
     reason, and a refusal record takes its place in the log: the auditor
     sees it, the engine's counter stays whole, and the spool moves on.
+
+    A group the disk refuses (full, failing) fails its `put`s, so the engine
+    knows those denies are not durable, but it is not dropped: it waits in
+    memory (up to `max_unwritten_bytes`) and each drain first tries the disk
+    again, then lineage directly. Only a crash of the engine while both the
+    disk and lineage refuse loses it, and the auditor then reports the gap
+    in the engine's counter.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, max_unwritten_bytes: int = 64 * 1024 * 1024) -> None:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.quarantine = directory / "quarantine"
         self._waiting: list[tuple[bytes, str, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._max_unwritten = max_unwritten_bytes
+        self._unwritten: list[tuple[str, bytes]] = []
+        self._unwritten_bytes = 0
+
+    @property
+    def unwritten(self) -> int:
+        """Denies the disk refused, waiting in memory for the disk or lineage."""
+        return len(self._unwritten)
+
+    def _hold(self, entries: list[tuple[str, bytes]]) -> None:
+        for decision_id, entry in entries:
+            if self._unwritten_bytes + len(entry) > self._max_unwritten:
+                logger.error(
+                    "deny lost: the spool's disk refuses it and the memory kept for such "
+                    "denies is full",
+                    extra={"decision_id": decision_id},
+                )
+                continue
+            self._unwritten.append((decision_id, entry))
+            self._unwritten_bytes += len(entry)
 
     async def put(self, entry: bytes, decision_id: str) -> None:
         """Store an entry durably; returns once it is on disk, raises OSError if it cannot be."""
@@ -166,6 +201,13 @@ class FileSpool:
             try:
                 await asyncio.to_thread(self._write, [(e, d) for e, d, _ in group])
             except OSError as exc:
+                self._hold([(d, e) for e, d, _ in group])
+                logger.error(
+                    "the spool's disk refuses denies; kept in memory until the disk or "
+                    "lineage takes them: %s",
+                    exc,
+                    extra={"entries": len(group), "unwritten": len(self._unwritten)},
+                )
                 for *_, future in group:
                     if not future.done():
                         future.set_exception(exc)
@@ -180,9 +222,21 @@ class FileSpool:
         _durable_write(self._dir, name, b"".join(d.encode() + b" " + e + b"\n" for e, d in group))
 
     async def flush(self) -> None:
-        """Wait until every deny put so far is on disk (or failed)."""
+        """Wait until every deny put so far is on disk (or failed and held in memory).
+
+        Denies held in memory are tried on the disk once more.
+        """
         while self._writer is not None and not self._writer.done():
             await asyncio.wait({self._writer})
+        if self._unwritten:
+            with contextlib.suppress(OSError):
+                await self._persist_unwritten()
+
+    async def _persist_unwritten(self) -> None:
+        held = list(self._unwritten)  # more may be held while the thread writes
+        await asyncio.to_thread(self._write, [(e, d) for d, e in held])
+        self._unwritten = self._unwritten[len(held) :]
+        self._unwritten_bytes = sum(len(e) for _, e in self._unwritten)
 
     def pending(self) -> list[Path]:
         """Spooled groups, oldest first."""
@@ -212,6 +266,11 @@ class FileSpool:
         """
         drained = 0
         failure: PeerError | None = None
+        if self._unwritten:
+            try:
+                drained += await self._drain_unwritten(transport, timeout)
+            except PeerError as exc:
+                failure = exc
         for path in self.pending():
             try:
                 drained += await self._drain_group(path, transport, timeout)
@@ -222,8 +281,34 @@ class FileSpool:
             raise failure
         return drained
 
+    async def _drain_unwritten(self, transport: LineageTransport, timeout: float) -> int:
+        # 1. The disk again: once it has room, they are a group like any other
+        #    (drained below) and survive a restart.
+        try:
+            await self._persist_unwritten()
+            return 0
+        except OSError:
+            pass
+        # 2. Else lineage directly. Sending an entry twice is safe: one logged
+        #    with the same bytes counts as logged.
+        held = list(self._unwritten)
+        settled = await self._settle(held, transport, timeout)
+        self._unwritten = self._unwritten[len(held) :]
+        self._unwritten_bytes = sum(len(e) for _, e in self._unwritten)
+        return settled
+
     async def _drain_group(self, path: Path, transport: LineageTransport, timeout: float) -> int:
         entries = self._read(path)
+        settled = await self._settle(entries, transport, timeout)
+        if settled < len(entries):
+            return 0
+        await asyncio.to_thread(path.unlink)
+        return settled
+
+    async def _settle(
+        self, entries: list[tuple[str, bytes]], transport: LineageTransport, timeout: float
+    ) -> int:
+        """Log each entry (or its refusal, or its amendment); raises PeerError if lineage fails."""
         settled = 0
         sendable = []
         for decision_id, entry in entries:
@@ -256,9 +341,6 @@ class FileSpool:
                 elif logged != entry and not refuses(logged, entry):
                     await self._amend(transport, decision_id, entry, timeout)
                 settled += 1
-        if settled < len(entries):
-            return 0
-        await asyncio.to_thread(path.unlink)
         return settled
 
     async def _refuse(
@@ -350,7 +432,7 @@ class FileSpool:
     async def run(self, transport: LineageTransport, *, interval: float) -> None:
         """Drain forever, every `interval` seconds."""
         while True:
-            if self.pending():
+            if self._unwritten or self.pending():
                 try:
                     drained = await self.drain(transport)
                     if drained:

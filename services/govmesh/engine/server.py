@@ -60,6 +60,7 @@ class EngineService:
         self._drainer: asyncio.Task[None] | None = None
         self._servicer: EngineServicer | None = None
         self._spool: FileSpool | None = None
+        self._transport: GrpcLineage | None = None
         self._floor: PolicyFloor | None = None
         self._floor_task: asyncio.Task[None] | None = None
         self._health: Health | None = None
@@ -80,7 +81,7 @@ class EngineService:
         )
         self._channels = [verification, policy, lineage]
         await self._connect(self._channels)
-        transport = GrpcLineage(lineage)
+        transport = self._transport = GrpcLineage(lineage)
         self._batcher = BatchingLineage(
             transport=transport,
             max_batch=s.lineage_batch_max,
@@ -181,6 +182,15 @@ class EngineService:
             )
         if self._spool is not None:
             await self._spool.flush()
+            if self._spool.unwritten and self._transport is not None:
+                # The disk refused them: lineage is their last way out.
+                with contextlib.suppress(Exception):
+                    await self._spool.drain(self._transport)
+            if self._spool.unwritten:
+                logger.error(
+                    "stopping with denies neither the disk nor lineage took: they are lost",
+                    extra={"entries": self._spool.unwritten},
+                )
         for task in (self._drainer, self._floor_task):
             if task is not None:
                 task.cancel()
