@@ -55,18 +55,28 @@ def _fast_form(value: Any) -> Any:
     raise _Slow
 
 
-def canonical_json(value: Any) -> bytes:
-    """The RFC 8785 (JCS) serialization of `value`.
+def fast_canonical_json(value: Any) -> bytes | None:
+    """The RFC 8785 serialization of a plain `value`, or None when it needs the full serializer.
 
-    Plain values (the common case: ASCII keys, integers, whole numbers) take
-    orjson's sorted compact encoding, which is exactly RFC 8785 for them; a
-    property test holds it to the reference serializer. Everything else goes
-    through that reference serializer.
+    Plain values (ASCII keys, integers within I-JSON's range, whole numbers)
+    take orjson's sorted compact encoding, which is exactly RFC 8785 for them;
+    a property test holds it to the reference serializer.
     """
     try:
         return orjson.dumps(_fast_form(value), option=orjson.OPT_SORT_KEYS)
     except (_Slow, RecursionError, orjson.JSONEncodeError):
-        pass
+        return None
+
+
+def canonical_json(value: Any) -> bytes:
+    """The RFC 8785 (JCS) serialization of `value`.
+
+    The common case takes `fast_canonical_json`; everything else goes through
+    the reference serializer.
+    """
+    fast = fast_canonical_json(value)
+    if fast is not None:
+        return fast
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
