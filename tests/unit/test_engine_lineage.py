@@ -288,7 +288,7 @@ async def test_a_disk_that_refuses_the_spool_fails_every_put_of_the_group(
     def full(fd: int, data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("govmesh.engine.lineage.os.write", full)
+    monkeypatch.setattr("govmesh.runtime.durable.os.write", full)
     results = await asyncio.gather(*(spool.put(*entry()) for _ in range(3)), return_exceptions=True)
 
     assert all(isinstance(r, OSError) and r.errno == 28 for r in results)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from govmesh.artifacts.entries import (
 from govmesh.engine.batching import MAX_BATCH_BYTES, Batcher
 from govmesh.engine.core import PeerError, PeerUnavailable
 from govmesh.lineage.core import leaf_hash
+from govmesh.runtime.durable import durable_write
 from govmesh.v1 import common_pb2, lineage_pb2
 
 logger = logging.getLogger(__name__)
@@ -107,27 +107,6 @@ def _chunks(entries: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
     return [chunk for chunk in chunks if chunk]
 
 
-def _durable_write(directory: Path, name: str, data: bytes) -> None:
-    """Write `directory/name` whole or not at all, durable when it returns.
-
-    Written to a temporary name, fsynced, renamed, and the folder fsynced:
-    a crash leaves the whole file or none of it.
-    """
-    tmp = directory / (name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.rename(directory / name)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class FileSpool:
     """Denies that lineage could not take, kept on local disk until it can.
 
@@ -177,7 +156,7 @@ class FileSpool:
 
     def _write(self, group: list[tuple[bytes, str]]) -> None:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.spool"
-        _durable_write(self._dir, name, b"".join(d.encode() + b" " + e + b"\n" for e, d in group))
+        durable_write(self._dir / name, b"".join(d.encode() + b" " + e + b"\n" for e, d in group))
 
     async def flush(self) -> None:
         """Wait until every deny put so far is on disk (or failed)."""
@@ -314,7 +293,7 @@ class FileSpool:
 
     def _quarantine_write(self, digest: str, data: bytes) -> None:
         self.quarantine.mkdir(exist_ok=True, mode=0o700)
-        _durable_write(self.quarantine, f"{digest}.refused", data)
+        durable_write(self.quarantine / f"{digest}.refused", data)
 
     def quarantined(self) -> list[Path]:
         """Entries lineage refused, moved aside: a JSON line (id, hash, reason), then the entry."""
