@@ -20,9 +20,9 @@ from govmesh.artifacts.entries import (
     refusal_record,
     refuses,
 )
+from govmesh.artifacts.receipts import receipt_problem
 from govmesh.engine.batching import MAX_BATCH_BYTES, Batcher
 from govmesh.engine.core import PeerError, PeerUnavailable
-from govmesh.lineage.core import leaf_hash
 from govmesh.runtime.durable import durable_write
 from govmesh.v1 import common_pb2, lineage_pb2
 
@@ -41,12 +41,10 @@ class LineageTransport(Protocol):
 
 def check_receipt(entry: bytes, response: lineage_pb2.AppendResponse) -> common_pb2.LineageReceipt:
     """Accept a receipt only if it is for these exact bytes, in a tree that holds them."""
-    if response.error or not response.HasField("receipt"):
-        raise PeerUnavailable(f"lineage refused the entry: {response.error or 'no receipt'}")
-    receipt = response.receipt
-    if receipt.leaf_hash != leaf_hash(entry) or receipt.tree_size <= receipt.index:
-        raise PeerUnavailable("lineage answered with a receipt for something else")
-    return receipt
+    problem = receipt_problem(entry, response)
+    if problem is not None:
+        raise PeerUnavailable(problem)
+    return response.receipt
 
 
 class BatchingLineage:
