@@ -19,11 +19,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from govmesh.artifacts.keys import load_private_jwk
+from govmesh.artifacts.signing import Activation, sign_activation
 from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT, SAMPLE_POLICY, DevSetup
 from govmesh.cli.main import main as govmesh
 from govmesh.client import EngineClient, Initiator, issue_mandate
 from govmesh.policy.bundle import read_bundle_source
-from govmesh.policy.signing import Activation, sign_activation
 from tests.integration.conftest import Mesh
 from tests.support.database import fetch
 from tests.support.processes import ServiceProcess

@@ -17,9 +17,9 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 
 from govmesh.artifacts.keys import generate_ed25519
+from govmesh.artifacts.signing import sign_bundle
 from govmesh.cli.devsetup import DevSetup
 from govmesh.policy.bundle import read_bundle_source
-from govmesh.policy.signing import sign_bundle
 from govmesh.runtime.db import libpq_database_url
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 from tests.integration.policy_faults import PostgresProxy

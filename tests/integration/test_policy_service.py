@@ -15,10 +15,10 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 
 from govmesh.artifacts.keys import generate_ed25519, load_private_jwk, write_private_jwk
+from govmesh.artifacts.signing import Activation, sign_activation
 from govmesh.cli.devsetup import SAMPLE_POLICY, DevSetup
 from govmesh.cli.main import main as govmesh
 from govmesh.policy.bundle import read_bundle_source
-from govmesh.policy.signing import Activation, sign_activation
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 from tests.support.database import fetch, run_sync
 from tests.support.processes import ServiceProcess

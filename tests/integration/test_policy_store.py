@@ -14,13 +14,7 @@ import pytest
 from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.keys import generate_ed25519, load_private_jwk
-from govmesh.cli.devsetup import SAMPLE_POLICY, DevSetup
-from govmesh.policy.authority import Authority, NotReady, Published, staleness_limit
-from govmesh.policy.bundle import BundleRejected, BundleSource, PolicyFile, SchemaFile
-from govmesh.policy.core import PolicyRequest
-from govmesh.policy.floor import EpochFloor
-from govmesh.policy.shadow import ShadowRecorder
-from govmesh.policy.signing import (
+from govmesh.artifacts.signing import (
     Activation,
     AdminKeys,
     SignatureRejected,
@@ -28,6 +22,12 @@ from govmesh.policy.signing import (
     sign_activation,
     sign_bundle,
 )
+from govmesh.cli.devsetup import SAMPLE_POLICY, DevSetup
+from govmesh.policy.authority import Authority, NotReady, Published, staleness_limit
+from govmesh.policy.bundle import BundleRejected, BundleSource, PolicyFile, SchemaFile
+from govmesh.policy.core import PolicyRequest
+from govmesh.policy.floor import EpochFloor
+from govmesh.policy.shadow import ShadowRecorder
 from govmesh.policy.store import (
     EpochConflict,
     PolicyStore,

@@ -289,7 +289,7 @@ async def test_a_disk_that_refuses_the_spool_fails_every_put_of_the_group(
     def full(fd: int, data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("govmesh.engine.lineage.os.write", full)
+    monkeypatch.setattr("govmesh.runtime.durable.os.write", full)
     results = await asyncio.gather(*(spool.put(*entry()) for _ in range(3)), return_exceptions=True)
 
     assert all(isinstance(r, OSError) and r.errno == 28 for r in results)
@@ -532,7 +532,7 @@ async def test_denies_a_full_disk_refuses_reach_lineage_when_it_returns(
     def full(fd: int, data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("govmesh.engine.lineage.os.write", full)
+    monkeypatch.setattr("govmesh.runtime.durable.os.write", full)
     entries = [entry(n=n, decision="DENY") for n in range(3)]
     results = await asyncio.gather(*(spool.put(*e) for e in entries), return_exceptions=True)
     assert all(isinstance(r, OSError) for r in results)  # the engine knows: not durable
@@ -550,7 +550,7 @@ async def test_denies_a_full_disk_refuses_reach_lineage_when_it_returns(
 
     # Once the disk has room again, held denies go to disk first (surviving a restart).
     await asyncio.gather(*(spool.put(*entry()) for _ in range(2)), return_exceptions=True)
-    monkeypatch.setattr("govmesh.engine.lineage.os.write", real_write)
+    monkeypatch.setattr("govmesh.runtime.durable.os.write", real_write)
     await spool.flush()
     assert spool.unwritten == 0
     reopened = FileSpool(tmp_path)

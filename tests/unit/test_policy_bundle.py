@@ -13,17 +13,7 @@ from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.canonical import b64url
 from govmesh.artifacts.keys import generate_ed25519, public_jwks
-from govmesh.cli.devsetup import write_dev_setup
-from govmesh.policy.bundle import (
-    BundleRejected,
-    BundleSource,
-    PolicyFile,
-    SchemaFile,
-    compile_bundle,
-    parse_bundle_content,
-    read_bundle_source,
-)
-from govmesh.policy.signing import (
+from govmesh.artifacts.signing import (
     ACTIVATION_TYP,
     BUNDLE_TYP,
     Activation,
@@ -35,6 +25,16 @@ from govmesh.policy.signing import (
     sign_bundle,
     verify_activation,
     verify_bundle_signature,
+)
+from govmesh.cli.devsetup import write_dev_setup
+from govmesh.policy.bundle import (
+    BundleRejected,
+    BundleSource,
+    PolicyFile,
+    SchemaFile,
+    compile_bundle,
+    parse_bundle_content,
+    read_bundle_source,
 )
 
 PERMIT = '@id("all") permit (principal, action, resource);'

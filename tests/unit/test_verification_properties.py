@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from govmesh.artifacts import ATTESTATION_TYP, MANDATE_TYP, PROOF_TYP
+from govmesh.artifacts.jws import TokenError, parse_compact
 from govmesh.verification.core import (
     VerificationInput,
     binding_satisfied,
     glob_match,
 )
-from govmesh.verification.jose import TokenError, parse_compact
 from tests.support.verification import DROP, World, make_world, raw_token
 
 SETTINGS = settings(

@@ -23,7 +23,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from govmesh.artifacts.canonical import SAFE_INTEGER, CanonicalizationError, canonical_json
+from govmesh.artifacts.canonical import (
+    CanonicalizationError,
+    canonical_json,
+    fast_canonical_json,
+)
 
 MAX_ENTRY_BYTES = 64 * 1024
 #: The longest value of an indexed text field (subject, trace id), in UTF-8
@@ -78,31 +82,15 @@ def _reject_constant(text: str) -> Any:
     raise EntryRejected(f"entry holds {text}, which JSON does not allow")
 
 
-def _plain(value: Any) -> bool:
-    """No floats and no integers beyond ±2^53 anywhere in `value`."""
-    containers = [value]
-    while containers:
-        container = containers.pop()
-        for item in container.values() if type(container) is dict else container:
-            kind = type(item)
-            if kind is str or item is None or kind is bool:
-                continue
-            if kind is dict or kind is list:
-                containers.append(item)
-            elif kind is float or not -SAFE_INTEGER <= item <= SAFE_INTEGER:
-                return False
-    return True
-
-
 def is_canonical(data: bytes) -> tuple[bool, Any]:
     """Whether `data` is RFC 8785 canonical JSON; also returns the parsed value.
 
     The common case (ASCII, no floats, safe integers) is decided by comparing
-    with orjson's sorted compact encoding, which is exactly RFC 8785 there:
-    code point order is UTF-16 order for ASCII keys, the escapes agree, and
-    integers print alike (tests check this against rfc8785). Anything else,
-    including every entry that fails that comparison, is decided by the full
-    RFC 8785 serializer. Raises EntryRejected when `data` is not JSON at all.
+    with `fast_canonical_json`, the one fast RFC 8785 path: code point order
+    is UTF-16 order for ASCII keys, the escapes agree, and integers print
+    alike (tests check this against rfc8785). Anything else, including every
+    entry that fails that comparison, is decided by the full RFC 8785
+    serializer. Raises EntryRejected when `data` is not JSON at all.
     """
     if data.isascii():
         try:
@@ -110,11 +98,7 @@ def is_canonical(data: bytes) -> tuple[bool, Any]:
         except orjson.JSONDecodeError:
             pass
         else:
-            if (
-                type(value) in (dict, list)
-                and _plain(value)
-                and orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == data
-            ):
+            if type(value) in (dict, list) and fast_canonical_json(value) == data:
                 return True, value
     try:
         text = data.decode("utf-8")

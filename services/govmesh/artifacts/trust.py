@@ -69,7 +69,7 @@ MEASUREMENT = re.compile(r"sha256:[0-9a-f]{64}")
 #: Members of a JWK that carry private or symmetric key material.
 _SECRET_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 # [policy] names the policy-admin keys; the policy authority reads it
-# (govmesh.policy.signing), verification passes over it.
+# (govmesh.artifacts.signing), verification passes over it.
 _KNOWN_TOP_LEVEL = frozenset({"issuers", "attestors", "runtime", "policy"})
 
 VerifyingKey = OKPKey | ECKey | RSAKey

@@ -41,6 +41,15 @@ from google.protobuf import json_format, struct_pb2
 from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.keys import load_private_jwk
+from govmesh.artifacts.signing import (
+    Activation,
+    AdminKeys,
+    SignatureRejected,
+    load_admin_keys,
+    sign_activation,
+    sign_bundle,
+    verify_bundle_signature,
+)
 from govmesh.cli.paths import add_data_dir_argument, data_dir, dev_setup
 from govmesh.policy.bundle import (
     BundleRejected,
@@ -50,15 +59,6 @@ from govmesh.policy.bundle import (
     read_bundle_source,
 )
 from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate
-from govmesh.policy.signing import (
-    Activation,
-    AdminKeys,
-    SignatureRejected,
-    load_admin_keys,
-    sign_activation,
-    sign_bundle,
-    verify_bundle_signature,
-)
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 

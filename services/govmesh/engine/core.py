@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import time
 import uuid
@@ -23,17 +22,16 @@ from opentelemetry import trace
 
 from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, clip_list
 from govmesh.artifacts.canonical import (
-    MAX_JSON_DEPTH,
     SAFE_INTEGER,
     CanonicalizationError,
     b64url,
-    b64url_decode,
     canonical_json,
     json_depth,
     request_digest,
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Reason, primary_reason
 from govmesh.artifacts.entries import entry_problem, text_problem
+from govmesh.artifacts.jws import TokenError, parse_compact
 from govmesh.artifacts.names import (
     MAX_ACTION_CHARS,
     MAX_RESOURCE_CHARS,
@@ -280,24 +278,22 @@ def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
     return context
 
 
-def _jws_payload(token: str) -> dict[str, Any] | None:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
+def _jws_payload(token: str) -> Mapping[str, Any] | None:
+    # The one strict reader verification uses too: claims it would refuse to
+    # read (duplicate members, another spelling of a segment, numbers beyond
+    # I-JSON, deep nesting) are never shown to policy.
     try:
-        payload = json.loads(b64url_decode(parts[1]).decode("utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return parse_compact(token).payload
+    except TokenError:
         return None
-    if not isinstance(payload, dict) or json_depth(payload, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        return None  # what verification's reader refuses, and no Struct could carry
-    return payload
 
 
 def claimed_inputs(request: engine_pb2.AuthorizeRequest) -> Claimed | None:
     """The subject, issuer, attested environment and attribution the artifacts claim.
 
-    None when the mandate is absent or unreadable: policy is then not asked,
-    and the decision cannot be an ALLOW.
+    None when the mandate is absent or unreadable, or an attestation is
+    present but unreadable: policy is then not asked, and the decision cannot
+    be an ALLOW.
     """
     mandate = _jws_payload(request.mandate) if request.mandate else None
     if mandate is None or not all(
@@ -310,7 +306,9 @@ def claimed_inputs(request: engine_pb2.AuthorizeRequest) -> Claimed | None:
     env: dict[str, Any] = {}
     if request.attestation:
         attestation = _jws_payload(request.attestation)
-        observed = attestation.get("env") if attestation else None
+        if attestation is None:
+            return None  # an attestation verification would not read is not an absent one
+        observed = attestation.get("env")
         if isinstance(observed, dict):
             env = observed
     claimed = Claimed(

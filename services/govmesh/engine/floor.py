@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from govmesh.artifacts.signing import AdminKeys, SignatureRejected, verify_activation
 from govmesh.engine.core import EpochTracker, PeerError
-from govmesh.policy.signing import AdminKeys, SignatureRejected, verify_activation
 
 logger = logging.getLogger(__name__)
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -23,9 +21,10 @@ from govmesh.artifacts.entries import (
     refusal_record,
     refuses,
 )
+from govmesh.artifacts.receipts import receipt_problem
 from govmesh.engine.batching import MAX_BATCH_BYTES, Batcher
 from govmesh.engine.core import PeerError, PeerUnavailable
-from govmesh.lineage.core import leaf_hash
+from govmesh.runtime.durable import durable_write
 from govmesh.v1 import common_pb2, lineage_pb2
 
 logger = logging.getLogger(__name__)
@@ -43,12 +42,10 @@ class LineageTransport(Protocol):
 
 def check_receipt(entry: bytes, response: lineage_pb2.AppendResponse) -> common_pb2.LineageReceipt:
     """Accept a receipt only if it is for these exact bytes, in a tree that holds them."""
-    if response.error or not response.HasField("receipt"):
-        raise PeerUnavailable(f"lineage refused the entry: {response.error or 'no receipt'}")
-    receipt = response.receipt
-    if receipt.leaf_hash != leaf_hash(entry) or receipt.tree_size <= receipt.index:
-        raise PeerUnavailable("lineage answered with a receipt for something else")
-    return receipt
+    problem = receipt_problem(entry, response)
+    if problem is not None:
+        raise PeerUnavailable(problem)
+    return response.receipt
 
 
 class BatchingLineage:
@@ -107,33 +104,6 @@ def _chunks(entries: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
         chunks[-1].append((decision_id, entry))
         used += cost
     return [chunk for chunk in chunks if chunk]
-
-
-def _durable_write(directory: Path, name: str, data: bytes) -> None:
-    """Write `directory/name` whole or not at all, durable when it returns.
-
-    Written to a temporary name, fsynced, renamed, and the folder fsynced:
-    a crash leaves the whole file or none of it.
-    """
-    tmp = directory / (name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes")
-        os.fsync(fd)
-    except OSError:
-        # A full disk: the half-written file would only take more of it.
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    tmp.rename(directory / name)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class FileSpool:
@@ -219,7 +189,7 @@ class FileSpool:
 
     def _write(self, group: list[tuple[bytes, str]]) -> None:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.spool"
-        _durable_write(self._dir, name, b"".join(d.encode() + b" " + e + b"\n" for e, d in group))
+        durable_write(self._dir / name, b"".join(d.encode() + b" " + e + b"\n" for e, d in group))
 
     async def flush(self) -> None:
         """Wait until every deny put so far is on disk (or failed and held in memory).
@@ -396,7 +366,7 @@ class FileSpool:
 
     def _quarantine_write(self, digest: str, data: bytes) -> None:
         self.quarantine.mkdir(exist_ok=True, mode=0o700)
-        _durable_write(self.quarantine, f"{digest}.refused", data)
+        durable_write(self.quarantine / f"{digest}.refused", data)
 
     def quarantined(self) -> list[Path]:
         """Entries lineage refused, moved aside: a JSON line (id, hash, reason), then the entry."""

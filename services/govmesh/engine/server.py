@@ -18,6 +18,7 @@ import uuid
 import grpc
 
 from govmesh.artifacts.keys import load_private_jwk
+from govmesh.artifacts.signing import load_admin_keys
 from govmesh.engine.admission import Admission
 from govmesh.engine.config import EngineSettings
 from govmesh.engine.core import Engine, EpochTracker
@@ -34,7 +35,6 @@ from govmesh.engine.peers import (
     open_channel,
 )
 from govmesh.engine.servicer import SERVICE_NAME, EngineServicer, add_to_server
-from govmesh.policy.signing import load_admin_keys
 from govmesh.runtime.entry import run_service
 from govmesh.runtime.server import Health, serve
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from govmesh.lineage.merkle import leaf_hash
+from govmesh.artifacts.receipts import receipt_problem
 from govmesh.v1 import common_pb2, lineage_pb2, lineage_pb2_grpc
 
 #: The largest message the client accepts (a page of entries).
@@ -223,12 +223,10 @@ class _Pending:
 
 def checked_receipt(entry: bytes, answer: lineage_pb2.AppendResponse) -> common_pb2.LineageReceipt:
     """The receipt of `answer`, only if it is for exactly `entry` in a tree that holds it."""
-    if answer.error or not answer.HasField("receipt"):
-        raise LineageError(None, f"lineage refused the entry: {answer.error or 'no receipt'}")
-    receipt = answer.receipt
-    if receipt.leaf_hash != leaf_hash(entry) or receipt.tree_size <= receipt.index:
-        raise LineageError(None, "lineage answered with a receipt for something else")
-    return receipt
+    problem = receipt_problem(entry, answer)
+    if problem is not None:
+        raise LineageError(None, problem)
+    return answer.receipt
 
 
 class StreamingLineage:

@@ -36,6 +36,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from govmesh.runtime.durable import fsync_directory
 from govmesh.runtime.errors import ConfigurationError
 
 SLOT = 512
@@ -102,11 +103,7 @@ class SignedFloor:
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             if created:  # the new file's folder entry is durable before anything relies on it
-                folder = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(folder)
-                finally:
-                    os.close(folder)
+                fsync_directory(self.path.parent)
         except OSError as exc:
             raise FloorError(
                 f"cannot use the lineage state file {self.path}: {exc.strerror or exc}"

@@ -23,6 +23,9 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+# The leaf hash is shared with every receipt check; the tree is built here.
+from govmesh.artifacts.receipts import leaf_hash as leaf_hash
+
 HASH_SIZE = 32
 
 #: MTH({}) = SHA-256() (RFC 9162 section 2.1.1).
@@ -33,11 +36,6 @@ Range = tuple[int, int]
 
 class ProofError(ValueError):
     """A proof that does not verify, or a request for one that cannot exist."""
-
-
-def leaf_hash(entry: bytes) -> bytes:
-    """MTH({d}) = SHA-256(0x00 || d)."""
-    return hashlib.sha256(b"\x00" + entry).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 from govmesh.lineage import merkle
 from govmesh.lineage.client import LineageClient, LineageError
 from govmesh.lineage.notes import Cosigner, NoteError, VerifierKey, open_checkpoint
+from govmesh.runtime.durable import durable_write
 
 logger = logging.getLogger(__name__)
 
@@ -114,19 +114,7 @@ class Witness:
 
     def _save(self, state: WitnessState) -> None:
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, state.to_json().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(self._state_path)
-        dir_fd = os.open(self._state_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        durable_write(self._state_path, state.to_json().encode())
 
     async def step(self, log: LineageClient) -> Cosigned | None:
         """Cosign the log's newest checkpoint if it is new and consistent; None if not new."""

@@ -34,18 +34,7 @@ from typing import Any
 
 from joserfc.jwk import OKPKey
 
-from govmesh.policy.bundle import (
-    BundleRejected,
-    BundleSource,
-    CompiledBundle,
-    compile_bundle,
-    is_version,
-    parse_bundle_content,
-)
-from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate, plain_json
-from govmesh.policy.floor import EpochFloor
-from govmesh.policy.shadow import ShadowRecorder
-from govmesh.policy.signing import (
+from govmesh.artifacts.signing import (
     ACTIVATION_MAX_AGE_S,
     ACTIVATION_MAX_FUTURE_S,
     Activation,
@@ -58,6 +47,17 @@ from govmesh.policy.signing import (
     verify_activation,
     verify_bundle_signature,
 )
+from govmesh.policy.bundle import (
+    BundleRejected,
+    BundleSource,
+    CompiledBundle,
+    compile_bundle,
+    is_version,
+    parse_bundle_content,
+)
+from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate, plain_json
+from govmesh.policy.floor import EpochFloor
+from govmesh.policy.shadow import ShadowRecorder
 from govmesh.policy.store import (
     EpochConflict,
     EpochListener,

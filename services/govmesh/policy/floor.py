@@ -9,10 +9,10 @@ verified, before it serves that epoch, and refuses to serve any older one,
 across restarts too (the authority reports NOT_SERVING and says why).
 
 The file (GOVMESH_POLICY_STATE_FILE) is a small JSON object,
-{"epoch": N, "active": <bundle version>}. It is replaced atomically: a
-temporary file is written and fsynced, renamed over it, and the folder is
-fsynced; a sibling `.lock` file serializes replicas that share it, and the
-epoch in it only ever rises.
+{"epoch": N, "active": <bundle version>}. It is replaced atomically and
+durably (`govmesh.runtime.durable.durable_write`: a temporary file written
+and fsynced, renamed over it, the folder fsynced); a sibling `.lock` file
+serializes replicas that share it, and the epoch in it only ever rises.
 
 Why not chain the activation statements (each signing the hash of the one
 before)? A chain proves that a history is one the admins wrote, but a prefix
@@ -31,6 +31,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from govmesh.runtime.durable import durable_write
 from govmesh.runtime.errors import ConfigurationError
 
 
@@ -65,20 +66,8 @@ class EpochFloor:
             recorded = self._read()
             if epoch <= recorded:
                 return recorded
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
             document = json.dumps({"epoch": epoch, "active": active}, sort_keys=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, document.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            tmp.replace(self.path)
-            folder = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            durable_write(self.path, document.encode())
             return epoch
 
     @contextlib.contextmanager

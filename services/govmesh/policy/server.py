@@ -20,13 +20,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from govmesh.artifacts.keys import load_private_jwk
+from govmesh.artifacts.signing import SignatureRejected, load_admin_keys
 from govmesh.policy.authority import Authority
 from govmesh.policy.bundle import BundleRejected, read_bundle_source
 from govmesh.policy.config import PolicySettings
 from govmesh.policy.floor import EpochFloor
 from govmesh.policy.servicer import PolicyServicer
 from govmesh.policy.shadow import ShadowRecorder
-from govmesh.policy.signing import SignatureRejected, load_admin_keys
 from govmesh.policy.store import EpochListener, PolicyStore, StoreError
 from govmesh.runtime.db import create_db_engine
 from govmesh.runtime.entry import run_service

@@ -13,10 +13,10 @@ from google.protobuf import json_format, timestamp_pb2
 from sqlalchemy.exc import SQLAlchemyError
 
 from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, clip_list, evaluate_answer_bound
+from govmesh.artifacts.signing import SignatureRejected
 from govmesh.policy.authority import Authority, NotReady
 from govmesh.policy.bundle import BundleRejected, CompiledBundle
 from govmesh.policy.core import PolicyDecision, PolicyRequest
-from govmesh.policy.signing import SignatureRejected
 from govmesh.policy.store import (
     EpochConflict,
     EpochRecord,

@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from govmesh.artifacts.canonical import CanonicalizationError, canonical_json
-from govmesh.policy.signing import SignedActivation
+from govmesh.artifacts.signing import SignedActivation
 from govmesh.runtime.db import libpq_database_url
 
 logger = logging.getLogger(__name__)

@@ -38,19 +38,13 @@ from govmesh.artifacts.canonical import (
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check, Reason, primary_reason
 from govmesh.artifacts.entries import text_problem
+from govmesh.artifacts.jws import CompactJWS, TokenError, parse_compact
 from govmesh.artifacts.keys import jwk_thumbprint
 from govmesh.artifacts.names import is_action, is_resource
 from govmesh.artifacts.trust import TrustedParty, VerifyingKey
 from govmesh.v1 import common_pb2
 from govmesh.verification.cache import token_key
-from govmesh.verification.jose import (
-    CompactJWS,
-    TokenError,
-    check_header,
-    header_key,
-    parse_compact,
-    verify_signature,
-)
+from govmesh.verification.jose import check_header, header_key, verify_signature
 from govmesh.verification.trustsource import TrustState
 
 logger = logging.getLogger(__name__)

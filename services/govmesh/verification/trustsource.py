@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from govmesh.artifacts.jws import CompactJWS
 from govmesh.artifacts.trust import Trust, TrustFileError, file_state, load_trust
 from govmesh.verification.cache import VerifiedTokenCache
-from govmesh.verification.jose import CompactJWS
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,10 @@ Which admin keys the authority trusts comes from the trust file:
 
     [policy]
     admin_jwks = "policy-admin.jwks.json"     # or a list of JWKS files
+
+An artifact format, not policy's own: the policy authority signs and checks
+these statements, and the engine checks the activation statements in the
+policy store itself (its epoch floor), without importing the policy service.
 """
 
 from __future__ import annotations
