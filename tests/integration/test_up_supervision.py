@@ -126,7 +126,7 @@ def mesh_env(up_env: dict[str, str]) -> dict[str, str]:
     return {**up_env, **DEADLINES}
 
 
-async def test_each_peer_killed_is_restarted_on_its_address_and_allow_comes_back_on_its_own(
+async def test_each_service_killed_is_restarted_on_its_address_and_allow_comes_back_on_its_own(
     mesh_env: dict[str, str], tmp_path: Path, databases: DatabaseFactory
 ) -> None:
     mesh_env["GOVMESH_DATABASE_URL"] = databases.create()
@@ -159,6 +159,22 @@ async def test_each_peer_killed_is_restarted_on_its_address_and_allow_comes_back
             text = log.read_text()
             assert f"{name} exited with code -9" in text
             assert f"{name} restarted" in text
+
+        # The engine itself: while it is down callers get no answer, which the
+        # client reads as a DENY; it comes back on the port callers know.
+        before = _service(psutil.Process(up.pid), "engine")
+        _kill(before)
+        answers = await caller.until_allowed(RECOVERY_S)
+        for asked in answers[:-1]:
+            assert asked.result.decision == "DENY", asked.result
+            assert not asked.result.allowed
+            assert asked.result.grant == ""
+        after = _service(psutil.Process(up.pid), "engine")
+        assert after.pid != before.pid
+        assert answers[-1].result.allowed
+        text = log.read_text()
+        assert "engine exited with code -9" in text
+        assert "engine restarted" in text
     finally:
         await client.close()
         up.send_signal(signal.SIGTERM)
