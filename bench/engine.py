@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from cpu import CpuMeter  # bench/cpu.py
+from echo import echo_server  # bench/echo.py
 from sqlalchemy.engine import make_url
 
 from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT, DevSetup
@@ -150,16 +152,29 @@ def main() -> None:
             target = f"127.0.0.1:{port}"
             warm = [_request(setup, agent, mandate, 1) for _ in range(200)]
             asyncio.run(_load(target, warm, 8))
+            meter = CpuMeter(up_pid=up.pid, database_url=database_url)
             print(f"mesh: 4 processes, {os.cpu_count()} cores; concurrency {args.concurrency}")
             for name, amounts in (
                 ("allow", [250] * args.requests),
                 ("mixed", [250 if n % 2 else 5000 for n in range(args.requests)]),
             ):
                 load = [_request(setup, agent, mandate, a) for a in amounts]
+                before = asyncio.run(meter.sample())
                 figures = asyncio.run(_load(target, load, args.concurrency))
+                after = asyncio.run(meter.sample())
                 outcomes = ", ".join(f"{k} {v}" for k, v in sorted(figures.pop("outcomes").items()))
                 line = "  ".join(f"{k} {v:,.1f}" for k, v in figures.items())
                 print(f"{name:6} {args.requests} requests: {line}  ({outcomes})")
+                print("       " + meter.report(before, after, len(load)))
+                if name == "allow":
+                    # The same client against a no-op grpc.aio server, in the same run.
+                    with echo_server(_free_port()) as echo:
+                        floor = asyncio.run(_load(echo, load, args.concurrency))
+                    ratio = figures["decisions/s"] / floor["decisions/s"]
+                    print(
+                        f"echo   {args.requests} calls: {floor['decisions/s']:,.1f}/s;"
+                        f" the mesh runs at {ratio:.2f} of it"
+                    )
         finally:
             up.send_signal(signal.SIGTERM)
             up.wait(60)
