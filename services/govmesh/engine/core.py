@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
 from govmesh.artifacts.canonical import (
@@ -32,6 +31,7 @@ from govmesh.artifacts.canonical import (
     request_digest,
 )
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Reason, primary_reason
+from govmesh.artifacts.structs import struct_to_dict
 from govmesh.v1 import (
     common_pb2,
     engine_pb2,
@@ -218,10 +218,6 @@ def _trace_ids() -> dict[str, str | None]:
     return {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
 
 
-def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
-
-
 def _depth(value: Any, limit: int) -> int:
     stack = [(value, 1)]
     deepest = 0
@@ -289,7 +285,7 @@ def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
     if request.context.ByteSize() > MAX_CONTEXT_BYTES:
         raise MalformedRequest(f"context is larger than {MAX_CONTEXT_BYTES} bytes")
     try:
-        context = _struct_to_dict(request.context)
+        context = struct_to_dict(request.context)
     except (ValueError, TypeError) as exc:
         raise MalformedRequest(f"context is not JSON: {exc}") from None
     if _depth(context, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
@@ -377,9 +373,9 @@ def check_verification(
     claims = answer.claims
     if claimed is None or not answer.HasField("claims") or claims.subject != claimed.subject:
         raise _Inconsistent("verification vouched for another subject than policy evaluated")
-    if _struct_to_dict(claims.env) != claimed.env:
+    if struct_to_dict(claims.env) != claimed.env:
         raise _Inconsistent("verification vouched for another environment than policy evaluated")
-    if _struct_to_dict(claims.attribution) != claimed.attribution:
+    if struct_to_dict(claims.attribution) != claimed.attribution:
         raise _Inconsistent("verification vouched for another attribution than policy evaluated")
     return []
 
@@ -595,9 +591,8 @@ class Engine:
                 resource=request.resource,
                 decision_id=decision.decision_id,
             )
-            json_format.ParseDict(
-                {"request": context, "env": claimed.env, "attribution": claimed.attribution},
-                evaluate_request.context,
+            evaluate_request.context.update(
+                {"request": context, "env": claimed.env, "attribution": claimed.attribution}
             )
             answer = await self._call(
                 decision,

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
+from govmesh.artifacts.structs import struct_to_dict
 from govmesh.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationInput, VerificationResult, Verifier
 
@@ -31,7 +32,7 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
 def to_input(request: verification_pb2.VerifyRequest) -> VerificationInput:
     """Translate the wire request; a context that is not JSON reaches core as None."""
     try:
-        context = json_format.MessageToDict(request.context)
+        context = struct_to_dict(request.context)
     except (ValueError, TypeError):
         context = None
     return VerificationInput(
