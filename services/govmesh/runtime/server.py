@@ -9,6 +9,7 @@ service. The process then exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -31,6 +32,12 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: status (""), which a service may hold at NOT_SERVING, e.g. the policy
 #: authority without a bundle, without being restarted for it.
 LIVENESS_SERVICE = "govmesh.liveness"
+
+#: Allocations between young-generation collections (CPython's default is 700).
+#: A decision allocates a few hundred short-lived objects, nearly all freed
+#: by reference counting; collecting less often costs a little memory and
+#: saves the CPU of scanning them again and again.
+GC_THRESHOLD = (20_000, 20, 20)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -125,6 +132,7 @@ async def serve(
             raise OSError(f"cannot listen on {listen}")
         host = listen.rpartition(":")[0]
         address = f"{host}:{port}"
+        _settle_garbage_collection()
         await server.start()
         await health_servicer.set(LIVENESS_SERVICE, _SERVING)
         await status.set_serving(service.ready())
@@ -143,6 +151,15 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     logger.info("stopped")
+
+
+def _settle_garbage_collection() -> None:
+    # What start-up built (modules, keys, policies, pools) lives as long as the
+    # process: freeze it so that no collection ever scans it again, which is
+    # what makes a full collection a pause of milliseconds under load.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def _write_atomically(path: Path, text: str) -> None:
