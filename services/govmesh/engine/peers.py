@@ -8,6 +8,7 @@ import grpc
 
 from govmesh.engine.batching import Batcher
 from govmesh.engine.core import PeerError, PeerTimeout, PeerUnavailable
+from govmesh.engine.streams import BatchStream
 from govmesh.v1 import (
     lineage_pb2,
     lineage_pb2_grpc,
@@ -44,11 +45,22 @@ def peer_error(peer: str, error: grpc.aio.AioRpcError) -> PeerError:
     return PeerUnavailable(f"{error.code().name}: {error.details() or ''}".strip())
 
 
-class GrpcVerification:
-    """The verification service over gRPC."""
+def _timeout_ms(timeout: float) -> int:
+    return max(1, min(int(timeout * 1000), 2**32 - 1))
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+
+class GrpcVerification:
+    """The verification service over gRPC; batches travel on VerifyStream."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, streams: int = 2) -> None:
         self._stub = verification_pb2_grpc.VerificationStub(channel)
+        self._stream: BatchStream[
+            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
+        ] = BatchStream(peer="verification", open_stream=self._stub.VerifyStream, streams=streams)
+
+    async def close(self) -> None:
+        """Close the streams; batches still waiting fail."""
+        await self._stream.close()
 
     async def verify(
         self, request: verification_pb2.VerifyRequest, *, timeout: float
@@ -61,20 +73,27 @@ class GrpcVerification:
     async def verify_batch(
         self, requests: list[verification_pb2.VerifyRequest], *, timeout: float
     ) -> list[verification_pb2.VerifyResponse]:
-        try:
-            answer = await self._stub.VerifyBatch(
-                verification_pb2.VerifyBatchRequest(requests=requests), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise peer_error("verification", exc) from None
+        answer = await self._stream.call(
+            verification_pb2.VerifyBatchRequest(requests=requests, timeout_ms=_timeout_ms(timeout)),
+            timeout,
+        )
+        if answer.error:
+            raise PeerUnavailable(f"verification: {answer.error}")
         return list(answer.responses)
 
 
 class GrpcPolicy:
-    """The policy authority over gRPC."""
+    """The policy authority over gRPC; batches travel on EvaluateStream."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, streams: int = 2) -> None:
         self._stub = policy_pb2_grpc.PolicyAuthorityStub(channel)
+        self._stream: BatchStream[
+            policy_pb2.EvaluateBatchRequest, policy_pb2.EvaluateBatchResponse
+        ] = BatchStream(peer="policy", open_stream=self._stub.EvaluateStream, streams=streams)
+
+    async def close(self) -> None:
+        """Close the streams; batches still waiting fail."""
+        await self._stream.close()
 
     async def evaluate(
         self, request: policy_pb2.EvaluateRequest, *, timeout: float
@@ -87,12 +106,12 @@ class GrpcPolicy:
     async def evaluate_batch(
         self, requests: list[policy_pb2.EvaluateRequest], *, timeout: float
     ) -> list[policy_pb2.EvaluateResponse]:
-        try:
-            answer = await self._stub.EvaluateBatch(
-                policy_pb2.EvaluateBatchRequest(requests=requests), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise peer_error("policy", exc) from None
+        answer = await self._stream.call(
+            policy_pb2.EvaluateBatchRequest(requests=requests, timeout_ms=_timeout_ms(timeout)),
+            timeout,
+        )
+        if answer.error:
+            raise PeerUnavailable(f"policy: {answer.error}")
         return list(answer.responses)
 
 
@@ -131,20 +150,24 @@ class BatchedPolicy(Batcher[policy_pb2.EvaluateRequest, policy_pb2.EvaluateRespo
 
 
 class GrpcLineage:
-    """The lineage service over gRPC: batches and single look-ups."""
+    """The lineage service over gRPC: batches on AppendStream, and single look-ups."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, streams: int = 2) -> None:
         self._stub = lineage_pb2_grpc.LineageStub(channel)
+        self._stream: BatchStream[
+            lineage_pb2.AppendBatchRequest, lineage_pb2.AppendBatchResponse
+        ] = BatchStream(peer="lineage", open_stream=self._stub.AppendStream, streams=streams)
+
+    async def close(self) -> None:
+        """Close the streams; batches still waiting fail."""
+        await self._stream.close()
 
     async def append_batch(
         self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
     ) -> list[lineage_pb2.AppendResponse]:
-        try:
-            response = await self._stub.AppendBatch(
-                lineage_pb2.AppendBatchRequest(entries=requests), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise peer_error("lineage", exc) from None
+        response = await self._stream.call(
+            lineage_pb2.AppendBatchRequest(entries=requests), timeout
+        )
         return list(response.results)
 
     async def get_entry(self, decision_id: str, *, timeout: float) -> bytes | None:

@@ -48,6 +48,7 @@ class EngineService:
         self._drainer: asyncio.Task[None] | None = None
         self._servicer: EngineServicer | None = None
         self._spool: FileSpool | None = None
+        self._transports: list[GrpcVerification | GrpcPolicy | GrpcLineage] = []
 
     async def start(self, health: Health) -> None:
         s = self._settings
@@ -59,6 +60,11 @@ class EngineService:
         self._channels = [verification, policy, lineage]
         await self._connect(self._channels)
         transport = GrpcLineage(lineage)
+        verification_transport, policy_transport = (
+            GrpcVerification(verification),
+            GrpcPolicy(policy),
+        )
+        self._transports = [verification_transport, policy_transport, transport]
         self._batcher = BatchingLineage(
             transport=transport,
             max_batch=s.lineage_batch_max,
@@ -67,14 +73,14 @@ class EngineService:
         )
         self._batcher.start()
         self._verification = BatchedVerification(
-            GrpcVerification(verification),
+            verification_transport,
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
             linger=s.peer_linger_ms / 1000,
         )
         self._verification.start()
         self._policy = BatchedPolicy(
-            GrpcPolicy(policy),
+            policy_transport,
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
             linger=s.peer_linger_ms / 1000,
@@ -135,6 +141,8 @@ class EngineService:
         for batcher in (self._batcher, self._verification, self._policy):
             if batcher is not None:
                 await batcher.close()
+        for peer in self._transports:
+            await peer.close()
         for channel in self._channels:
             await channel.close()
 
