@@ -14,9 +14,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
-from govmesh.runtime.tracing import TraceContextInterceptor
+from govmesh.runtime.tracing import TracedRegistrar
 
 SERVICE = "test.Echo"
+REGISTERED = "test.Registered"
 
 
 class _Server:
@@ -24,7 +25,7 @@ class _Server:
         self.exported = InMemorySpanExporter()
         provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
         provider.add_span_processor(SimpleSpanProcessor(self.exported))
-        self.interceptor = TraceContextInterceptor(tracer_provider=provider)
+        self.provider = provider
         self.seen: list[trace.SpanContext] = []
 
     async def unary(self, request: bytes, context: Any) -> bytes:
@@ -40,14 +41,19 @@ class _Server:
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[_Server, grpc.aio.Channel]]:
     state = _Server()
-    server = grpc.aio.server(interceptors=[state.interceptor])
+    server = grpc.aio.server()
+    traced = TracedRegistrar(server, tracer_provider=state.provider).server()
     handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         "Unary": grpc.unary_unary_rpc_method_handler(state.unary),
         "Stream": grpc.unary_stream_rpc_method_handler(state.stream),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    traced.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    # The way generated add_*_to_server code registers its methods.
+    traced.add_registered_method_handlers(
+        REGISTERED, {"Unary": grpc.unary_unary_rpc_method_handler(state.unary)}
+    )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, traced)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -86,9 +92,17 @@ async def test_a_sampled_caller_continues_its_trace_and_its_span_is_recorded(
     )
     assert await unary(b"a", metadata=tuple(carrier.items())) == b"a"
     assert [m async for m in stream(b"s", metadata=tuple(carrier.items()))] == [b"s", b"s"]
-    assert [s.trace_id for s in state.seen] == [parent.trace_id] * 2
+    registered: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        f"/{REGISTERED}/Unary"
+    )
+    assert await registered(b"r", metadata=tuple(carrier.items())) == b"r"
+    assert [s.trace_id for s in state.seen] == [parent.trace_id] * 3
     spans = state.exported.get_finished_spans()
-    assert [s.name for s in spans] == [f"{SERVICE}/Unary", f"{SERVICE}/Stream"]
+    assert [s.name for s in spans] == [
+        f"{SERVICE}/Unary",
+        f"{SERVICE}/Stream",
+        f"{REGISTERED}/Unary",
+    ]
     assert all(s.parent is not None and s.parent.span_id == parent.span_id for s in spans)
     assert all(s.kind == trace.SpanKind.SERVER for s in spans)
 

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from govmesh.runtime.tracing import server_interceptors
+from govmesh.runtime.tracing import TracedRegistrar
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,6 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
 
     server = grpc.aio.server(
-        interceptors=server_interceptors(),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -120,13 +119,14 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     status = Health(health_servicer, service.service_names)
     await status.set_serving(False)
+    traced = TracedRegistrar(server).server()
     reflection.enable_server_reflection(
-        (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), traced
     )
 
     try:
         await service.start(status)
-        service.register(server)
+        service.register(traced)
         port = server.add_insecure_port(listen)
         if port == 0:
             raise OSError(f"cannot listen on {listen}")

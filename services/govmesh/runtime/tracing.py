@@ -18,16 +18,17 @@ is recorded unless its caller's trace is sampled (a parent-based sampler that
 is off at the root): an unrecorded span still has real trace and span ids,
 which is all the lineage entry needs. With an exporter the standard
 OTEL_TRACES_SAMPLER variables choose (parent-based, always on by default).
-The server span is opened by a small interceptor that wraps each method
-handler once and reads only the `traceparent` and `tracestate` headers.
+The server span is opened by a wrapper put around each method handler once,
+when the service registers it, which reads only the `traceparent` and
+`tracestate` headers.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 from opentelemetry import context as otel_context
@@ -95,8 +96,6 @@ def _parent(context: grpc.aio.ServicerContext[Any, Any]) -> otel_context.Context
 Behavior = Callable[..., Any]
 if TYPE_CHECKING:
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
 
 
 def _traced(method: str, behavior: Behavior, tracer: trace.Tracer) -> Behavior:
@@ -154,25 +153,14 @@ def _wrap(method: str, handler: Handler, tracer: trace.Tracer) -> Handler:
     return handler
 
 
-class TraceContextInterceptor(grpc.aio.ServerInterceptor):
-    """Opens a server span around every RPC but health checks.
-
-    Each method's handler is wrapped once and the wrapper kept, so a call
-    costs a dictionary look-up here and one span in the handler.
-    """
-
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+class _TracedGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, tracer: trace.Tracer) -> None:
+        self._inner = inner
+        self._tracer = tracer
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
-        handler = await continuation(handler_call_details)
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = self._inner.service(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or method.startswith(_UNTRACED_PREFIX):
             return handler
@@ -182,9 +170,40 @@ class TraceContextInterceptor(grpc.aio.ServerInterceptor):
         return known[1]
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors every govmesh server runs: a server span per RPC."""
-    return [TraceContextInterceptor()]
+class TracedRegistrar:
+    """Where services register their handlers: the server, with a server span around each RPC.
+
+    Handlers are wrapped once, when they are registered, rather than by a
+    server interceptor, which grpc.aio runs as an extra coroutine (and a
+    reference cycle for the garbage collector) on every call. Health checks
+    get no span: probes would drown the traces.
+    """
+
+    def __init__(
+        self, server: grpc.aio.Server, *, tracer_provider: trace.TracerProvider | None = None
+    ) -> None:
+        self._server = server
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        """As grpc.aio.Server.add_generic_rpc_handlers, each handler traced."""
+        self._server.add_generic_rpc_handlers(
+            tuple(_TracedGenericHandler(h, self._tracer) for h in handlers)
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        """As grpc.aio.Server.add_registered_method_handlers, each handler traced."""
+        traced = {
+            name: handler
+            if f"/{service}/".startswith(_UNTRACED_PREFIX)
+            else _wrap(f"/{service}/{name}", handler, self._tracer)
+            for name, handler in handlers.items()
+        }
+        self._server.add_registered_method_handlers(service, traced)
+
+    def server(self) -> grpc.aio.Server:
+        """This registrar where a grpc.aio.Server is asked for (generated add_*_to_server)."""
+        return cast(grpc.aio.Server, self)
 
 
 def shutdown_tracing() -> None:
