@@ -119,10 +119,12 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     status = Health(health_servicer, service.service_names)
     await status.set_serving(False)
-    traced = TracedRegistrar(server).server()
+    # Reflection picks its asyncio servicer by the server's type: the server
+    # itself, untraced, like health.
     reflection.enable_server_reflection(
-        (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), traced
+        (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    traced = TracedRegistrar(server).server()
 
     try:
         await service.start(status)

@@ -1,6 +1,6 @@
 """OpenTelemetry for govmesh processes: W3C trace context in, one span per RPC.
 
-Every service answers each RPC (health checks aside) inside a server span
+Every service answers each RPC (health and reflection aside) inside a server span
 that continues the caller's W3C `traceparent` when it sends one and starts a
 new trace when it does not. The engine writes the trace and span ids of its
 Authorize span into the decision's lineage entry, so `govmesh lineage query
