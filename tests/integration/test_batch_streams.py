@@ -198,3 +198,20 @@ async def test_streams_are_replaced_after_their_age_without_losing_answers(
     assert _digests(await stream.call(_batch("b"), 5.0)) == ["b"]
     assert state.streams == 2
     await stream.close()
+
+
+async def test_streams_opened_ahead_carry_the_first_batches(
+    peer: tuple[Peer, Callable[[], Any]],
+) -> None:
+    state, open_stream = peer
+    stream: BatchStream[Req, Resp] = BatchStream(peer="peer", open_stream=open_stream, streams=2)
+    stream.open()
+    for _ in range(50):
+        if state.streams == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert state.streams == 2  # the peer saw both streams before any batch
+    answers = await asyncio.gather(*(stream.call(_batch(f"d{n}"), 5.0) for n in range(4)))
+    assert [_digests(a) for a in answers] == [["d0"], ["d1"], ["d2"], ["d3"]]
+    assert state.streams == 2
+    await stream.close()

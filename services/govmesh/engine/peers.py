@@ -58,6 +58,10 @@ class GrpcVerification:
             verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
         ] = BatchStream(peer="verification", open_stream=self._stub.VerifyStream, streams=streams)
 
+    def open(self) -> None:
+        """Open the streams before the first batch needs them."""
+        self._stream.open()
+
     async def close(self) -> None:
         """Close the streams; batches still waiting fail."""
         await self._stream.close()
@@ -90,6 +94,10 @@ class GrpcPolicy:
         self._stream: BatchStream[
             policy_pb2.EvaluateBatchRequest, policy_pb2.EvaluateBatchResponse
         ] = BatchStream(peer="policy", open_stream=self._stub.EvaluateStream, streams=streams)
+
+    def open(self) -> None:
+        """Open the streams before the first batch needs them."""
+        self._stream.open()
 
     async def close(self) -> None:
         """Close the streams; batches still waiting fail."""
@@ -157,6 +165,10 @@ class GrpcLineage:
         self._stream: BatchStream[
             lineage_pb2.AppendBatchRequest, lineage_pb2.AppendBatchResponse
         ] = BatchStream(peer="lineage", open_stream=self._stub.AppendStream, streams=streams)
+
+    def open(self) -> None:
+        """Open the streams before the first batch needs them."""
+        self._stream.open()
 
     async def close(self) -> None:
         """Close the streams; batches still waiting fail."""

@@ -65,6 +65,8 @@ class EngineService:
             GrpcPolicy(policy),
         )
         self._transports = [verification_transport, policy_transport, transport]
+        for peer in self._transports:
+            peer.open()
         self._batcher = BatchingLineage(
             transport=transport,
             max_batch=s.lineage_batch_max,

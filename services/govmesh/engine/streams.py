@@ -112,6 +112,11 @@ class BatchStream(Generic[BatchReq, BatchResp]):
         finally:
             stream.waiting.pop(sequence, None)
 
+    def open(self) -> None:
+        """Open every stream now, so that the first batches do not wait for it."""
+        for _ in self._slots:
+            self._stream()
+
     async def close(self) -> None:
         """Stop every stream; batches still waiting fail with PeerUnavailable."""
         self._closed = True
