@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+from cpu import CpuMeter  # bench/cpu.py
+from echo import echo_server  # bench/echo.py
 from google.protobuf import json_format
 from sqlalchemy.engine import make_url
 
@@ -255,22 +257,38 @@ def main() -> None:
 
             target = f"127.0.0.1:{port}"
             asyncio.run(_closed_loop(target, load(300), 8, args.deadline))
+            meter = CpuMeter(up_pid=up.pid, database_url=database_url)
             print(
                 f"mesh: 4 processes, {os.cpu_count()} cores; deadline {args.deadline:g} s;"
                 f" {'mixed allow/deny' if args.mixed else 'allow'} load;"
                 f" settings {settings or 'default'}"
             )
             for n in callers:
+                before = asyncio.run(meter.sample())
                 tally, elapsed = asyncio.run(
                     _closed_loop(target, load(args.requests), n, args.deadline)
                 )
+                after = asyncio.run(meter.sample())
                 print(tally.report(f"closed loop, {n} callers", elapsed, args.requests))
+                print("       " + meter.report(before, after, args.requests))
+                # The same client against a no-op grpc.aio server, in the same run.
+                with echo_server(_free_port()) as echo:
+                    _, floor = asyncio.run(
+                        _closed_loop(echo, load(args.requests), n, args.deadline)
+                    )
+                print(
+                    f"       echo, {n} callers: {args.requests / floor:,.1f} calls/s;"
+                    f" the mesh runs at {floor / elapsed:.2f} of it"
+                )
             if args.rate > 0:
                 count = int(args.rate * args.seconds)
+                before = asyncio.run(meter.sample())
                 tally, elapsed = asyncio.run(
                     _open_loop(target, load(count), args.rate, args.deadline)
                 )
+                after = asyncio.run(meter.sample())
                 print(tally.report(f"open loop, {args.rate:g}/s offered", elapsed, count))
+                print("       " + meter.report(before, after, count))
         finally:
             up.send_signal(signal.SIGTERM)
             up.wait(60)

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -111,14 +111,23 @@ class _OversizedAnswers(verification_pb2_grpc.VerificationServicer):
     ) -> verification_pb2.VerifyBatchResponse:
         self.batches.append(len(request.requests))
         return verification_pb2.VerifyBatchResponse(
+            sequence=request.sequence,
             responses=[
                 verification_pb2.VerifyResponse(
                     request_digest=r.request_digest,
                     message="x" * (5 * 1024 * 1024) if r.action == "poison" else "",
                 )
                 for r in request.requests
-            ]
+            ],
         )
+
+    async def VerifyStream(
+        self, request_iterator: AsyncIterator[verification_pb2.VerifyBatchRequest], context: Any
+    ) -> AsyncIterator[verification_pb2.VerifyBatchResponse]:
+        # The engine's transport: the oversized answer breaks the stream the
+        # other batches share, which must not fail them.
+        async for request in request_iterator:
+            yield await self.VerifyBatch(request, context)
 
 
 async def test_a_batch_whose_answer_is_too_large_is_resent_in_halves_over_grpc() -> None:

@@ -86,3 +86,60 @@ async def test_evaluate_batch_answers_under_one_bundle_in_order(
         common_pb2.ALLOW,
     ]
     assert len({(r.bundle.version, r.bundle.epoch) for r in answer.responses}) == 1
+
+
+async def test_verify_stream_answers_each_batch_under_its_sequence(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh()
+    forged = mesh.mandate()[:-4] + "AAAA"
+    first = [_verify_request(mesh, 1), _verify_request(mesh, 2, mandate=forged)]
+    second = [_verify_request(mesh, 3)]
+    async with grpc.aio.insecure_channel(mesh.verification.address) as channel:
+        call = verification_pb2_grpc.VerificationStub(channel).VerifyStream(timeout=10)
+        for sequence, batch in ((7, first), (8, second), (9, [])):
+            await call.write(
+                verification_pb2.VerifyBatchRequest(
+                    requests=batch, sequence=sequence, timeout_ms=5000
+                )
+            )
+        await call.done_writing()
+        answers = {a.sequence: a async for a in call}
+
+    assert sorted(answers) == [7, 8, 9]
+    assert [r.request_digest for r in answers[7].responses] == [r.request_digest for r in first]
+    assert [r.verified for r in answers[7].responses] == [True, False]
+    assert [r.request_digest for r in answers[8].responses] == [second[0].request_digest]
+    assert answers[8].responses[0].verified
+    # A batch the service will not take is an answered error, not a broken stream.
+    assert "1..1024" in answers[9].error and not answers[9].responses
+
+
+async def test_evaluate_stream_answers_each_batch_under_its_sequence(
+    start_mesh: Callable[..., Mesh],
+) -> None:
+    mesh = start_mesh()
+    batches = []
+    for amount in (250, 5000):
+        request = policy_pb2.EvaluateRequest(
+            request_digest=f"digest-{amount}",
+            principal="spiffe://govmesh.dev/agent/demo",
+            action="payments.transfer",
+            resource="account:acme/treasury",
+        )
+        request.context.update({"request": {"amount": amount}, "env": {}, "attribution": {}})
+        batches.append([request])
+    async with grpc.aio.insecure_channel(mesh.policy.address) as channel:
+        call = policy_pb2_grpc.PolicyAuthorityStub(channel).EvaluateStream(timeout=10)
+        for sequence, batch in enumerate(batches, start=1):
+            await call.write(policy_pb2.EvaluateBatchRequest(requests=batch, sequence=sequence))
+        await call.done_writing()
+        answers = {a.sequence: a async for a in call}
+
+    assert [answers[1].responses[0].request_digest, answers[2].responses[0].request_digest] == [
+        "digest-250",
+        "digest-5000",
+    ]
+    assert answers[1].responses[0].decision == common_pb2.ALLOW
+    assert answers[2].responses[0].decision == common_pb2.DENY
+    assert not answers[1].error and not answers[2].error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -546,3 +547,49 @@ async def test_the_writer_role_may_only_insert_and_select(
             await conn.close()
     finally:
         await execute(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+class _SlowFloor(SignedFloor):
+    """A state file whose first durable write waits until released (a slow fdatasync)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = threading.Event()
+        self.writes: list[int] = []
+
+    def record(self, tree: SignedTree) -> None:
+        if not self.writes:
+            self.writes.append(-1)
+            self.release.wait(10)
+        super().record(tree)
+        self.writes.append(tree.size)
+
+
+async def test_the_next_batch_commits_while_the_state_file_is_written_but_no_receipt_leaves_early(
+    store: LogStore, signer: NoteSigner, tmp_path: Path
+) -> None:
+    floor = _SlowFloor(tmp_path / "state" / "slow.floor")
+    seq = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor)
+    await seq.start()
+    try:
+        floor.writes.clear()  # the start-up record is not the one held
+        first = asyncio.ensure_future(seq.append([make_entry(1)]))
+        await asyncio.sleep(0.3)
+        second = asyncio.ensure_future(seq.append([make_entry(2)]))
+        # The second batch commits while the first one's state-file write hangs...
+        for _ in range(100):
+            if len(await all_leaves(store)) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(await all_leaves(store)) == 2
+        # ...but no receipt leaves before a tree that holds it is durable.
+        assert not first.done() and not second.done()
+        floor.release.set()
+        [a], [b] = receipts(await first), receipts(await second)
+    finally:
+        floor.release.set()
+        await seq.close()
+    assert (a.index, b.index) == (0, 1)
+    assert floor.tree is not None and floor.tree.size == 2
+    # State-file writes stayed one at a time and in order.
+    assert floor.writes == [-1, 1, 2]

@@ -129,6 +129,47 @@ async def _record_expiring(database_url: str, name: str, seconds_from_now: float
     )
 
 
+async def test_a_commit_that_waits_does_not_hold_up_the_next_nonces(
+    open_store: OpenStore, database_url: str
+) -> None:
+    # A batch stuck in its commit (here behind another transaction's row
+    # lock; in production an fsync under a busy disk) must not make the
+    # nonces that arrive after it wait for it: they commit beside it.
+    store = await open_store()
+    later = time.time() + 60
+    blocker = await asyncpg.connect(libpq_database_url(database_url))
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute(
+            "INSERT INTO verification_replay (proof_key, expires_at) VALUES ($1, now())",
+            key("held"),
+        )
+        stuck = asyncio.ensure_future(store.remember(key("held"), later, timeout=10))
+        await asyncio.sleep(0.2)
+        assert not stuck.done()
+        assert await store.remember(key("next"), later, timeout=2) is True
+        await transaction.rollback()
+    finally:
+        await blocker.close()
+    # The held key was never committed by anyone else: it is fresh, once.
+    assert await stuck is True
+    assert await store.remember(key("held"), later, timeout=5) is False
+
+
+async def test_one_key_in_two_batches_committing_at_once_is_fresh_once(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store(max_batch=1, max_in_flight=4)
+    later = time.time() + 60
+
+    for n in range(20):
+        results = await asyncio.gather(
+            *(store.remember(key(f"twice-{n}"), later, timeout=10) for _ in range(4))
+        )
+        assert results.count(True) == 1, n
+
+
 async def test_cleanup_deletes_only_expired_rows(open_store: OpenStore, database_url: str) -> None:
     store = await open_store(cleanup_margin_s=5.0, cleanup_chunk=2)
     for name, expiry in (("old-1", -60.0), ("old-2", -30.0), ("old-3", -10.0), ("in-margin", -1.0)):

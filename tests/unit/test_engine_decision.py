@@ -280,11 +280,13 @@ def default_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> DecisionC
     return EngineSettings(keys_dir=tmp_path).decision_config()
 
 
-def test_the_default_deadlines_keep_a_decision_well_under_100_ms(
+def test_the_default_deadlines_keep_a_decision_within_a_quarter_second(
     default_config: DecisionConfig,
 ) -> None:
+    # Sized to the measured tail of the whole mesh on a 2-core machine
+    # (README, Performance); a hanging peer still costs at most this.
     config = default_config
-    assert config.budget <= 0.080
+    assert config.budget <= 0.250
     # Each peer gets its own deadline inside the budget, and lineage still has its
     # whole deadline after the slower peer used all of its own.
     slowest_peer = max(config.verification_timeout, config.policy_timeout)

@@ -71,16 +71,24 @@ class EvaluateBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """EvaluateStream: chosen by the client, echoed in the response"""
+    timeout_ms: _builtins.int
+    """EvaluateStream: how long the caller waits (a unary call's deadline)"""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluateRequest]: ...
     def __init__(
         self,
         *,
         requests: _abc.Iterable[Global___EvaluateRequest] | None = ...,
+        sequence: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "sequence", b"sequence", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -91,6 +99,12 @@ class EvaluateBatchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESPONSES_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """EvaluateStream: the request this answers"""
+    error: _builtins.str
+    """EvaluateStream: why the batch has no answers (a unary call's status)"""
     @_builtins.property
     def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluateResponse]:
         """one per request, in request order"""
@@ -99,10 +113,12 @@ class EvaluateBatchResponse(_message.Message):
         self,
         *,
         responses: _abc.Iterable[Global___EvaluateResponse] | None = ...,
+        sequence: _builtins.int = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "responses", b"responses", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -44,6 +44,11 @@ class PolicyAuthorityStub:
                 request_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.SerializeToString,
                 response_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.FromString,
                 _registered_method=True)
+        self.EvaluateStream = channel.stream_stream(
+                '/govmesh.v1.PolicyAuthority/EvaluateStream',
+                request_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.FromString,
+                _registered_method=True)
         self.PublishBundle = channel.unary_unary(
                 '/govmesh.v1.PolicyAuthority/PublishBundle',
                 request_serializer=govmesh_dot_v1_dot_policy__pb2.PublishBundleRequest.SerializeToString,
@@ -88,6 +93,15 @@ class PolicyAuthorityServicer:
     def EvaluateBatch(self, request, context):
         """Many independent requests in one call, all under one snapshot, answered
         in order: how the engine sends the evaluations of concurrent decisions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateStream(self, request_iterator, context):
+        """Batches over one long-lived stream (a fraction of a unary call's cost per
+        batch): each response answers the request with the same sequence number;
+        order is not promised.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +159,11 @@ def add_PolicyAuthorityServicer_to_server(servicer, server):
             ),
             'EvaluateBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.EvaluateBatch,
+                    request_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.SerializeToString,
+            ),
+            'EvaluateStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EvaluateStream,
                     request_deserializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.FromString,
                     response_serializer=govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.SerializeToString,
             ),
@@ -231,6 +250,33 @@ class PolicyAuthority:
             request,
             target,
             '/govmesh.v1.PolicyAuthority/EvaluateBatch',
+            govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.SerializeToString,
+            govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/govmesh.v1.PolicyAuthority/EvaluateStream',
             govmesh_dot_v1_dot_policy__pb2.EvaluateBatchRequest.SerializeToString,
             govmesh_dot_v1_dot_policy__pb2.EvaluateBatchResponse.FromString,
             options,

@@ -36,6 +36,11 @@ class PolicyAuthorityStub:
     """Many independent requests in one call, all under one snapshot, answered
     in order: how the engine sends the evaluations of concurrent decisions.
     """
+    EvaluateStream: _grpc.StreamStreamMultiCallable[_policy_pb2.EvaluateBatchRequest, _policy_pb2.EvaluateBatchResponse]
+    """Batches over one long-lived stream (a fraction of a unary call's cost per
+    batch): each response answers the request with the same sequence number;
+    order is not promised.
+    """
     PublishBundle: _grpc.UnaryUnaryMultiCallable[_policy_pb2.PublishBundleRequest, _policy_pb2.PublishBundleResponse]
     """Bundle administration. Bundles are signed by a policy-admin key, and so
     is every change of the active state (an activation statement naming the
@@ -57,6 +62,11 @@ class PolicyAuthorityAsyncStub(PolicyAuthorityStub):
     EvaluateBatch: _aio.UnaryUnaryMultiCallable[_policy_pb2.EvaluateBatchRequest, _policy_pb2.EvaluateBatchResponse]  # type: ignore[assignment]
     """Many independent requests in one call, all under one snapshot, answered
     in order: how the engine sends the evaluations of concurrent decisions.
+    """
+    EvaluateStream: _aio.StreamStreamMultiCallable[_policy_pb2.EvaluateBatchRequest, _policy_pb2.EvaluateBatchResponse]  # type: ignore[assignment]
+    """Batches over one long-lived stream (a fraction of a unary call's cost per
+    batch): each response answers the request with the same sequence number;
+    order is not promised.
     """
     PublishBundle: _aio.UnaryUnaryMultiCallable[_policy_pb2.PublishBundleRequest, _policy_pb2.PublishBundleResponse]  # type: ignore[assignment]
     """Bundle administration. Bundles are signed by a policy-admin key, and so
@@ -88,6 +98,17 @@ class PolicyAuthorityServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_policy_pb2.EvaluateBatchResponse, _abc.Awaitable[_policy_pb2.EvaluateBatchResponse]]:
         """Many independent requests in one call, all under one snapshot, answered
         in order: how the engine sends the evaluations of concurrent decisions.
+        """
+
+    @_abc_1.abstractmethod
+    def EvaluateStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_policy_pb2.EvaluateBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_policy_pb2.EvaluateBatchResponse], _abc.AsyncIterator[_policy_pb2.EvaluateBatchResponse]]:
+        """Batches over one long-lived stream (a fraction of a unary call's cost per
+        batch): each response answers the request with the same sequence number;
+        order is not promised.
         """
 
     @_abc_1.abstractmethod

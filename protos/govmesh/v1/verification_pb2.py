@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from govmesh.v1 import common_pb2 as govmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgovmesh/v1/verification.proto\x12\ngovmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17govmesh/v1/common.proto\"A\n\x12VerifyBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.govmesh.v1.VerifyRequest\"D\n\x13VerifyBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.govmesh.v1.VerifyResponse\"\xbd\x01\n\rVerifyRequest\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07mandate\x18\x05 \x01(\t\x12\r\n\x05proof\x18\x06 \x01(\t\x12\x13\n\x0b\x61ttestation\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\"\xdf\x01\n\x0eVerifyResponse\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x10\n\x08verified\x18\x02 \x01(\x08\x12&\n\x06reason\x18\x03 \x01(\x0e\x32\x16.govmesh.v1.DenyReason\x12\'\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x17.govmesh.v1.CheckResult\x12*\n\x06\x63laims\x18\x05 \x01(\x0b\x32\x1a.govmesh.v1.VerifiedClaims\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x15\n\rtrust_version\x18\x07 \x01(\t\"\x80\x02\n\x0eVerifiedClaims\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x12\n\nmandate_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63nf_jkt\x18\x04 \x01(\t\x12$\n\x03\x65nv\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0b\x61ttribution\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12mandate_expires_at\x18\x07 \x01(\x03\x12\x10\n\x08proof_id\x18\x08 \x01(\t\x12\x10\n\x08\x61ttestor\x18\t \x01(\t\x12\x14\n\x0cmeasurements\x18\n \x03(\t2\x9f\x01\n\x0cVerification\x12?\n\x06Verify\x12\x19.govmesh.v1.VerifyRequest\x1a\x1a.govmesh.v1.VerifyResponse\x12N\n\x0bVerifyBatch\x12\x1e.govmesh.v1.VerifyBatchRequest\x1a\x1f.govmesh.v1.VerifyBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgovmesh/v1/verification.proto\x12\ngovmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17govmesh/v1/common.proto\"g\n\x12VerifyBatchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.govmesh.v1.VerifyRequest\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"e\n\x13VerifyBatchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.govmesh.v1.VerifyResponse\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xbd\x01\n\rVerifyRequest\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07mandate\x18\x05 \x01(\t\x12\r\n\x05proof\x18\x06 \x01(\t\x12\x13\n\x0b\x61ttestation\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\"\xdf\x01\n\x0eVerifyResponse\x12\x16\n\x0erequest_digest\x18\x01 \x01(\t\x12\x10\n\x08verified\x18\x02 \x01(\x08\x12&\n\x06reason\x18\x03 \x01(\x0e\x32\x16.govmesh.v1.DenyReason\x12\'\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x17.govmesh.v1.CheckResult\x12*\n\x06\x63laims\x18\x05 \x01(\x0b\x32\x1a.govmesh.v1.VerifiedClaims\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x15\n\rtrust_version\x18\x07 \x01(\t\"\x80\x02\n\x0eVerifiedClaims\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x12\n\nmandate_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63nf_jkt\x18\x04 \x01(\t\x12$\n\x03\x65nv\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x0b\x61ttribution\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12mandate_expires_at\x18\x07 \x01(\x03\x12\x10\n\x08proof_id\x18\x08 \x01(\t\x12\x10\n\x08\x61ttestor\x18\t \x01(\t\x12\x14\n\x0cmeasurements\x18\n \x03(\t2\xf4\x01\n\x0cVerification\x12?\n\x06Verify\x12\x19.govmesh.v1.VerifyRequest\x1a\x1a.govmesh.v1.VerifyResponse\x12N\n\x0bVerifyBatch\x12\x1e.govmesh.v1.VerifyBatchRequest\x1a\x1f.govmesh.v1.VerifyBatchResponse\x12S\n\x0cVerifyStream\x12\x1e.govmesh.v1.VerifyBatchRequest\x1a\x1f.govmesh.v1.VerifyBatchResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'govmesh.v1.verification_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VERIFYBATCHREQUEST']._serialized_start=100
-  _globals['_VERIFYBATCHREQUEST']._serialized_end=165
-  _globals['_VERIFYBATCHRESPONSE']._serialized_start=167
-  _globals['_VERIFYBATCHRESPONSE']._serialized_end=235
-  _globals['_VERIFYREQUEST']._serialized_start=238
-  _globals['_VERIFYREQUEST']._serialized_end=427
-  _globals['_VERIFYRESPONSE']._serialized_start=430
-  _globals['_VERIFYRESPONSE']._serialized_end=653
-  _globals['_VERIFIEDCLAIMS']._serialized_start=656
-  _globals['_VERIFIEDCLAIMS']._serialized_end=912
-  _globals['_VERIFICATION']._serialized_start=915
-  _globals['_VERIFICATION']._serialized_end=1074
+  _globals['_VERIFYBATCHREQUEST']._serialized_end=203
+  _globals['_VERIFYBATCHRESPONSE']._serialized_start=205
+  _globals['_VERIFYBATCHRESPONSE']._serialized_end=306
+  _globals['_VERIFYREQUEST']._serialized_start=309
+  _globals['_VERIFYREQUEST']._serialized_end=498
+  _globals['_VERIFYRESPONSE']._serialized_start=501
+  _globals['_VERIFYRESPONSE']._serialized_end=724
+  _globals['_VERIFIEDCLAIMS']._serialized_start=727
+  _globals['_VERIFIEDCLAIMS']._serialized_end=983
+  _globals['_VERIFICATION']._serialized_start=986
+  _globals['_VERIFICATION']._serialized_end=1230
 # @@protoc_insertion_point(module_scope)

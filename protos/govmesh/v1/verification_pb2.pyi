@@ -25,16 +25,24 @@ class VerifyBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """VerifyStream: chosen by the client, echoed in the response"""
+    timeout_ms: _builtins.int
+    """VerifyStream: how long the caller waits (a unary call's deadline)"""
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___VerifyRequest]: ...
     def __init__(
         self,
         *,
         requests: _abc.Iterable[Global___VerifyRequest] | None = ...,
+        sequence: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "sequence", b"sequence", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -45,6 +53,12 @@ class VerifyBatchResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESPONSES_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """VerifyStream: the request this answers"""
+    error: _builtins.str
+    """VerifyStream: why the batch has no answers (a unary call's status)"""
     @_builtins.property
     def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___VerifyResponse]:
         """one per request, in request order"""
@@ -53,10 +67,12 @@ class VerifyBatchResponse(_message.Message):
         self,
         *,
         responses: _abc.Iterable[Global___VerifyResponse] | None = ...,
+        sequence: _builtins.int = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "responses", b"responses", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

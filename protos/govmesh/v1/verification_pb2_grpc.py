@@ -44,6 +44,11 @@ class VerificationStub:
                 request_serializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
                 response_deserializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
                 _registered_method=True)
+        self.VerifyStream = channel.stream_stream(
+                '/govmesh.v1.Verification/VerifyStream',
+                request_serializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
+                response_deserializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
+                _registered_method=True)
 
 
 class VerificationServicer:
@@ -64,6 +69,15 @@ class VerificationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyStream(self, request_iterator, context):
+        """Batches over one long-lived stream (a fraction of a unary call's cost per
+        batch): each response answers the request with the same sequence number;
+        order is not promised.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerificationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +88,11 @@ def add_VerificationServicer_to_server(servicer, server):
             ),
             'VerifyBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyBatch,
+                    request_deserializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.FromString,
+                    response_serializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.SerializeToString,
+            ),
+            'VerifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.VerifyStream,
                     request_deserializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.FromString,
                     response_serializer=govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.SerializeToString,
             ),
@@ -130,6 +149,33 @@ class Verification:
             request,
             target,
             '/govmesh.v1.Verification/VerifyBatch',
+            govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
+            govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/govmesh.v1.Verification/VerifyStream',
             govmesh_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
             govmesh_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
             options,

@@ -37,6 +37,11 @@ class VerificationStub:
     sends the verifications of concurrent decisions. Each answer echoes its
     own request digest.
     """
+    VerifyStream: _grpc.StreamStreamMultiCallable[_verification_pb2.VerifyBatchRequest, _verification_pb2.VerifyBatchResponse]
+    """Batches over one long-lived stream (a fraction of a unary call's cost per
+    batch): each response answers the request with the same sequence number;
+    order is not promised.
+    """
 
 @_typing.type_check_only
 class VerificationAsyncStub(VerificationStub):
@@ -46,6 +51,11 @@ class VerificationAsyncStub(VerificationStub):
     """Many independent requests in one call, answered in order: how the engine
     sends the verifications of concurrent decisions. Each answer echoes its
     own request digest.
+    """
+    VerifyStream: _aio.StreamStreamMultiCallable[_verification_pb2.VerifyBatchRequest, _verification_pb2.VerifyBatchResponse]  # type: ignore[assignment]
+    """Batches over one long-lived stream (a fraction of a unary call's cost per
+    batch): each response answers the request with the same sequence number;
+    order is not promised.
     """
 
 class VerificationServicer(metaclass=_abc_1.ABCMeta):
@@ -65,6 +75,17 @@ class VerificationServicer(metaclass=_abc_1.ABCMeta):
         """Many independent requests in one call, answered in order: how the engine
         sends the verifications of concurrent decisions. Each answer echoes its
         own request digest.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_verification_pb2.VerifyBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_verification_pb2.VerifyBatchResponse], _abc.AsyncIterator[_verification_pb2.VerifyBatchResponse]]:
+        """Batches over one long-lived stream (a fraction of a unary call's cost per
+        batch): each response answers the request with the same sequence number;
+        order is not promised.
         """
 
 def add_VerificationServicer_to_server(servicer: VerificationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
 
 from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, clip_list
@@ -39,6 +38,7 @@ from govmesh.artifacts.names import (
     check_action,
     check_resource,
 )
+from govmesh.artifacts.structs import struct_to_dict
 from govmesh.engine.breaker import CircuitBreaker, Permit, StateHook
 from govmesh.v1 import (
     common_pb2,
@@ -245,10 +245,6 @@ def _trace_ids() -> dict[str, str | None]:
     return {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
 
 
-def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
-
-
 def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
     """Check names, sizes and required fields; return the context as plain JSON.
 
@@ -270,7 +266,7 @@ def validate(request: engine_pb2.AuthorizeRequest) -> dict[str, Any]:
     if request.context.ByteSize() > MAX_CONTEXT_BYTES:
         raise MalformedRequest(f"context is larger than {MAX_CONTEXT_BYTES} bytes")
     try:
-        context = _struct_to_dict(request.context)
+        context = struct_to_dict(request.context)
     except (ValueError, TypeError) as exc:
         raise MalformedRequest(f"context is not JSON: {exc}") from None
     if json_depth(context, MAX_CONTEXT_DEPTH) > MAX_CONTEXT_DEPTH:
@@ -369,9 +365,9 @@ def check_verification(
     # The same sub under another issuer is another agent (DESIGN.md section 5).
     if claims.issuer != claimed.issuer:
         raise _Inconsistent("verification vouched for another issuer than policy evaluated")
-    if _struct_to_dict(claims.env) != claimed.env:
+    if struct_to_dict(claims.env) != claimed.env:
         raise _Inconsistent("verification vouched for another environment than policy evaluated")
-    if _struct_to_dict(claims.attribution) != claimed.attribution:
+    if struct_to_dict(claims.attribution) != claimed.attribution:
         raise _Inconsistent("verification vouched for another attribution than policy evaluated")
     return []
 
@@ -700,9 +696,8 @@ class Engine:
                 resource=request.resource,
                 decision_id=decision.decision_id,
             )
-            json_format.ParseDict(
-                {"request": context, "env": claimed.env, "attribution": claimed.attribution},
-                evaluate_request.context,
+            evaluate_request.context.update(
+                {"request": context, "env": claimed.env, "attribution": claimed.attribution}
             )
             await self._call(
                 decision,

@@ -1,14 +1,22 @@
-"""Execution grants: short-lived EdDSA JWTs that the executing side verifies."""
+"""Execution grants: short-lived EdDSA JWTs that the executing side verifies.
+
+A grant is signed for every ALLOW, so it is built directly: the header's
+encoding once, the claims as RFC 8785 JSON, one Ed25519 signature from
+cryptography. It is an ordinary compact JWS; executors read it with any
+strict JWS reader (`govmesh.client.verify_grant`).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from joserfc import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc.jwk import OKPKey
 
 from govmesh.artifacts import GRANT_TYP
+from govmesh.artifacts.canonical import CanonicalizationError, b64url, canonical_json
 
 MAX_GRANT_TTL_S = 60
 
@@ -27,7 +35,12 @@ class Ed25519GrantSigner:
     ) -> None:
         if not 0 < ttl_s <= MAX_GRANT_TTL_S:
             raise ValueError(f"grant ttl must be 1..{MAX_GRANT_TTL_S} s")
-        self._key = key
+        private = key.private_key
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ValueError("grants are signed with an Ed25519 private key")
+        self._private = private
+        header = {"alg": "EdDSA", "typ": GRANT_TYP, "kid": key.kid}
+        self._header = b64url(canonical_json(header))
         self._issuer = issuer
         self._audience = audience
         self._ttl = ttl_s
@@ -44,5 +57,11 @@ class Ed25519GrantSigner:
             "exp": now + self._ttl,
             **claims,
         }
-        header = {"alg": "EdDSA", "typ": GRANT_TYP, "kid": self._key.kid}
-        return jwt.encode(header, body, self._key, algorithms=["EdDSA"])
+        try:
+            payload = canonical_json(body)
+        except CanonicalizationError:
+            # Escaped JSON signs whatever the claims hold; verifiers need no canonical form.
+            payload = json.dumps(body, separators=(",", ":")).encode("ascii")
+        signing_input = f"{self._header}.{b64url(payload)}"
+        signature = self._private.sign(signing_input.encode("ascii"))
+        return f"{signing_input}.{b64url(signature)}"

@@ -10,6 +10,7 @@ from govmesh.artifacts.answers import evaluate_answer_bound, verify_answer_bound
 from govmesh.engine.batching import Batcher
 from govmesh.engine.core import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
 from govmesh.engine.floor import StoreActivation
+from govmesh.engine.streams import REJECTED_CALL, BatchStream
 from govmesh.v1 import (
     lineage_pb2,
     lineage_pb2_grpc,
@@ -39,20 +40,6 @@ def open_channel(target: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
-#: Failures of one call rather than of the peer: a message too large to send or
-#: to receive, a batch the peer finds invalid, an error while handling it.
-#: Whatever else fails (UNAVAILABLE, CANCELLED, ...) says the peer is unwell.
-REJECTED_CALL = frozenset(
-    {
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-    }
-)
-
-
 def peer_error(peer: str, error: grpc.aio.AioRpcError) -> PeerError:
     """Map a failed call to the engine's view of it."""
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -63,11 +50,26 @@ def peer_error(peer: str, error: grpc.aio.AioRpcError) -> PeerError:
     return PeerUnavailable(text)
 
 
-class GrpcVerification:
-    """The verification service over gRPC."""
+def _timeout_ms(timeout: float) -> int:
+    return max(1, min(int(timeout * 1000), 2**32 - 1))
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+
+class GrpcVerification:
+    """The verification service over gRPC; batches travel on VerifyStream."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, streams: int = 2) -> None:
         self._stub = verification_pb2_grpc.VerificationStub(channel)
+        self._stream: BatchStream[
+            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
+        ] = BatchStream(peer="verification", open_stream=self._stub.VerifyStream, streams=streams)
+
+    def open(self) -> None:
+        """Open the streams before the first batch needs them."""
+        self._stream.open()
+
+    async def close(self) -> None:
+        """Close the streams; batches still waiting fail."""
+        await self._stream.close()
 
     async def verify(
         self, request: verification_pb2.VerifyRequest, *, timeout: float
@@ -80,20 +82,34 @@ class GrpcVerification:
     async def verify_batch(
         self, requests: list[verification_pb2.VerifyRequest], *, timeout: float
     ) -> list[verification_pb2.VerifyResponse]:
-        try:
-            answer = await self._stub.VerifyBatch(
-                verification_pb2.VerifyBatchRequest(requests=requests), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise peer_error("verification", exc) from None
+        answer = await self._stream.call(
+            verification_pb2.VerifyBatchRequest(requests=requests, timeout_ms=_timeout_ms(timeout)),
+            timeout,
+        )
+        if answer.error:
+            # The peer answered on a healthy stream but could not handle this
+            # batch as a whole: the batcher asks again in smaller batches, so
+            # that one request cannot fail the others beside it.
+            raise PeerRejected(f"verification: {answer.error}")
         return list(answer.responses)
 
 
 class GrpcPolicy:
-    """The policy authority over gRPC."""
+    """The policy authority over gRPC; batches travel on EvaluateStream."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, streams: int = 2) -> None:
         self._stub = policy_pb2_grpc.PolicyAuthorityStub(channel)
+        self._stream: BatchStream[
+            policy_pb2.EvaluateBatchRequest, policy_pb2.EvaluateBatchResponse
+        ] = BatchStream(peer="policy", open_stream=self._stub.EvaluateStream, streams=streams)
+
+    def open(self) -> None:
+        """Open the streams before the first batch needs them."""
+        self._stream.open()
+
+    async def close(self) -> None:
+        """Close the streams; batches still waiting fail."""
+        await self._stream.close()
 
     async def evaluate(
         self, request: policy_pb2.EvaluateRequest, *, timeout: float
@@ -106,12 +122,15 @@ class GrpcPolicy:
     async def evaluate_batch(
         self, requests: list[policy_pb2.EvaluateRequest], *, timeout: float
     ) -> list[policy_pb2.EvaluateResponse]:
-        try:
-            answer = await self._stub.EvaluateBatch(
-                policy_pb2.EvaluateBatchRequest(requests=requests), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise peer_error("policy", exc) from None
+        answer = await self._stream.call(
+            policy_pb2.EvaluateBatchRequest(requests=requests, timeout_ms=_timeout_ms(timeout)),
+            timeout,
+        )
+        if answer.error:
+            # The peer answered on a healthy stream but could not handle this
+            # batch as a whole: the batcher asks again in smaller batches, so
+            # that one request cannot fail the others beside it.
+            raise PeerRejected(f"policy: {answer.error}")
         return list(answer.responses)
 
     async def newest_activation(self, *, timeout: float) -> StoreActivation | None:
@@ -165,10 +184,57 @@ class BatchedPolicy(Batcher[policy_pb2.EvaluateRequest, policy_pb2.EvaluateRespo
 
 
 class GrpcLineage:
-    """The lineage service over gRPC: batches and single look-ups."""
+    """The lineage service over gRPC: batches on AppendStream, and single look-ups."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, streams: int = 2) -> None:
+        self._stub = lineage_pb2_grpc.LineageStub(channel)
+        self._stream: BatchStream[
+            lineage_pb2.AppendBatchRequest, lineage_pb2.AppendBatchResponse
+        ] = BatchStream(peer="lineage", open_stream=self._stub.AppendStream, streams=streams)
+
+    def open(self) -> None:
+        """Open the streams before the first batch needs them."""
+        self._stream.open()
+
+    async def close(self) -> None:
+        """Close the streams; batches still waiting fail."""
+        await self._stream.close()
+
+    async def append_batch(
+        self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
+    ) -> list[lineage_pb2.AppendResponse]:
+        response = await self._stream.call(
+            lineage_pb2.AppendBatchRequest(entries=requests), timeout
+        )
+        return list(response.results)
+
+    async def get_entry(self, decision_id: str, *, timeout: float) -> bytes | None:
+        try:
+            response = await self._stub.GetEntry(
+                lineage_pb2.GetEntryRequest(decision_id=decision_id), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise peer_error("lineage", exc) from None
+        return response.entry
+
+
+class SpoolLineage:
+    """The lineage service as the deny spool reaches it: one unary AppendBatch per group.
+
+    The spool reads a per-entry error from lineage as a refusal for good and
+    moves that entry aside (engine/lineage.py). AppendBatch guarantees that
+    reading: anything temporary (a database away, a commit that failed)
+    fails the whole call. AppendStream does not: it answers a batch that
+    failed as a whole with an error on each entry, which the spool would
+    mistake for refusals. The spool is not the hot path, so it keeps the
+    unary call.
+    """
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = lineage_pb2_grpc.LineageStub(channel)
+        self._lookups = GrpcLineage(channel)
 
     async def append_batch(
         self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
@@ -182,12 +248,4 @@ class GrpcLineage:
         return list(response.results)
 
     async def get_entry(self, decision_id: str, *, timeout: float) -> bytes | None:
-        try:
-            response = await self._stub.GetEntry(
-                lineage_pb2.GetEntryRequest(decision_id=decision_id), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise peer_error("lineage", exc) from None
-        return response.entry
+        return await self._lookups.get_entry(decision_id, timeout=timeout)

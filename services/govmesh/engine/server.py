@@ -32,6 +32,7 @@ from govmesh.engine.peers import (
     GrpcLineage,
     GrpcPolicy,
     GrpcVerification,
+    SpoolLineage,
     open_channel,
 )
 from govmesh.engine.servicer import SERVICE_NAME, EngineServicer, add_to_server
@@ -60,7 +61,8 @@ class EngineService:
         self._drainer: asyncio.Task[None] | None = None
         self._servicer: EngineServicer | None = None
         self._spool: FileSpool | None = None
-        self._transport: GrpcLineage | None = None
+        self._transport: SpoolLineage | None = None
+        self._transports: list[GrpcVerification | GrpcPolicy | GrpcLineage] = []
         self._floor: PolicyFloor | None = None
         self._floor_task: asyncio.Task[None] | None = None
         self._health: Health | None = None
@@ -81,7 +83,15 @@ class EngineService:
         )
         self._channels = [verification, policy, lineage]
         await self._connect(self._channels)
-        transport = self._transport = GrpcLineage(lineage)
+        transport = GrpcLineage(lineage)
+        spool_transport = self._transport = SpoolLineage(lineage)
+        verification_transport, policy_transport = (
+            GrpcVerification(verification),
+            GrpcPolicy(policy),
+        )
+        self._transports = [verification_transport, policy_transport, transport]
+        for peer in self._transports:
+            peer.open()
         self._batcher = BatchingLineage(
             transport=transport,
             max_batch=s.lineage_batch_max,
@@ -90,14 +100,14 @@ class EngineService:
         )
         self._batcher.start()
         self._verification = BatchedVerification(
-            GrpcVerification(verification),
+            verification_transport,
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
             linger=s.peer_linger_ms / 1000,
         )
         self._verification.start()
         self._policy = BatchedPolicy(
-            GrpcPolicy(policy),
+            policy_transport,
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
             linger=s.peer_linger_ms / 1000,
@@ -105,7 +115,7 @@ class EngineService:
         self._policy.start()
         epochs = EpochTracker()
         self._floor = PolicyFloor(
-            source=GrpcPolicy(policy),
+            source=policy_transport,
             epochs=epochs,
             admin_keys=admin_keys,
             timeout_s=FLOOR_TIMEOUT_S,
@@ -117,7 +127,7 @@ class EngineService:
             self._floor.run(interval_s=s.policy_floor_interval_s), name="policy-floor"
         )
         self._drainer = asyncio.create_task(
-            spool.run(transport, interval=s.spool_retry_s), name="spool-drainer"
+            spool.run(spool_transport, interval=s.spool_retry_s), name="spool-drainer"
         )
         engine = Engine(
             verification=self._verification,
@@ -136,9 +146,9 @@ class EngineService:
             epochs=epochs,
             on_breaker_change=export_breaker_state,
         )
-        for peer, breaker in engine.breakers.items():
+        for name, breaker in engine.breakers.items():
             # Every peer's series exists from the start, not from its first change.
-            export_breaker_state(peer, breaker.state, breaker.state)
+            export_breaker_state(name, breaker.state, breaker.state)
         self._servicer = EngineServicer(
             engine=engine,
             admission=Admission(
@@ -199,6 +209,8 @@ class EngineService:
         for batcher in (self._batcher, self._verification, self._policy):
             if batcher is not None:
                 await batcher.close()
+        for peer in self._transports:
+            await peer.close()
         for channel in self._channels:
             await channel.close()
 

@@ -19,6 +19,12 @@ entries, and commits them in one transaction:
 7. Record the new tree in the state file (floor.py), durably.
 8. Only then hand out receipts.
 
+Steps 7 and 8 of one batch run beside steps 1 to 6 of the next: the next
+transaction does not wait for this batch's fdatasync, which on a busy disk
+takes as long as the commit itself. State-file writes stay one at a time,
+in order, and each records the newest committed tree, so a batch's receipts
+leave only once a tree that holds it is durable in the state file.
+
 At start the stored head is verified as in step 2, and it must also extend
 the newest tree recorded in the state file: a database that went back in time
 (a restored backup, a rolled-back owner) is refused, never signed over.
@@ -110,6 +116,8 @@ class Sequencer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._floor_lock = asyncio.Lock()
         self.batches = 0
 
     @property
@@ -154,10 +162,10 @@ class Sequencer:
         self._stopping = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
-        if self._task is not None:
-            self._task.cancel()
+        for task in [t for t in (self._task,) if t is not None] + list(self._publishing):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         for group in self._queue:
             if not group.future.done():
                 group.future.set_exception(SequencerStopped("lineage is stopping"))
@@ -195,33 +203,61 @@ class Sequencer:
                     count += len(group.entries)
                 if batch:
                     await self._commit_groups(batch)
+            self._settle()
+
+    def _settle(self) -> None:
+        if not self._queue and not self._publishing:
             self._idle.set()
 
     async def _commit_groups(self, batch: list[_Group]) -> None:
         entries = [e for g in batch for e in g.entries]
         try:
             results = await self._commit(entries)
-            # 7. Durable in the state file before any receipt leaves.
-            await self._record()
         except Exception as exc:
-            if isinstance(exc, LogCorrupted):
-                logger.error("lineage refuses to sign: %s", exc)
-            else:
-                logger.warning("lineage batch failed", extra={"error": repr(exc)})
-            for group in batch:
-                if not group.future.done():
-                    group.future.set_exception(exc)
+            self._fail(batch, exc)
             return
         self.batches += 1
+        # 7 and 8 beside the next batch's commit.
+        task = asyncio.create_task(self._publish(batch, results))
+        self._publishing.add(task)
+        task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        self._publishing.discard(task)
+        self._settle()
+
+    async def _publish(self, batch: list[_Group], results: list[Receipt | EntryRejected]) -> None:
+        try:
+            # 7. Durable in the state file before any receipt leaves: the
+            # newest committed tree, which holds this batch (writes in order).
+            async with self._floor_lock:
+                size = await self._record()
+        except asyncio.CancelledError:
+            self._fail(batch, SequencerStopped("lineage is stopping"))
+            raise
+        except Exception as exc:
+            self._fail(batch, exc)
+            return
+        # 8. Receipts.
         offset = 0
         for group in batch:
             part = results[offset : offset + len(group.entries)]
             offset += len(group.entries)
             if not group.future.done():
                 group.future.set_result(part)
-        if self._trusted is not None:
+        if size is not None:
             for listener in self._listeners:
-                listener(self._trusted.size)
+                listener(size)
+
+    @staticmethod
+    def _fail(batch: list[_Group], exc: BaseException) -> None:
+        if isinstance(exc, LogCorrupted):
+            logger.error("lineage refuses to sign: %s", exc)
+        elif not isinstance(exc, SequencerStopped):
+            logger.warning("lineage batch failed", extra={"error": repr(exc)})
+        for group in batch:
+            if not group.future.done():
+                group.future.set_exception(exc)
 
     async def _commit(self, entries: Sequence[Entry]) -> list[Receipt | EntryRejected]:
         now = datetime.fromtimestamp(self._clock(), UTC)
@@ -313,11 +349,14 @@ class Sequencer:
             for p in plan.placed
         ]
 
-    async def _record(self) -> None:
+    async def _record(self) -> int | None:
+        """Record the newest committed tree durably; returns its size."""
         trusted = self._trusted
-        if trusted is not None:
-            tree = SignedTree(self._origin, trusted.size, trusted.root)
-            await asyncio.to_thread(self._floor.record, tree)
+        if trusted is None:
+            return None
+        tree = SignedTree(self._origin, trusted.size, trusted.root)
+        await asyncio.to_thread(self._floor.record, tree)
+        return trusted.size
 
     async def _establish(
         self, tx: LogTransaction, size: int, root: bytes, previous: tuple[int, bytes] | None

@@ -31,6 +31,7 @@ from govmesh.lineage.notes import (
 from govmesh.lineage.sequencer import Sequencer, SequencerStopped
 from govmesh.lineage.store import LogCorrupted, LogStore, StoredCheckpoint, StoredEntry
 from govmesh.lineage.watch import CommitWatch
+from govmesh.runtime.streams import answer_batches
 from govmesh.v1 import common_pb2, lineage_pb2, lineage_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -206,10 +207,9 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
     ) -> AsyncIterator[lineage_pb2.AppendBatchResponse]:
         # Batches are appended concurrently (the sequencer groups them into
         # transactions) and answered as they commit.
-        answers: asyncio.Queue[lineage_pb2.AppendBatchResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
-
-        async def answer(request: lineage_pb2.AppendBatchRequest) -> None:
+        async def answer(
+            request: lineage_pb2.AppendBatchRequest,
+        ) -> lineage_pb2.AppendBatchResponse:
             if not 0 < len(request.entries) <= MAX_BATCH:
                 error = f"a batch holds 1..{MAX_BATCH} entries"
                 results = [
@@ -225,30 +225,10 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
                         lineage_pb2.AppendResponse(decision_id=r.decision_id, error=error)
                         for r in request.entries
                     ]
-            await answers.put(
-                lineage_pb2.AppendBatchResponse(results=results, sequence=request.sequence)
-            )
+            return lineage_pb2.AppendBatchResponse(results=results, sequence=request.sequence)
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(answer(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                while pending:
-                    await asyncio.gather(*list(pending))
-            finally:
-                await answers.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (response := await answers.get()) is not None:
-                yield response
-            await reader
-        finally:
-            reader.cancel()
-            for task in list(pending):
-                task.cancel()
+        async for response in answer_batches(request_iterator, answer):
+            yield response
 
     # --- checkpoints and entries -------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -26,6 +26,7 @@ from govmesh.policy.store import (
     StoreError,
     UnknownBundle,
 )
+from govmesh.runtime.streams import answer_batches
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,34 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
         except NotReady as exc:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no valid policy bundle: {exc}")
         return policy_pb2.EvaluateBatchResponse(responses=answers)
+
+    async def EvaluateStream(
+        self, request_iterator: AsyncIterator[policy_pb2.EvaluateBatchRequest], context: Context
+    ) -> AsyncIterator[policy_pb2.EvaluateBatchResponse]:
+        async def answer(
+            request: policy_pb2.EvaluateBatchRequest,
+        ) -> policy_pb2.EvaluateBatchResponse:
+            # What EvaluateBatch would end with as its status is the batch's error.
+            response = policy_pb2.EvaluateBatchResponse(sequence=request.sequence)
+            if not 0 < len(request.requests) <= MAX_BATCH:
+                response.error = f"a batch holds 1..{MAX_BATCH} requests"
+            elif self._authority.snapshot is None:
+                response.error = f"no valid policy bundle loaded: {self._authority.problem}"
+            else:
+                try:
+                    # No await between the evaluations: the whole batch sees one snapshot.
+                    response.responses.extend([self._evaluate(r) for r in request.requests])
+                except NotReady as exc:
+                    del response.responses[:]
+                    response.error = f"no valid policy bundle: {exc}"
+                except Exception:
+                    logger.exception("policy batch failed")
+                    del response.responses[:]
+                    response.error = "policy evaluation failed"
+            return response
+
+        async for response in answer_batches(request_iterator, answer):
+            yield response
 
     async def _require_bundle(self, context: Context) -> None:
         if self._authority.snapshot is None:

@@ -9,6 +9,7 @@ service. The process then exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from govmesh.runtime.tracing import server_interceptors
+from govmesh.runtime.tracing import TracedRegistrar
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: status (""), which a service may hold at NOT_SERVING, e.g. the policy
 #: authority without a bundle, without being restarted for it.
 LIVENESS_SERVICE = "govmesh.liveness"
+
+#: Allocations between young-generation collections (CPython's default is 700).
+#: A decision allocates a few hundred short-lived objects, nearly all freed
+#: by reference counting; collecting less often costs a little memory and
+#: saves the CPU of scanning them again and again.
+GC_THRESHOLD = (20_000, 20, 20)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -103,7 +110,6 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
 
     server = grpc.aio.server(
-        interceptors=server_interceptors(),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -119,18 +125,22 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     status = Health(health_servicer, service.service_names)
     await status.set_serving(False)
+    # Reflection picks its asyncio servicer by the server's type: the server
+    # itself, untraced, like health.
     reflection.enable_server_reflection(
         (*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    traced = TracedRegistrar(server).server()
 
     try:
         await service.start(status)
-        service.register(server)
+        service.register(traced)
         port = server.add_insecure_port(listen)
         if port == 0:
             raise OSError(f"cannot listen on {listen}")
         host = listen.rpartition(":")[0]
         address = f"{host}:{port}"
+        _settle_garbage_collection()
         await server.start()
         await health_servicer.set(LIVENESS_SERVICE, _SERVING)
         await status.set_serving(service.ready())
@@ -149,6 +159,15 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     logger.info("stopped")
+
+
+def _settle_garbage_collection() -> None:
+    # What start-up built (modules, keys, policies, pools) lives as long as the
+    # process: freeze it so that no collection ever scans it again, which is
+    # what makes a full collection a pause of milliseconds under load.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def _write_atomically(path: Path, text: str) -> None:

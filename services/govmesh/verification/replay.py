@@ -5,13 +5,20 @@ RETURNING`: the primary key makes the insert-if-absent atomic, so when two
 replicas receive the same proof at the same moment exactly one insert returns
 the row and the other sees it as a replay.
 
-Inserts are group-committed: every nonce that arrives while one batch is
-being committed waits for the next batch, and a batch is one statement and
-one commit however many nonces it holds. Under load the database sees a few
-hundred commits per second instead of thousands; at rest a nonce waits for
-exactly one round trip. A nonce counts as fresh only after its batch
-committed; any error, or no answer in time, fails every nonce of the batch
-(the caller denies: an unreachable store never means "fresh").
+Inserts are group-committed: the nonces that arrive together are one
+statement and one commit however many they are. Up to `max_in_flight`
+batches commit at once, each on a connection of its own, so a nonce that
+arrives while a commit waits on its WAL flush starts the next commit at once
+instead of queueing behind it (Postgres flushes concurrent commits
+together); only when every committer is busy do nonces wait, and then they
+form the next, larger batch. Under load the database sees a few hundred
+commits per second instead of thousands; at rest a nonce waits for exactly
+one round trip. Concurrent batches that hold the same key are decided by
+the primary key like two replicas are: one insert returns the row.
+
+A nonce counts as fresh only after its batch committed; any error, or no
+answer in time, fails every nonce of the batch (the caller denies: an
+unreachable store never means "fresh").
 
 One clock decides both when a nonce may be forgotten and until when a proof
 may be recorded: the database's. Replicas' clocks differ; if each deleted
@@ -89,19 +96,26 @@ class PostgresReplayStore:
         database_url: str,
         pool_size: int = 4,
         max_batch: int = 1024,
+        max_in_flight: int = 4,
         linger_s: float = 0.0,
         flush_timeout_s: float = 1.0,
         cleanup_interval_s: float = 30.0,
         cleanup_margin_s: float = 5.0,
         cleanup_chunk: int = 5000,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+        if max_batch < 1 or max_in_flight < 1:
+            raise ValueError("max_batch and max_in_flight must be >= 1")
         self._dsn = libpq_database_url(database_url)
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
-        self._committer: asyncpg.Connection | None = None
+        # One connection per committer slot: checking one out of the pool for
+        # every batch would double the CPU cost of a commit.
+        self._committers: list[asyncpg.Connection | None] = [None] * max_in_flight
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        for slot in range(max_in_flight):
+            self._free.put_nowait(slot)
+        self._commits: set[asyncio.Task[None]] = set()
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._flush_timeout_s = flush_timeout_s
@@ -126,14 +140,15 @@ class PostgresReplayStore:
     async def close(self) -> None:
         """Stop the background tasks; nonces still waiting fail (their requests deny)."""
         self._closed = True
-        for task in self._tasks:
+        for task in [*self._tasks, *self._commits]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._commits]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._fail(self._pending, ReplayStoreUnavailable("verification is stopping"))
         self._pending = []
-        await self._drop_committer()
+        for slot in range(len(self._committers)):
+            await self._drop_committer(slot)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -154,15 +169,14 @@ class PostgresReplayStore:
                     )
         return self._pool
 
-    async def _committer_connection(self) -> asyncpg.Connection:
-        # The committer keeps one connection of its own: checking one out of
-        # the pool for every batch would double the CPU cost of a commit.
-        if self._committer is None or self._committer.is_closed():
-            self._committer = await asyncpg.connect(self._dsn)
-        return self._committer
+    async def _committer_connection(self, slot: int) -> asyncpg.Connection:
+        connection = self._committers[slot]
+        if connection is None or connection.is_closed():
+            connection = self._committers[slot] = await asyncpg.connect(self._dsn)
+        return connection
 
-    async def _drop_committer(self) -> None:
-        connection, self._committer = self._committer, None
+    async def _drop_committer(self, slot: int) -> None:
+        connection, self._committers[slot] = self._committers[slot], None
         if connection is not None and not connection.is_closed():
             connection.terminate()
 
@@ -225,15 +239,27 @@ class PostgresReplayStore:
             if self._linger_s > 0:
                 await asyncio.sleep(self._linger_s)
             while self._pending:
+                # A free committer first: nonces that arrive meanwhile join the batch.
+                slot = await self._free.get()
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                try:
-                    await self._commit(batch)
-                except Exception as exc:  # the committer must outlive any one batch
-                    logger.exception("replay store commit crashed")
-                    self._fail(batch, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
+                task = asyncio.create_task(self._commit_in(slot, batch))
+                self._commits.add(task)
+                task.add_done_callback(self._commits.discard)
 
-    async def _commit(self, batch: list[_Waiting]) -> None:
+    async def _commit_in(self, slot: int, batch: list[_Waiting]) -> None:
+        try:
+            await self._commit(slot, batch)
+        except asyncio.CancelledError:
+            self._fail(batch, ReplayStoreUnavailable("verification is stopping"))
+            raise
+        except Exception as exc:  # the committer must outlive any one batch
+            logger.exception("replay store commit crashed")
+            self._fail(batch, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
+        finally:
+            self._free.put_nowait(slot)
+
+    async def _commit(self, slot: int, batch: list[_Waiting]) -> None:
         waiting = [w for w in batch if not w.future.done()]
         if not waiting:
             return
@@ -242,16 +268,16 @@ class PostgresReplayStore:
             unique.setdefault(item.key, item.expires_at)
         try:
             async with asyncio.timeout(self._flush_timeout_s):
-                connection = await self._committer_connection()
+                connection = await self._committer_connection(slot)
                 rows = await connection.fetch(_INSERT, list(unique), list(unique.values()))
                 inserted = {bytes(row["k"]) for row in rows if row["fresh"]}
                 closed = {bytes(row["k"]) for row in rows if row["closed"]}
         except TimeoutError:
-            await self._drop_committer()  # its state is unknown after a cancelled statement
+            await self._drop_committer(slot)  # its state is unknown after a cancelled statement
             self._fail(waiting, ReplayStoreTimeout("the commit did not finish in time"))
             return
         except Exception as exc:
-            await self._drop_committer()
+            await self._drop_committer(slot)
             logger.warning("replay store commit failed", extra={"error": repr(exc)})
             self._fail(waiting, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
             return

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 
 from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, verify_answer_bound
+from govmesh.artifacts.structs import struct_to_dict
+from govmesh.runtime.streams import answer_batches
 from govmesh.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationInput, VerificationResult, Verifier
+
+logger = logging.getLogger(__name__)
 
 #: Kept back from the caller's deadline to send the answer.
 DEADLINE_MARGIN_S = 0.002
@@ -32,7 +38,7 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
 def to_input(request: verification_pb2.VerifyRequest) -> VerificationInput:
     """Translate the wire request; a context that is not JSON reaches core as None."""
     try:
-        context = json_format.MessageToDict(request.context)
+        context = struct_to_dict(request.context)
     except (ValueError, TypeError):
         context = None
     return VerificationInput(
@@ -120,10 +126,45 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds 1..{MAX_BATCH} requests"
             )
-        timeout = _timeout(context)
+        return verification_pb2.VerifyBatchResponse(
+            responses=await self._verify_all(request.requests, _timeout(context))
+        )
+
+    async def VerifyStream(
+        self,
+        request_iterator: AsyncIterator[verification_pb2.VerifyBatchRequest],
+        context: grpc.aio.ServicerContext[
+            verification_pb2.VerifyBatchRequest, verification_pb2.VerifyBatchResponse
+        ],
+    ) -> AsyncIterator[verification_pb2.VerifyBatchResponse]:
+        async def answer(
+            request: verification_pb2.VerifyBatchRequest,
+        ) -> verification_pb2.VerifyBatchResponse:
+            response = verification_pb2.VerifyBatchResponse(sequence=request.sequence)
+            if not 0 < len(request.requests) <= MAX_BATCH:
+                response.error = f"a batch holds 1..{MAX_BATCH} requests"
+                return response
+            # The caller's wait, as a unary call's deadline would bound it.
+            timeout = max(0.0, request.timeout_ms / 1000 - DEADLINE_MARGIN_S)
+            try:
+                response.responses.extend(
+                    await self._verify_all(
+                        request.requests, timeout if request.timeout_ms else None
+                    )
+                )
+            except Exception:
+                logger.exception("verification batch failed")
+                response.error = "verification failed"
+            return response
+
+        async for response in answer_batches(request_iterator, answer):
+            yield response
+
+    async def _verify_all(
+        self, requests: Any, timeout: float | None
+    ) -> list[verification_pb2.VerifyResponse]:
         # Concurrently, so that the batch's replay nonces share commits.
-        answers = await asyncio.gather(*(self._verify(r, timeout) for r in request.requests))
-        return verification_pb2.VerifyBatchResponse(responses=answers)
+        return list(await asyncio.gather(*(self._verify(r, timeout) for r in requests)))
 
     async def _verify(
         self, request: verification_pb2.VerifyRequest, timeout: float | None
