@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from govmesh.engine.core import PeerError, PeerUnavailable
+from govmesh.engine.core import PeerError, PeerTimeout, PeerUnavailable
+from govmesh.engine.metrics import PeerCallMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Batcher(Generic[Req, Resp]):
         linger: float = 0.0,
         max_in_flight: int = 4,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: PeerCallMetrics | None = None,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1 or max_batch_bytes < 1:
             raise ValueError("a batcher needs room for one request and one batch")
@@ -69,6 +71,7 @@ class Batcher(Generic[Req, Resp]):
         self._size = size
         self._linger = linger
         self._monotonic = monotonic
+        self._metrics = metrics
         self._queue: list[_Pending[Req, Resp]] = []
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -147,7 +150,7 @@ class Batcher(Generic[Req, Resp]):
             timeout = max(p.deadline for p in batch) - self._monotonic()
             if timeout <= 0:
                 raise PeerUnavailable(f"{self._name}: no time left to send")
-            answers = await self._send_batch([p.request for p in batch], timeout)
+            answers = await self._call(batch, timeout)
             if len(answers) != len(batch):
                 raise PeerUnavailable(
                     f"{self._name} answered {len(answers)} of a batch of {len(batch)}"
@@ -165,6 +168,26 @@ class Batcher(Generic[Req, Resp]):
             _fail(batch, PeerUnavailable(repr(exc)))
         finally:
             self._slots.release()
+
+    async def _call(self, batch: list[_Pending[Req, Resp]], timeout: float) -> Sequence[Resp]:
+        metrics = self._metrics
+        if metrics is None:
+            return await self._send_batch([p.request for p in batch], timeout)
+        started = self._monotonic()
+        error: BaseException | None = None
+        try:
+            return await self._send_batch([p.request for p in batch], timeout)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            metrics.sent(len(batch), self._monotonic() - started, _outcome(error))
+
+
+def _outcome(error: BaseException | None) -> str:
+    if error is None:
+        return "ok"
+    return "timeout" if isinstance(error, PeerTimeout | TimeoutError) else "unavailable"
 
 
 def _fail(batch: Sequence[_Pending[Req, Resp]], error: PeerError) -> None:

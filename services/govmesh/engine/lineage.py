@@ -23,6 +23,7 @@ from govmesh.artifacts.entries import (
 )
 from govmesh.engine.batching import MAX_BATCH_BYTES, Batcher
 from govmesh.engine.core import PeerError, PeerUnavailable
+from govmesh.engine.metrics import PeerCallMetrics
 from govmesh.lineage.core import leaf_hash
 from govmesh.v1 import common_pb2, lineage_pb2
 
@@ -63,6 +64,7 @@ class BatchingLineage:
         max_batch: int = 256,
         linger: float = 0.0,
         max_in_flight: int = 8,
+        metrics: PeerCallMetrics | None = None,
     ) -> None:
         self._batcher: Batcher[lineage_pb2.AppendRequest, lineage_pb2.AppendResponse] = Batcher(
             name="lineage",
@@ -71,6 +73,7 @@ class BatchingLineage:
             max_batch=max_batch,
             linger=linger,
             max_in_flight=max_in_flight,
+            metrics=metrics,
         )
 
     def start(self) -> None:
@@ -149,6 +152,8 @@ class FileSpool:
         self.quarantine = directory / "quarantine"
         self._waiting: list[tuple[bytes, str, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        #: Entries on disk waiting for lineage (read once here, then kept as they come and go).
+        self.depth = sum(len(self._read(path)) for path in self.pending())
 
     async def put(self, entry: bytes, decision_id: str) -> None:
         """Store an entry durably; returns once it is on disk, raises OSError if it cannot be."""
@@ -170,6 +175,7 @@ class FileSpool:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            self.depth += len(group)
             for *_, future in group:
                 if not future.done():
                     future.set_result(None)
@@ -187,6 +193,10 @@ class FileSpool:
     def pending(self) -> list[Path]:
         """Spooled groups, oldest first."""
         return sorted(self._dir.glob("*.spool"))
+
+    def oldest(self) -> Path | None:
+        """The oldest spooled group, if any."""
+        return min(self._dir.glob("*.spool"), default=None)
 
     @staticmethod
     def _read(path: Path) -> list[tuple[str, bytes]]:
@@ -259,6 +269,7 @@ class FileSpool:
         if settled < len(entries):
             return 0
         await asyncio.to_thread(path.unlink)
+        self.depth = max(0, self.depth - len(entries))
         return settled
 
     async def _refuse(

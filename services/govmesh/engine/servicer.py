@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 import uuid
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from govmesh.engine.core import Engine, UnreadableRequest
+from govmesh.engine.metrics import EngineMetrics
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -24,8 +27,9 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
     its denies out of the log by hanging up.
     """
 
-    def __init__(self, *, engine: Engine) -> None:
+    def __init__(self, *, engine: Engine, metrics: EngineMetrics | None = None) -> None:
         self._engine = engine
+        self._metrics = metrics
         self._in_flight: set[asyncio.Task[engine_pb2.AuthorizeResponse]] = set()
 
     async def drain(self, timeout: float) -> None:
@@ -40,9 +44,13 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
             engine_pb2.AuthorizeRequest, engine_pb2.AuthorizeResponse
         ],
     ) -> engine_pb2.AuthorizeResponse:
+        started = time.perf_counter()
         decision = asyncio.ensure_future(self._engine.authorize(request))
         self._in_flight.add(decision)
         decision.add_done_callback(self._in_flight.discard)
+        if self._metrics is not None:
+            # Counted when the decision is made, whether or not its caller still waits.
+            decision.add_done_callback(functools.partial(_observe, self._metrics, started))
         try:
             return await asyncio.shield(decision)
         except Exception:
@@ -56,6 +64,18 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
                 failed_checks=["engine"],
                 message="internal error",
             )
+
+
+def _observe(
+    metrics: EngineMetrics, started: float, decision: asyncio.Future[engine_pb2.AuthorizeResponse]
+) -> None:
+    seconds = time.perf_counter() - started
+    if decision.cancelled() or decision.exception() is not None:
+        # Authorize answers these with DENY INTERNAL_ERROR.
+        metrics.decided(common_pb2.DENY, common_pb2.INTERNAL_ERROR, seconds)
+        return
+    answer = decision.result()
+    metrics.decided(answer.decision, answer.reason, seconds)
 
 
 def read_request(data: bytes) -> engine_pb2.AuthorizeRequest | UnreadableRequest:
