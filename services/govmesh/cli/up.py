@@ -3,9 +3,11 @@
 Starts an embedded Postgres when GOVMESH_DATABASE_URL is unset, runs the
 migrations, starts lineage, verification and policy, then the engine pointed
 at them, waits until every service reports SERVING, and prints the engine's
-address. Ctrl-C or SIGTERM stops the engine first, then its peers, then
-Postgres. The children die with this process even if it is killed outright
-(PR_SET_PDEATHSIG), so nothing is left behind.
+address and each service's Prometheus metrics URL (ports 9464-9467 unless
+--metrics-port or --no-metrics say otherwise). Ctrl-C or SIGTERM stops the
+engine first, then its peers, then Postgres. The children die with this
+process even if it is killed outright (PR_SET_PDEATHSIG), so nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import warnings
 from dataclasses import dataclass
@@ -35,6 +38,9 @@ from govmesh.runtime.logs import configure_logging
 logger = logging.getLogger("govmesh.up")
 
 PEERS = ("lineage", "verification", "policy")
+#: Metrics ports from --metrics-port: the engine's, then each peer's, in gRPC port order.
+METRICS_ORDER = ("engine", "verification", "policy", "lineage")
+DEFAULT_METRICS_PORT = 9464
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
@@ -47,6 +53,32 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def metrics_ports(first: int | None) -> dict[str, int]:
+    """Each service's metrics port: `first` and the next three, or any free ones (0).
+
+    None turns metrics off. Raises ConfigurationError for a fixed port that is
+    out of range or already taken, before anything starts.
+    """
+    if first is None:
+        return {}
+    if first == 0:
+        return dict.fromkeys(METRICS_ORDER, 0)
+    ports = {name: first + n for n, name in enumerate(METRICS_ORDER)}
+    if not 0 < first <= 65535 - len(ports):
+        raise ConfigurationError(f"--metrics-port {first} leaves no room for four ports")
+    for name, port in ports.items():
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"the {name} metrics port 127.0.0.1:{port} is taken ({exc.strerror}): "
+                    "pass --metrics-port with another first port, 0 for any free ones, "
+                    "or --no-metrics"
+                ) from None
+    return ports
+
+
 @dataclass
 class Child:
     """One service process."""
@@ -54,6 +86,11 @@ class Child:
     name: str
     process: asyncio.subprocess.Process
     port_file: Path
+
+    @property
+    def metrics_file(self) -> Path:
+        """Where the service writes its bound metrics address, when metrics are on."""
+        return self.port_file.with_suffix(".metrics")
 
     async def address(self, deadline: float) -> str:
         """Wait for the service to write its address, or fail if it exits first."""
@@ -113,10 +150,18 @@ class Mesh:
         self._postgres = pgserver.get_server(self.data / "pg", cleanup_mode="stop")
         return str(self._postgres.get_uri())
 
-    async def spawn(self, name: str, env: dict[str, str]) -> Child:
+    async def spawn(self, name: str, env: dict[str, str], metrics_port: int | None) -> Child:
         """Start `python -m govmesh.<name>` with GOVMESH_* settings in `env`."""
         port_file = self.run_dir / f"{name}.addr"
         port_file.unlink(missing_ok=True)
+        metrics_file = port_file.with_suffix(".metrics")
+        metrics_file.unlink(missing_ok=True)
+        if metrics_port is not None:
+            env = {
+                **env,
+                "GOVMESH_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+                "GOVMESH_METRICS_PORT_FILE": str(metrics_file),
+            }
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -176,6 +221,7 @@ async def _up(args: argparse.Namespace) -> int:
     if not policies:
         raise ConfigurationError("with --trust, pass --policies (a .cedar file or folder)")
 
+    ports = metrics_ports(None if args.no_metrics else args.metrics_port)
     mesh = Mesh(data)
     mesh.run_dir.mkdir(exist_ok=True)
     stop = asyncio.Event()
@@ -200,7 +246,8 @@ async def _up(args: argparse.Namespace) -> int:
         }
         deadline = loop.time() + START_TIMEOUT_S
         peers = [
-            await mesh.spawn(name, {**common, "GOVMESH_LISTEN": "127.0.0.1:0"}) for name in PEERS
+            await mesh.spawn(name, {**common, "GOVMESH_LISTEN": "127.0.0.1:0"}, ports.get(name))
+            for name in PEERS
         ]
         addresses = {c.name: await c.address(deadline) for c in peers}
         await asyncio.gather(*(_wait_serving(c, addresses[c.name], deadline) for c in peers))
@@ -214,10 +261,16 @@ async def _up(args: argparse.Namespace) -> int:
                 "GOVMESH_POLICY_TARGET": addresses["policy"],
                 "GOVMESH_LINEAGE_TARGET": addresses["lineage"],
             },
+            ports.get("engine"),
         )
         await _wait_serving(engine, await engine.address(deadline), deadline)
         print(f"govmesh is up: engine at {engine_address}", flush=True)
         print(f"  data directory: {data}", flush=True)
+        if ports:
+            children = {c.name: c for c in mesh.children}
+            for name in METRICS_ORDER:
+                address = children[name].metrics_file.read_text().strip()
+                print(f"  metrics: {name:12} http://{address}/metrics", flush=True)
         print("  try: govmesh mandate issue > mandate.jwt", flush=True)
         print(
             "       govmesh authorize --action payments.transfer "
@@ -273,4 +326,12 @@ def register(commands: Any) -> None:
         help="govmesh's signing keys, with --trust (GOVMESH_KEYS_DIR; `keys init` prints it)",
     )
     parser.add_argument("--engine-port", type=int, default=50051, help="default 50051")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="Prometheus metrics of engine, verification, policy and lineage on this port and "
+        f"the next three (default {DEFAULT_METRICS_PORT}); 0: any free ports",
+    )
+    parser.add_argument("--no-metrics", action="store_true", help="serve no metrics")
     parser.set_defaults(func=_run)
