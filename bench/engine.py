@@ -1,13 +1,16 @@
 """Decision latency and throughput through the whole mesh.
 
-    python bench/engine.py [--requests 5000] [--concurrency 64] [--database-url URL]
+    python bench/engine.py [--requests 5000] [--concurrency 64] [--database-url URL] [--metrics]
 
 Starts `govmesh up` (the four real processes; an embedded Postgres unless a
 database URL is given, in which case a throwaway database is created on that
 server and dropped afterwards), warms it up, then sends Authorize calls with fresh
 proofs from a pool of client tasks and prints p50/p95/p99 latency and
-decisions/s, for an ALLOW-only load and a mixed ALLOW/DENY load. Figures are
-for this machine and this moment; nothing here asserts a target.
+decisions/s, for an ALLOW-only load and a mixed ALLOW/DENY load. With
+--metrics every service serves Prometheus metrics and each is scraped every
+5 s during the run (as a Prometheus would, more often); without it the mesh
+runs with `--no-metrics`. Figures are for this machine and this moment;
+nothing here asserts a target.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,7 +55,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_mesh(data: Path, port: int, database_url: str | None) -> subprocess.Popen[bytes]:
+def _start_mesh(
+    data: Path, port: int, database_url: str | None, metrics: bool
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOVMESH_")}
     env["GOVMESH_DATA_DIR"] = str(data)
     env["GOVMESH_LOG_LEVEL"] = "WARNING"
@@ -57,7 +65,13 @@ def _start_mesh(data: Path, port: int, database_url: str | None) -> subprocess.P
         env["GOVMESH_DATABASE_URL"] = database_url
     log = (data / "up.log").open("wb")
     up = subprocess.Popen(
-        [str(Path(sys.executable).parent / "govmesh"), "up", "--engine-port", str(port)],
+        [
+            str(Path(sys.executable).parent / "govmesh"),
+            "up",
+            "--engine-port",
+            str(port),
+            *(["--metrics-port", "0"] if metrics else ["--no-metrics"]),
+        ],
         env=env,
         stdout=log,
         stderr=log,
@@ -68,6 +82,13 @@ def _start_mesh(data: Path, port: int, database_url: str | None) -> subprocess.P
             sys.exit("govmesh up failed:\n" + (data / "up.log").read_text())
         time.sleep(0.2)
     return up
+
+
+def _scrape_every(urls: list[str], interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - http only
+                response.read()
 
 
 def _request(
@@ -121,6 +142,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--database-url", default=os.environ.get("GOVMESH_DATABASE_URL"))
+    parser.add_argument(
+        "--metrics", action="store_true", help="serve metrics and scrape them every 5 s"
+    )
     args = parser.parse_args()
 
     server_url, database_url = args.database_url, None
@@ -135,7 +159,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         port = _free_port()
-        up = _start_mesh(data, port, database_url)
+        up = _start_mesh(data, port, database_url, args.metrics)
+        urls = re.findall(r"metrics: +\w+ +(http://\S+/metrics)", (data / "up.log").read_text())
+        stop_scraping = threading.Event()
+        scraper = threading.Thread(target=_scrape_every, args=(urls, 5.0, stop_scraping))
+        scraper.start()
         try:
             setup = DevSetup(data / "dev")
             agent = Initiator(setup.dev_key("agent"))
@@ -150,7 +178,14 @@ def main() -> None:
             target = f"127.0.0.1:{port}"
             warm = [_request(setup, agent, mandate, 1) for _ in range(200)]
             asyncio.run(_load(target, warm, 8))
-            print(f"mesh: 4 processes, {os.cpu_count()} cores; concurrency {args.concurrency}")
+            print(
+                f"mesh: 4 processes, {os.cpu_count()} cores; concurrency {args.concurrency}; "
+                + (
+                    f"metrics on, {len(urls)} endpoints scraped every 5 s"
+                    if urls
+                    else "metrics off"
+                )
+            )
             for name, amounts in (
                 ("allow", [250] * args.requests),
                 ("mixed", [250 if n % 2 else 5000 for n in range(args.requests)]),
@@ -161,6 +196,8 @@ def main() -> None:
                 line = "  ".join(f"{k} {v:,.1f}" for k, v in figures.items())
                 print(f"{name:6} {args.requests} requests: {line}  ({outcomes})")
         finally:
+            stop_scraping.set()
+            scraper.join()
             up.send_signal(signal.SIGTERM)
             up.wait(60)
             if server_url and database_url:
