@@ -152,8 +152,8 @@ class FileSpool:
         self.quarantine = directory / "quarantine"
         self._waiting: list[tuple[bytes, str, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
-        #: Entries on disk waiting for lineage (read once here, then kept as they come and go).
-        self.depth = sum(len(self._read(path)) for path in self.pending())
+        #: Entries on disk waiting for lineage (counted once here, then kept as they come and go).
+        self.depth = sum(self._count(path) for path in self.pending())
 
     async def put(self, entry: bytes, decision_id: str) -> None:
         """Store an entry durably; returns once it is on disk, raises OSError if it cannot be."""
@@ -197,6 +197,14 @@ class FileSpool:
     def oldest(self) -> Path | None:
         """The oldest spooled group, if any."""
         return min(self._dir.glob("*.spool"), default=None)
+
+    @staticmethod
+    def _count(path: Path) -> int:
+        # A group the engine cannot read now still drains or fails later, in drain().
+        try:
+            return path.read_bytes().count(b"\n")
+        except OSError:
+            return 0
 
     @staticmethod
     def _read(path: Path) -> list[tuple[str, bytes]]:
