@@ -1458,6 +1458,7 @@ def exported_series() -> dict[str, set[str]]:
     from govmesh.lineage.metrics import LineageMetrics
     from govmesh.policy.authority import Authority
     from govmesh.policy.metrics import PolicyMetrics
+    from govmesh.runtime.metrics import LoopCounterFamily, LoopHistogramFamily
     from govmesh.verification.metrics import VerificationMetrics
 
     registry = CollectorRegistry()
@@ -1476,9 +1477,13 @@ def exported_series() -> dict[str, set[str]]:
     for part in parts:
         for metric in vars(part).values():
             if isinstance(metric, MetricWrapperBase):
-                for suffix in suffixes[str(metric._type)]:
-                    labels = set(metric._labelnames) | ({"le"} if suffix == "_bucket" else set())
-                    series[metric._name + suffix] = labels
+                name, kind, names = metric._name, str(metric._type), set(metric._labelnames)
+            elif isinstance(metric, LoopCounterFamily | LoopHistogramFamily):
+                name, kind, names = metric.name, metric.kind, set(metric.labelnames)
+            else:
+                continue
+            for suffix in suffixes[kind]:
+                series[name + suffix] = names | ({"le"} if suffix == "_bucket" else set())
     for family in registry.collect():
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)

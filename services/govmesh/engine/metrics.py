@@ -13,10 +13,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 
 from govmesh.artifacts.checks import REASON_PRECEDENCE
-from govmesh.runtime.metrics import LATENCY_BUCKETS, NO_REASON, SIZE_BUCKETS, reason_label
+from govmesh.runtime.metrics import (
+    LATENCY_BUCKETS,
+    NO_REASON,
+    SIZE_BUCKETS,
+    LoopCounter,
+    LoopCounterFamily,
+    LoopHistogram,
+    LoopHistogramFamily,
+    reason_label,
+)
 from govmesh.v1 import common_pb2
 
 #: The peers an engine calls, as the `peer` label names them.
@@ -48,38 +57,38 @@ class EngineMetrics:
     """Every metric of one engine process, registered in `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.decisions = Counter(
+        self.decisions = LoopCounterFamily(
             "govmesh_engine_decisions",
             "Decisions answered, by decision and primary deny reason (none for ALLOW).",
             ["decision", "reason"],
-            registry=registry,
+            registry,
         )
-        self.decision_seconds = Histogram(
+        self.decision_seconds = LoopHistogramFamily(
             "govmesh_engine_decision_seconds",
             "Time from receiving an Authorize call to its answer, by decision.",
             ["decision"],
+            registry,
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.peer_call_seconds = Histogram(
+        self.peer_call_seconds = LoopHistogramFamily(
             "govmesh_engine_peer_call_seconds",
             "Duration of one (batch) call to a peer, whatever its outcome.",
             ["peer"],
+            registry,
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.peer_calls = Counter(
+        self.peer_calls = LoopCounterFamily(
             "govmesh_engine_peer_calls",
             "(Batch) calls to a peer by outcome: ok, timeout (deadline exceeded), unavailable.",
             ["peer", "outcome"],
-            registry=registry,
+            registry,
         )
-        self.peer_batch_size = Histogram(
+        self.peer_batch_size = LoopHistogramFamily(
             "govmesh_engine_peer_batch_size",
             "Requests carried by one batch call to a peer.",
             ["peer"],
+            registry,
             buckets=SIZE_BUCKETS,
-            registry=registry,
         )
         self.breaker_state = Gauge(
             "govmesh_engine_peer_breaker_state",
@@ -92,11 +101,11 @@ class EngineMetrics:
             "Authorize calls waiting for admission.",
             registry=registry,
         )
-        self.admission_refusals = Counter(
+        self.admission_refusals = LoopCounterFamily(
             "govmesh_engine_admission_refusals",
             "Authorize calls refused at admission (RESOURCE_EXHAUSTED), by reason.",
             ["reason"],
-            registry=registry,
+            registry,
         )
         self.spool_entries = Gauge(
             "govmesh_engine_spool_entries",
@@ -109,7 +118,7 @@ class EngineMetrics:
             registry=registry,
         )
         # Bound once: every (decision, reason) pair an engine can answer.
-        self._decided: dict[tuple[int, int], tuple[Counter, Histogram]] = {}
+        self._decided: dict[tuple[int, int], tuple[LoopCounter, LoopHistogram]] = {}
         allow = self.decision_seconds.labels("ALLOW")
         deny = self.decision_seconds.labels("DENY")
         self._decided[(common_pb2.ALLOW, common_pb2.DENY_REASON_UNSPECIFIED)] = (
@@ -139,7 +148,7 @@ class EngineMetrics:
         """The breaker state gauge of `peer`: `.set(BREAKER_OPEN)` and so on."""
         return self.breaker_state.labels(peer)
 
-    def refusal(self, reason: str) -> Counter:
+    def refusal(self, reason: str) -> LoopCounter:
         """The refusal counter for `reason` (a short fixed word, e.g. "queue_full")."""
         return self.admission_refusals.labels(reason)
 

@@ -10,33 +10,39 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 
-from govmesh.runtime.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
+from govmesh.runtime.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, LoopHistogramFamily
 
 
 class LineageMetrics:
     """Every metric of one lineage process, registered in `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.append_seconds = Histogram(
+        self.append_seconds_family = LoopHistogramFamily(
             "govmesh_lineage_append_seconds",
             "Time from receiving an append call to its receipts (check, queue, group commit).",
+            [],
+            registry,
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.commit_entries = Histogram(
+        self.append_seconds = self.append_seconds_family.labels()
+        self.commit_entries_family = LoopHistogramFamily(
             "govmesh_lineage_commit_entries",
             "Entries committed together under one signed checkpoint (group commit size).",
+            [],
+            registry,
             buckets=SIZE_BUCKETS,
-            registry=registry,
         )
-        self.commit_seconds = Histogram(
+        self.commit_entries = self.commit_entries_family.labels()
+        self.commit_seconds_family = LoopHistogramFamily(
             "govmesh_lineage_commit_seconds",
             "Duration of one group commit: sign, insert, commit, record the signed tree.",
+            [],
+            registry,
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
+        self.commit_seconds = self.commit_seconds_family.labels()
         self.tree_size = Gauge(
             "govmesh_lineage_tree_size",
             "Entries in the log as of the newest checkpoint this process signed or verified.",

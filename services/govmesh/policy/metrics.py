@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from govmesh.policy.authority import Answer, Authority
-from govmesh.runtime.metrics import LATENCY_BUCKETS
+from govmesh.runtime.metrics import LATENCY_BUCKETS, LoopCounterFamily, LoopHistogramFamily
 
 
 class _StateCollector(Collector):
@@ -49,30 +49,36 @@ class PolicyMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
-        self.evaluation_seconds = Histogram(
+        self.evaluation_seconds = LoopHistogramFamily(
             "govmesh_policy_evaluation_seconds",
             "Duration of one evaluation (active bundle, and shadow when there is one).",
+            [],
+            registry,
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.shadow_evaluations = Counter(
+        self.shadow_evaluations = LoopCounterFamily(
             "govmesh_policy_shadow_evaluations",
             "Requests also evaluated under a shadow bundle.",
-            registry=registry,
+            [],
+            registry,
         )
-        self.shadow_disagreements = Counter(
+        self.shadow_disagreements = LoopCounterFamily(
             "govmesh_policy_shadow_disagreements",
             "Shadow evaluations whose decision differed from the active bundle's.",
-            registry=registry,
+            [],
+            registry,
         )
+        self._evaluation = self.evaluation_seconds.labels()
+        self._shadowed = self.shadow_evaluations.labels()
+        self._disagreed = self.shadow_disagreements.labels()
 
     def evaluated(self, answer: Answer, seconds: float) -> None:
         """Record one evaluation."""
-        self.evaluation_seconds.observe(seconds)
+        self._evaluation.observe(seconds)
         if answer.shadow is not None:
-            self.shadow_evaluations.inc()
+            self._shadowed.inc()
             if answer.shadow.allowed != answer.active.allowed:
-                self.shadow_disagreements.inc()
+                self._disagreed.inc()
 
     def watch(self, authority: Authority) -> None:
         """Export the authority's epoch, bundles and readiness, read at scrape time."""

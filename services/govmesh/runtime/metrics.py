@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -27,6 +29,9 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from govmesh.runtime.errors import ConfigurationError
 from govmesh.v1 import common_pb2
@@ -49,6 +54,125 @@ def reason_label(reason: int) -> str:
         return common_pb2.DenyReason.Name(reason)  # type: ignore[arg-type]
     except ValueError:
         return "UNKNOWN"
+
+
+class LoopCounter:
+    """A counter written only by the event loop's thread: a plain float, no lock.
+
+    prometheus-client guards every increment with a mutex, a cost paid on
+    every decision for a contention that cannot happen here: one thread
+    writes, and the exporter's thread only reads (a float read is atomic).
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add `amount` (from the event loop's thread only)."""
+        self.value += amount
+
+
+class LoopHistogram:
+    """A histogram written only by the event loop's thread: bucket counts in a list."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = tuple(bounds)
+        self.counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        """Count `amount` in the first bucket whose bound it does not exceed."""
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+class _LoopFamily(Collector):
+    """Children by label values, created on first use and exported at scrape time."""
+
+    kind = ""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], object] = {}
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # names are known only at collect(): no duplicate check needed
+
+    def _items(self) -> list[tuple[tuple[str, ...], object]]:
+        # A copy taken under the GIL: the loop may add a child meanwhile.
+        return list(self._children.items())
+
+
+class LoopCounterFamily(_LoopFamily):
+    """A labelled counter of LoopCounter children; `name` without `_total`."""
+
+    kind = "counter"
+
+    def labels(self, *values: str) -> LoopCounter:
+        """The child for these label values (keep it: the look-up is the cost to avoid)."""
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}")
+            child = self._children[values] = LoopCounter()
+        assert isinstance(child, LoopCounter)
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self._items():
+            assert isinstance(child, LoopCounter)
+            family.add_metric(list(values), child.value)
+        yield family
+
+
+class LoopHistogramFamily(_LoopFamily):
+    """A labelled histogram of LoopHistogram children."""
+
+    kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        *,
+        buckets: Sequence[float],
+    ) -> None:
+        self._bounds = tuple(buckets)
+        super().__init__(name, documentation, labelnames, registry)
+
+    def labels(self, *values: str) -> LoopHistogram:
+        """The child for these label values (keep it)."""
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}")
+            child = self._children[values] = LoopHistogram(self._bounds)
+        assert isinstance(child, LoopHistogram)
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self._items():
+            assert isinstance(child, LoopHistogram)
+            counts, total = list(child.counts), child.sum
+            buckets, running = [], 0
+            for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
+                running += count
+                buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+            family.add_metric(list(values), buckets, total)
+        yield family
 
 
 def new_registry() -> CollectorRegistry:

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from govmesh.artifacts.checks import REQUIRED_CHECKS
-from govmesh.runtime.metrics import LATENCY_BUCKETS, reason_label
+from govmesh.runtime.metrics import (
+    LATENCY_BUCKETS,
+    LoopCounter,
+    LoopCounterFamily,
+    LoopHistogramFamily,
+    reason_label,
+)
 from govmesh.verification.core import VerificationResult
 
 #: The `outcome` label of a check that passed; a failed one is labelled with its deny reason.
@@ -52,24 +58,27 @@ class VerificationMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
-        self.checks = Counter(
+        self.checks = LoopCounterFamily(
             "govmesh_verification_checks",
             "Check verdicts: outcome is `passed` or the deny reason of the failure.",
             ["check", "outcome"],
-            registry=registry,
+            registry,
         )
-        self.replay_commit_seconds = Histogram(
+        self.replay_commit_seconds = LoopHistogramFamily(
             "govmesh_verification_replay_commit_seconds",
             "Duration of one group commit of proof nonces to the replay store.",
+            [],
+            registry,
             buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
+        #: The child to observe each commit's duration in.
+        self.replay_commit = self.replay_commit_seconds.labels()
         self.replay_nonces = Gauge(
             "govmesh_verification_replay_nonces",
             "Proof nonces in the replay store (exact up to a bound, then Postgres' estimate).",
             registry=registry,
         )
-        self._children: dict[tuple[str, int], Counter] = {}
+        self._children: dict[tuple[str, int], LoopCounter] = {}
         for check in REQUIRED_CHECKS:
             self._children[(check.value, 0)] = self.checks.labels(check.value, PASSED)
 

@@ -267,7 +267,7 @@ class PostgresReplayStore:
                 inserted = {bytes(row["k"]) for row in rows if row["fresh"]}
                 closed = {bytes(row["k"]) for row in rows if row["closed"]}
             if self._metrics is not None:
-                self._metrics.replay_commit_seconds.observe(time.perf_counter() - started)
+                self._metrics.replay_commit.observe(time.perf_counter() - started)
         except TimeoutError:
             await self._drop_committer()  # its state is unknown after a cancelled statement
             self._fail(waiting, ReplayStoreTimeout("the commit did not finish in time"))
