@@ -262,3 +262,24 @@ def test_tree_size_and_checkpoint_age_are_read_at_scrape_time() -> None:
     state.update(size=12, at=1030.0)
     assert _value(registry, "govmesh_lineage_tree_size") == 12
     assert _value(registry, "govmesh_lineage_checkpoint_age_seconds") == 0
+
+
+# --- the lock-free families ----------------------------------------------------------------
+
+
+def test_loop_histograms_export_cumulative_buckets_as_prometheus_defines_them() -> None:
+    from govmesh.runtime.metrics import LoopHistogramFamily
+
+    registry = CollectorRegistry()
+    family = LoopHistogramFamily("h_seconds", "h", ["peer"], registry, buckets=(0.1, 1.0))
+    child = family.labels("policy")
+    for amount in (0.05, 0.1, 0.5, 1.0, 7.0):  # a value equal to a bound counts in that bucket
+        child.observe(amount)
+    bucket = "h_seconds_bucket"
+    assert _value(registry, bucket, peer="policy", le="0.1") == 2
+    assert _value(registry, bucket, peer="policy", le="1.0") == 4
+    assert _value(registry, bucket, peer="policy", le="+Inf") == 5
+    assert _value(registry, "h_seconds_count", peer="policy") == 5
+    assert _value(registry, "h_seconds_sum", peer="policy") == pytest.approx(8.65)
+    with pytest.raises(ValueError, match="takes labels"):
+        family.labels("policy", "extra")
