@@ -1,7 +1,7 @@
 """Decision latency, throughput and goodput through the whole mesh, at and past capacity.
 
     python bench/engine.py [--callers 8,64,256] [--deadline 10] [--requests 5000]
-                           [--rate 300] [--seconds 10] [--mixed]
+                           [--rate 300] [--seconds 10] [--mixed] [--metrics]
                            [--set GOVMESH_NAME=VALUE ...] [--database-url URL]
 
 Starts `govmesh up` (the four real processes; an embedded Postgres unless a
@@ -23,6 +23,13 @@ denies) or gRPC status (no answer, RESOURCE_EXHAUSTED being the engine's
 admission refusals), and how fast refusals came. --set passes engine settings
 to `govmesh up` (e.g. --set GOVMESH_ADMISSION_MAX_CONCURRENT=16). Figures are
 for this machine and this moment; nothing here asserts a target.
+
+Each run also prints the CPU time each mesh process and the database's
+Postgres backends spent per decision (bench/cpu.py), and the same client's
+calls/s against a no-op grpc.aio server (bench/echo.py). With --metrics every
+service serves Prometheus metrics and each is scraped every 5 s during the
+run (as a Prometheus would, more often); without it the mesh runs with
+`--no-metrics`.
 """
 
 from __future__ import annotations
@@ -30,13 +37,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -72,7 +82,7 @@ def _free_port() -> int:
 
 
 def _start_mesh(
-    data: Path, port: int, database_url: str | None, settings: dict[str, str]
+    data: Path, port: int, database_url: str | None, settings: dict[str, str], metrics: bool
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOVMESH_")}
     env["GOVMESH_DATA_DIR"] = str(data)
@@ -82,7 +92,13 @@ def _start_mesh(
         env["GOVMESH_DATABASE_URL"] = database_url
     log = (data / "up.log").open("wb")
     up = subprocess.Popen(
-        [str(Path(sys.executable).parent / "govmesh"), "up", "--engine-port", str(port)],
+        [
+            str(Path(sys.executable).parent / "govmesh"),
+            "up",
+            "--engine-port",
+            str(port),
+            *(["--metrics-port", "0"] if metrics else ["--no-metrics"]),
+        ],
         env=env,
         stdout=log,
         stderr=log,
@@ -93,6 +109,13 @@ def _start_mesh(
             sys.exit("govmesh up failed:\n" + (data / "up.log").read_text())
         time.sleep(0.2)
     return up
+
+
+def _scrape_every(urls: list[str], interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - http only
+                response.read()
 
 
 @dataclass
@@ -220,6 +243,9 @@ def main() -> None:
     parser.add_argument("--mixed", action="store_true", help="every other request a policy deny")
     parser.add_argument("--set", action="append", default=[], metavar="GOVMESH_NAME=VALUE")
     parser.add_argument("--database-url", default=os.environ.get("GOVMESH_DATABASE_URL"))
+    parser.add_argument(
+        "--metrics", action="store_true", help="serve metrics and scrape them every 5 s"
+    )
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.set)
     callers = [int(n) for n in args.callers.split(",") if n.strip()]
@@ -236,7 +262,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         port = _free_port()
-        up = _start_mesh(data, port, database_url, settings)
+        up = _start_mesh(data, port, database_url, settings, args.metrics)
+        urls = re.findall(r"metrics: +\w+ +(http://\S+/metrics)", (data / "up.log").read_text())
+        stop_scraping = threading.Event()
+        scraper = threading.Thread(target=_scrape_every, args=(urls, 5.0, stop_scraping))
+        scraper.start()
         try:
             setup = DevSetup(data / "dev")
             agent = Initiator(setup.dev_key("agent"))
@@ -261,7 +291,12 @@ def main() -> None:
             print(
                 f"mesh: 4 processes, {os.cpu_count()} cores; deadline {args.deadline:g} s;"
                 f" {'mixed allow/deny' if args.mixed else 'allow'} load;"
-                f" settings {settings or 'default'}"
+                f" settings {settings or 'default'};"
+                + (
+                    f" metrics on, {len(urls)} endpoints scraped every 5 s"
+                    if urls
+                    else " metrics off"
+                )
             )
             for n in callers:
                 before = asyncio.run(meter.sample())
@@ -290,6 +325,8 @@ def main() -> None:
                 print(tally.report(f"open loop, {args.rate:g}/s offered", elapsed, count))
                 print("       " + meter.report(before, after, count))
         finally:
+            stop_scraping.set()
+            scraper.join()
             up.send_signal(signal.SIGTERM)
             up.wait(60)
             if server_url and database_url:

@@ -91,7 +91,10 @@ def start_mesh(
     """Start the four services; `engine_env` and `policy_env` override their settings."""
 
     def start(
-        engine_env: dict[str, str] | None = None, policy_env: dict[str, str] | None = None
+        engine_env: dict[str, str] | None = None,
+        policy_env: dict[str, str] | None = None,
+        *,
+        metrics: bool = False,
     ) -> Mesh:
         common = {
             "GOVMESH_DATABASE_URL": database_url,
@@ -99,8 +102,8 @@ def start_mesh(
             "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
             "GOVMESH_POLICY_PATH": str(dev_setup.policies),
         }
-        lineage = services("lineage", common)
-        verification = services("verification", common)
+        lineage = services("lineage", common, metrics=metrics)
+        verification = services("verification", common, metrics=metrics)
         policy = services(
             "policy",
             {
@@ -108,6 +111,7 @@ def start_mesh(
                 "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "policy-epoch.json"),
                 **(policy_env or {}),
             },
+            metrics=metrics,
         )
         engine = services(
             "engine",
@@ -120,6 +124,7 @@ def start_mesh(
                 "GOVMESH_LINEAGE_TARGET": lineage.address,
                 **(engine_env or {}),
             },
+            metrics=metrics,
         )
         return Mesh(
             setup=dev_setup,

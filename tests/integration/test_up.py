@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -35,8 +36,12 @@ def _govmesh(
 
 def _start_up(env: dict[str, str], port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
+        # Metrics on any free ports: tests run side by side, the default ports are shared.
         up = subprocess.Popen(
-            [GOVMESH, "up", "--engine-port", str(port), *flags], env=env, stdout=out, stderr=out
+            [GOVMESH, "up", "--engine-port", str(port), "--metrics-port", "0", *flags],
+            env=env,
+            stdout=out,
+            stderr=out,
         )
     deadline = time.monotonic() + 120
     while "govmesh is up" not in log.read_text():
@@ -72,6 +77,8 @@ def test_up_with_embedded_postgres_gives_a_first_allow_and_deny_then_stops_clean
         ]
         allowed = _govmesh(*base, "--context", '{"amount": 250}', env=up_env, check=False)
         denied = _govmesh(*base, "--context", '{"amount": 5000}', env=up_env, check=False)
+        urls = dict(re.findall(r"metrics: (\w+) +(http://\S+/metrics)", log.read_text()))
+        scraped = {name: _scrape(url) for name, url in urls.items()}
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(60)
@@ -83,6 +90,13 @@ def test_up_with_embedded_postgres_gives_a_first_allow_and_deny_then_stops_clean
     assert denied.returncode == 1
     assert json.loads(denied.stdout)["reason"] == "POLICY_MISMATCH"
 
+    # Each service's URL is printed, and each answers with its own metrics.
+    assert sorted(urls) == ["engine", "lineage", "policy", "verification"], log.read_text()
+    assert 'govmesh_engine_decisions_total{decision="ALLOW",reason="none"} 1.0' in scraped["engine"]
+    assert "govmesh_verification_checks_total" in scraped["verification"]
+    assert "govmesh_policy_epoch 1.0" in scraped["policy"]
+    assert "govmesh_lineage_tree_size 2.0" in scraped["lineage"]
+
     assert code == 0, log.read_text()
     assert len(children) == 4
     for child in children:
@@ -90,6 +104,32 @@ def test_up_with_embedded_postgres_gives_a_first_allow_and_deny_then_stops_clean
     _, still_running = psutil.wait_procs([postgres], timeout=20)
     assert still_running == [], "the embedded Postgres outlived govmesh up"
     assert "Traceback" not in log.read_text()
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def test_up_refuses_a_taken_metrics_port_before_starting_anything(
+    up_env: dict[str, str], tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        first = int(taken.getsockname()[1])
+        result = subprocess.run(
+            [GOVMESH, "up", "--engine-port", str(_free_port()), "--metrics-port", str(first)],
+            env=up_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"the engine metrics port 127.0.0.1:{first} is taken" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "pg").exists()
 
 
 def test_first_minutes_keys_init_then_up_with_that_setup_allows_then_denies_with_a_reason(

@@ -26,6 +26,8 @@ class ServiceProcess:
     address: str
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: host:port of its Prometheus metrics, when started with metrics on.
+    metrics_address: str | None = None
 
     def log(self) -> str:
         """Everything the process wrote to stderr and stdout so far."""
@@ -66,8 +68,12 @@ def start_service(
     *,
     command: list[str] | None = None,
     wait_serving: bool = True,
+    metrics: bool = False,
 ) -> ServiceProcess:
-    """Start a service process listening on a free port and wait until it serves."""
+    """Start a service process listening on a free port and wait until it serves.
+
+    With `metrics`, it also serves Prometheus metrics on a free port.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
     port_file = workdir / f"{tag}.addr"
@@ -80,6 +86,10 @@ def start_service(
         **env,
         "GOVMESH_PORT_FILE": str(port_file),
     }
+    metrics_file = workdir / f"{tag}.metrics"
+    if metrics:
+        full_env["GOVMESH_METRICS_LISTEN"] = "127.0.0.1:0"
+        full_env["GOVMESH_METRICS_PORT_FILE"] = str(metrics_file)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command or [sys.executable, "-m", f"govmesh.{name}"],
@@ -96,6 +106,9 @@ def start_service(
             raise RuntimeError(f"{name} did not start:\n{log_path.read_text()}")
         time.sleep(0.02)
     service = ServiceProcess(name, process, port_file.read_text().strip(), log_path, full_env)
+    if metrics:
+        # Written before the port file, once the metrics server listens.
+        service.metrics_address = metrics_file.read_text().strip()
     if wait_serving:
         while True:
             try:

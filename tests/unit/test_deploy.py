@@ -576,6 +576,8 @@ def check_network(resources: list[Manifest]) -> Iterator[str]:
         if not _port_allowed(rules, port):
             yield f"NetworkPolicy: the engine cannot reach {peer} on {port}"
         for rule in rules:
+            if _metrics_only(rule, _metrics_port(_container(workload))):
+                continue  # check_metrics judges who may scrape
             sources = rule.get("from", [])
             only_engine = sources and all(
                 set(source) == {"podSelector"}
@@ -616,6 +618,46 @@ def check_metadata(resources: list[Manifest]) -> Iterator[str]:
                     yield f"{_id(resource)} image {image} is not govmesh {version}"
 
 
+def _metrics_port(container: dict[str, Any]) -> int | None:
+    for port in container.get("ports", []):
+        if port.get("name") == "metrics":
+            number: int = port["containerPort"]
+            return number
+    return None
+
+
+def _metrics_only(rule: dict[str, Any], metrics_port: int | None) -> bool:
+    ports = rule.get("ports") or []
+    return bool(ports) and all(p.get("port") in ("metrics", metrics_port) for p in ports)
+
+
+def check_metrics(resources: list[Manifest]) -> Iterator[str]:
+    """Each service serves metrics on a port named `metrics`, which its Service publishes.
+
+    A NetworkPolicy may open that port (to Prometheus), and then nothing else:
+    the gRPC port stays the engine's.
+    """
+    for name, deployment in _deployments(resources).items():
+        container = _container(deployment)
+        port = _metrics_port(container)
+        if port is None:
+            yield f"{_id(deployment)} has no container port named metrics"
+            continue
+        listen = _pod_env(deployment, container).get("GOVMESH_METRICS_LISTEN")
+        if listen != f"0.0.0.0:{port}":
+            yield f"{_id(deployment)} GOVMESH_METRICS_LISTEN is {listen!r}, not 0.0.0.0:{port}"
+        service = _service_for(resources, deployment)
+        if service is None:
+            continue  # check_services names it
+        published = [p for p in service["spec"]["ports"] if p.get("name") == "metrics"]
+        if not published or published[0].get("targetPort") not in ("metrics", port):
+            yield f"{_id(service)} publishes no port named metrics leading to {name}'s {port}"
+        for rule in _ingress_rules(resources, _pod_labels(deployment)) or []:
+            opens_metrics = any(p.get("port") in ("metrics", port) for p in rule.get("ports", []))
+            if opens_metrics and not _metrics_only(rule, port) and name != "engine":
+                yield f"NetworkPolicy opens the metrics port of {name} with other ports: {rule}"
+
+
 CHECKS: tuple[Callable[[list[Manifest]], Iterator[str]], ...] = (
     check_services,
     check_settings,
@@ -625,6 +667,7 @@ CHECKS: tuple[Callable[[list[Manifest]], Iterator[str]], ...] = (
     check_hardening,
     check_lifecycle,
     check_network,
+    check_metrics,
     check_metadata,
 )
 
@@ -752,6 +795,21 @@ POD = "spec.template.spec"
 PRIVATE_JWK = json.dumps({"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "d": "BBBB"})
 
 MUTATIONS: list[tuple[str, Callable[[list[Manifest]], None], str]] = [
+    (
+        "metrics-off",
+        _env("lineage", "GOVMESH_METRICS_LISTEN", value="127.0.0.1:9464"),
+        "Deployment lineage GOVMESH_METRICS_LISTEN is '127.0.0.1:9464', not 0.0.0.0:9464",
+    ),
+    (
+        "metrics-port-unnamed",
+        _on("Deployment", "policy", _set(f"{CONTAINER}.ports.1.name", "prom")),
+        "Deployment policy has no container port named metrics",
+    ),
+    (
+        "metrics-not-published",
+        _on("Service", "verification", _set("spec.ports.1.targetPort", "grpc")),
+        "Service verification publishes no port named metrics",
+    ),
     (
         "probe-port",
         _on("Deployment", "engine", _set(f"{CONTAINER}.readinessProbe.grpc.port", 50052)),
@@ -1258,3 +1316,368 @@ def test_lineage_writes_as_the_role_that_may_only_append(rendered: list[Manifest
     assert _env_var(rendered, "lineage", "GOVMESH_DATABASE_URL")["valueFrom"] == writer
     for other in ("verification", "policy"):
         assert _env_var(rendered, other, "GOVMESH_DATABASE_URL")["valueFrom"] == owner
+
+
+# ---------------------------------------------------------------------------
+# deploy/monitoring: the ServiceMonitor, the alerts and the scrape policy.
+# ---------------------------------------------------------------------------
+
+MONITORING = ROOT / "deploy" / "monitoring"
+
+#: The parts of the monitoring.coreos.com/v1 schemas the manifests use; anything
+#: else (a misspelt field included) is refused, as strict validation would.
+_DURATION = {"type": "string", "pattern": r"^([0-9]+(ms|s|m|h|d|w|y))+$"}
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA = {
+    "type": "object",
+    "required": ["name", "labels"],
+    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _LABELS},
+    "additionalProperties": False,
+}
+CRD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ServiceMonitor": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": "ServiceMonitor"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["selector", "endpoints"],
+                "additionalProperties": False,
+                "properties": {
+                    "selector": {
+                        "type": "object",
+                        "required": ["matchLabels"],
+                        "additionalProperties": False,
+                        "properties": {"matchLabels": _LABELS},
+                    },
+                    "endpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["port"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string", "pattern": "^/"},
+                                "scheme": {"enum": ["http", "https"]},
+                                "interval": _DURATION,
+                                "scrapeTimeout": _DURATION,
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "PrometheusRule": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": "PrometheusRule"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "additionalProperties": False,
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["alert", "expr", "labels", "annotations"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "alert": {
+                                                "type": "string",
+                                                "pattern": "^[A-Z][A-Za-z0-9]*$",
+                                            },
+                                            "expr": {"type": "string"},
+                                            "for": _DURATION,
+                                            "labels": {
+                                                "type": "object",
+                                                "required": ["severity"],
+                                                "properties": {
+                                                    "severity": {"enum": ["warning", "critical"]}
+                                                },
+                                                "additionalProperties": {"type": "string"},
+                                            },
+                                            "annotations": {
+                                                "type": "object",
+                                                "required": ["summary"],
+                                                "additionalProperties": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+#: The alerts a platform team relies on, by name.
+REQUIRED_ALERTS = {
+    "GovmeshDenyRateSpike",
+    "GovmeshPeerUnavailable",
+    "GovmeshLineageCheckpointStale",
+    "GovmeshSpoolNotDraining",
+}
+#: Labels Prometheus adds to every scraped series.
+TARGET_LABELS = {"namespace", "pod", "job", "instance", "service", "endpoint", "container"}
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Every series name the services export, with its label names (from the code)."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from govmesh.engine.metrics import EngineMetrics
+    from govmesh.lineage.metrics import LineageMetrics
+    from govmesh.policy.authority import Authority
+    from govmesh.policy.metrics import PolicyMetrics
+    from govmesh.runtime.metrics import LoopCounterFamily, LoopHistogramFamily
+    from govmesh.verification.metrics import VerificationMetrics
+
+    registry = CollectorRegistry()
+    parts: list[Any] = [
+        EngineMetrics(registry),
+        VerificationMetrics(registry),
+        PolicyMetrics(registry),
+        LineageMetrics(registry),
+    ]
+    parts[1].watch_cache(lambda: (0, 0, 0))
+    snapshot = SimpleNamespace(epoch=1, active=SimpleNamespace(version="a"), shadow=None)
+    parts[2].watch(cast(Authority, SimpleNamespace(snapshot=snapshot)))
+    parts[3].watch(lambda: 0, lambda: 0.0)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    series: dict[str, set[str]] = {}
+    for part in parts:
+        for metric in vars(part).values():
+            if isinstance(metric, MetricWrapperBase):
+                name, kind, names = metric._name, str(metric._type), set(metric._labelnames)
+            elif isinstance(metric, LoopCounterFamily | LoopHistogramFamily):
+                name, kind, names = metric.name, metric.kind, set(metric.labelnames)
+            else:
+                continue
+            for suffix in suffixes[kind]:
+                series[name + suffix] = names | ({"le"} if suffix == "_bucket" else set())
+    for family in registry.collect():
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+def _selectors(expr: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    import promql_parser
+
+    found: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append((node.name or "", [(m.name, m.value) for m in node.matchers.matchers]))
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+#: Values a label may take, where the code fixes them (the reasons are the DenyReason names).
+def _label_values() -> dict[str, set[str]]:
+    from govmesh.engine.metrics import CALL_OUTCOMES, PEERS
+    from govmesh.v1 import common_pb2
+
+    return {
+        "decision": {"ALLOW", "DENY"},
+        "reason": {"none", *common_pb2.DenyReason.keys()},
+        "outcome": {*CALL_OUTCOMES, "passed", *common_pb2.DenyReason.keys()},
+        "peer": set(PEERS),
+    }
+
+
+def check_alerts(resources: list[Manifest]) -> Iterator[str]:
+    """Every alert parses as PromQL and names only series and labels govmesh exports."""
+    series = exported_series()
+    values = _label_values()
+    alerts: set[str] = set()
+    for rule_set in _of_kind(resources, "PrometheusRule"):
+        for group in rule_set["spec"]["groups"]:
+            for rule in group["rules"]:
+                alerts.add(rule["alert"])
+                try:
+                    selectors = _selectors(rule["expr"])
+                except ValueError as exc:
+                    yield f"alert {rule['alert']} is not PromQL: {exc}"
+                    continue
+                for name, matchers in selectors:
+                    if name not in series:
+                        yield f"alert {rule['alert']} names {name}, which govmesh does not export"
+                        continue
+                    for label, value in matchers:
+                        if label not in series[name] | TARGET_LABELS:
+                            yield f"alert {rule['alert']}: {name} has no label {label}"
+                        wanted = set(re.split(r"[|]", value))
+                        if label in values and not wanted <= values[label]:
+                            yield f"alert {rule['alert']}: {label} is never {value!r}"
+    missing = REQUIRED_ALERTS - alerts
+    if missing:
+        yield f"no alert named {sorted(missing)}"
+
+
+def check_monitoring(resources: list[Manifest]) -> Iterator[str]:
+    """The ServiceMonitor scrapes every service's metrics port, and Prometheus may reach it."""
+    monitors = _of_kind(resources, "ServiceMonitor")
+    if not monitors:
+        yield "no ServiceMonitor"
+    for name, deployment in _deployments(resources).items():
+        service = _service_for(resources, deployment)
+        if service is None:
+            continue
+        ports = {p.get("name") for p in service["spec"]["ports"]}
+        scraped = [
+            m
+            for m in monitors
+            if _selects(m["spec"]["selector"].get("matchLabels"), service["metadata"]["labels"])
+            and any(e["port"] in ports for e in m["spec"]["endpoints"])
+        ]
+        if not scraped:
+            yield f"no ServiceMonitor scrapes the metrics port of {_id(service)}"
+        port = _metrics_port(_container(deployment))
+        rules = _ingress_rules(resources, _pod_labels(deployment)) or []
+        if not any(
+            _metrics_only(rule, port)
+            and any("namespaceSelector" in f for f in rule.get("from", []))
+            for rule in rules
+        ):
+            yield f"no NetworkPolicy lets Prometheus reach the metrics port of {name}"
+
+
+@pytest.fixture(scope="module")
+def monitored() -> list[Manifest]:
+    """The base and deploy/monitoring, as a cluster running both holds them."""
+    return render(BASE) + render(MONITORING)
+
+
+def test_monitoring_renders_a_service_monitor_alerts_and_a_scrape_policy() -> None:
+    kinds = sorted(r["kind"] for r in render(MONITORING))
+    assert kinds == ["NetworkPolicy", "PrometheusRule", "ServiceMonitor"]
+
+
+def test_monitoring_validates_against_its_schemas(monitored: list[Manifest]) -> None:
+    import jsonschema
+
+    monitoring = render(MONITORING)
+    core = [r for r in monitoring if r["kind"] not in CRD_SCHEMAS]
+    assert schema_errors(core) == []
+    for resource in monitoring:
+        if resource["kind"] in CRD_SCHEMAS:
+            jsonschema.validate(resource, CRD_SCHEMAS[resource["kind"]])
+
+
+def test_the_crd_schemas_refuse_a_misspelt_field() -> None:
+    import jsonschema
+
+    rule = next(r for r in render(MONITORING) if r["kind"] == "PrometheusRule")
+    rule["spec"]["groups"][0]["rules"][0]["fro"] = "5m"
+    with pytest.raises(jsonschema.ValidationError, match="'fro' was unexpected"):
+        jsonschema.validate(rule, CRD_SCHEMAS["PrometheusRule"])
+
+
+def test_base_and_monitoring_together_keep_every_property(monitored: list[Manifest]) -> None:
+    assert manifest_problems(monitored) == []
+    assert list(check_monitoring(monitored)) == []
+    assert list(check_alerts(monitored)) == []
+
+
+def _rule_expr(resources: list[Manifest], alert: str, expr: str) -> None:
+    for rule_set in _of_kind(resources, "PrometheusRule"):
+        for group in rule_set["spec"]["groups"]:
+            for rule in group["rules"]:
+                if rule["alert"] == alert:
+                    rule["expr"] = expr
+
+
+MONITORING_MUTATIONS: list[tuple[str, Callable[[list[Manifest]], None], str]] = [
+    (
+        "unknown-metric",
+        lambda r: _rule_expr(r, "GovmeshSpoolNotDraining", "govmesh_engine_spool_age > 600"),
+        "names govmesh_engine_spool_age, which govmesh does not export",
+    ),
+    (
+        "unknown-label",
+        lambda r: _rule_expr(
+            r, "GovmeshDenyRateSpike", 'rate(govmesh_engine_decisions_total{verdict="DENY"}[5m])'
+        ),
+        "govmesh_engine_decisions_total has no label verdict",
+    ),
+    (
+        "impossible-value",
+        lambda r: _rule_expr(
+            r, "GovmeshDenyRateSpike", 'rate(govmesh_engine_decisions_total{decision="deny"}[5m])'
+        ),
+        "decision is never 'deny'",
+    ),
+    (
+        "not-promql",
+        lambda r: _rule_expr(r, "GovmeshPeerUnavailable", "max(govmesh_engine_peer_breaker_state"),
+        "alert GovmeshPeerUnavailable is not PromQL",
+    ),
+    (
+        "alert-missing",
+        lambda r: _of_kind(r, "PrometheusRule")[0]["spec"]["groups"][0]["rules"].pop(0),
+        "no alert named ['GovmeshDenyRateSpike']",
+    ),
+    (
+        "wrong-scrape-port",
+        _on("ServiceMonitor", "govmesh", _set("spec.endpoints.0.port", "http-metrics")),
+        "no ServiceMonitor scrapes the metrics port of Service engine",
+    ),
+    (
+        "scrape-policy-missing",
+        _remove("NetworkPolicy", "metrics-from-prometheus"),
+        "no NetworkPolicy lets Prometheus reach the metrics port of lineage",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [(m, e) for _, m, e in MONITORING_MUTATIONS],
+    ids=[i for i, _, _ in MONITORING_MUTATIONS],
+)
+def test_each_monitoring_property_is_enforced(
+    monitored: list[Manifest], mutate: Callable[[list[Manifest]], None], expected: str
+) -> None:
+    resources = copy.deepcopy(monitored)
+    mutate(resources)
+    problems = [*check_monitoring(resources), *check_alerts(resources)]
+    assert any(expected in p for p in problems), problems
+
+
+def test_the_scrape_policy_opens_only_the_metrics_port(monitored: list[Manifest]) -> None:
+    resources = copy.deepcopy(monitored)
+    policy = _find(resources, "NetworkPolicy", "metrics-from-prometheus")
+    policy["spec"]["ingress"][0]["ports"].append({"protocol": "TCP", "port": 50053})
+    problems = manifest_problems(resources)
+    assert any("NetworkPolicy lets more than the engine reach verification" in p for p in problems)

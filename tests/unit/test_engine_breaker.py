@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
 from govmesh.engine.breaker import BreakerState, CircuitBreaker
 from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable
-from govmesh.engine.metrics import export_breaker_state
+from govmesh.engine.metrics import EngineMetrics
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from tests.unit.engine_fakes import (
     FakeLineage,
@@ -154,18 +154,20 @@ def test_an_abandoned_probe_frees_the_slot_without_closing() -> None:
 
 def test_the_state_is_exported_as_a_gauge_per_peer() -> None:
     clock = ManualClock()
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry)
     b = CircuitBreaker(
-        peer="gauge-test-peer",
+        peer="policy",
         failure_threshold=1,
         cool_down=1.0,
         monotonic=clock,
-        on_change=export_breaker_state,
+        on_change=metrics.on_breaker_change,
     )
 
     def exported() -> float | None:
-        return REGISTRY.get_sample_value(
-            "govmesh_engine_peer_breaker_state", {"peer": "gauge-test-peer"}
-        )
+        return registry.get_sample_value("govmesh_engine_peer_breaker_state", {"peer": "policy"})
+
+    assert exported() == 0.0
 
     fail_times(b, 1)
     assert exported() == 2.0

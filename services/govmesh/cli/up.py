@@ -3,9 +3,11 @@
 Starts an embedded Postgres when GOVMESH_DATABASE_URL is unset, runs the
 migrations, starts lineage, verification and policy, then the engine pointed
 at them, waits until every service reports SERVING, and prints the engine's
-address. Ctrl-C or SIGTERM stops the engine first, then its peers, then
-Postgres. The children die with this process even if it is killed outright
-(PR_SET_PDEATHSIG), so nothing is left behind.
+address and each service's Prometheus metrics URL (ports 9464-9467 unless
+--metrics-port or --no-metrics say otherwise). Ctrl-C or SIGTERM stops the
+engine first, then its peers, then Postgres. The children die with this
+process even if it is killed outright (PR_SET_PDEATHSIG), so nothing is left
+behind.
 
 Once up, it supervises: a service that exits is started again on the same
 address, after a delay that doubles from RESTART_DELAY_S up to
@@ -27,6 +29,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -48,6 +51,9 @@ from govmesh.runtime.logs import configure_logging
 logger = logging.getLogger("govmesh.up")
 
 PEERS = ("lineage", "verification", "policy")
+#: Metrics ports from --metrics-port: the engine's, then each peer's, in gRPC port order.
+METRICS_ORDER = ("engine", "verification", "policy", "lineage")
+DEFAULT_METRICS_PORT = 9464
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 RESTART_DELAY_S = 0.5
@@ -65,6 +71,32 @@ def _die_with_parent() -> None:
     # child when the supervisor dies, however it dies.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def metrics_ports(first: int | None) -> dict[str, int]:
+    """Each service's metrics port: `first` and the next three, or any free ones (0).
+
+    None turns metrics off. Raises ConfigurationError for a fixed port that is
+    out of range or already taken, before anything starts.
+    """
+    if first is None:
+        return {}
+    if first == 0:
+        return dict.fromkeys(METRICS_ORDER, 0)
+    ports = {name: first + n for n, name in enumerate(METRICS_ORDER)}
+    if not 0 < first <= 65535 - len(ports):
+        raise ConfigurationError(f"--metrics-port {first} leaves no room for four ports")
+    for name, port in ports.items():
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"the {name} metrics port 127.0.0.1:{port} is taken ({exc.strerror}): "
+                    "pass --metrics-port with another first port, 0 for any free ones, "
+                    "or --no-metrics"
+                ) from None
+    return ports
 
 
 class CrashLoop(Exception):
@@ -129,6 +161,11 @@ class Child:
     port_file: Path
     backoff: Backoff
     restarts: int = field(default=0)
+
+    @property
+    def metrics_file(self) -> Path:
+        """Where the service writes its bound metrics address, when metrics are on."""
+        return self.port_file.with_suffix(".metrics")
 
     async def address(self, deadline: float) -> str:
         """Wait for the service to write its address, or fail if it exits first."""
@@ -195,9 +232,16 @@ class Mesh:
         self._postgres = pgserver.get_server(self.data / "pg", cleanup_mode="stop")
         return str(self._postgres.get_uri())
 
-    async def spawn(self, name: str, env: dict[str, str]) -> Child:
+    async def spawn(self, name: str, env: dict[str, str], metrics_port: int | None = None) -> Child:
         """Start `python -m govmesh.<name>` with GOVMESH_* settings in `env`."""
         port_file = self.run_dir / f"{name}.addr"
+        if metrics_port is not None:
+            # In the child's env, so that a restart serves on the same port.
+            env = {
+                **env,
+                "GOVMESH_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+                "GOVMESH_METRICS_PORT_FILE": str(port_file.with_suffix(".metrics")),
+            }
         child = Child(
             name,
             env,
@@ -211,6 +255,7 @@ class Mesh:
     @staticmethod
     async def _exec(name: str, env: dict[str, str], port_file: Path) -> asyncio.subprocess.Process:
         port_file.unlink(missing_ok=True)
+        port_file.with_suffix(".metrics").unlink(missing_ok=True)
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -338,6 +383,7 @@ async def _up(args: argparse.Namespace) -> int:
     if not policies:
         raise ConfigurationError("with --trust, pass --policies (a .cedar file or folder)")
 
+    ports = metrics_ports(None if args.no_metrics else args.metrics_port)
     mesh = Mesh(
         data,
         RestartPolicy(max_restarts=args.max_restarts, window=args.restart_window),
@@ -365,7 +411,8 @@ async def _up(args: argparse.Namespace) -> int:
         }
         deadline = loop.time() + START_TIMEOUT_S
         peers = [
-            await mesh.spawn(name, {**common, "GOVMESH_LISTEN": "127.0.0.1:0"}) for name in PEERS
+            await mesh.spawn(name, {**common, "GOVMESH_LISTEN": "127.0.0.1:0"}, ports.get(name))
+            for name in PEERS
         ]
         addresses = {c.name: await c.address(deadline) for c in peers}
         for child in peers:
@@ -382,10 +429,18 @@ async def _up(args: argparse.Namespace) -> int:
                 "GOVMESH_POLICY_TARGET": addresses["policy"],
                 "GOVMESH_LINEAGE_TARGET": addresses["lineage"],
             },
+            ports.get("engine"),
         )
         await _wait_serving(engine, await engine.address(deadline), deadline)
         print(f"govmesh is up: engine at {engine_address}", flush=True)
         print(f"  data directory: {data}", flush=True)
+        if ports:
+            children = {c.name: c for c in mesh.children}
+            for name in METRICS_ORDER:
+                address = children[name].metrics_file.read_text().strip()
+                # A restarted service serves its metrics where they were printed.
+                children[name].env["GOVMESH_METRICS_LISTEN"] = address
+                print(f"  metrics: {name:12} http://{address}/metrics", flush=True)
         print("  try: govmesh mandate issue > mandate.jwt", flush=True)
         print(
             "       govmesh authorize --action payments.transfer "
@@ -472,4 +527,12 @@ def register(commands: Any) -> None:
         default=RESTART_WINDOW_S,
         help=f"seconds, default {RESTART_WINDOW_S:.0f}",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="Prometheus metrics of engine, verification, policy and lineage on this port and "
+        f"the next three (default {DEFAULT_METRICS_PORT}); 0: any free ports",
+    )
+    parser.add_argument("--no-metrics", action="store_true", help="serve no metrics")
     parser.set_defaults(func=_run)

@@ -35,7 +35,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from govmesh.engine.core import PeerError, PeerRejected, PeerUnavailable
+from govmesh.engine.core import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
+from govmesh.engine.metrics import PeerCallMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Batcher(Generic[Req, Resp]):
         linger: float = 0.0,
         max_in_flight: int = 4,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: PeerCallMetrics | None = None,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1 or max_batch_bytes < 1 or max_answer_bytes < 1:
             raise ValueError("a batcher needs room for one request and one batch")
@@ -88,6 +90,7 @@ class Batcher(Generic[Req, Resp]):
         self._max_answer_bytes = max_answer_bytes
         self._linger = linger
         self._monotonic = monotonic
+        self._metrics = metrics
         self._queue: list[_Pending[Req, Resp]] = []
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -194,7 +197,7 @@ class Batcher(Generic[Req, Resp]):
             timeout = max(p.deadline for p in batch) - self._monotonic()
             if timeout <= 0:
                 raise PeerUnavailable(f"{self._name}: no time left to send")
-            answers = await self._send_batch([p.request for p in batch], timeout)
+            answers = await self._call(batch, timeout)
             if len(answers) != len(batch):
                 raise PeerUnavailable(
                     f"{self._name} answered {len(answers)} of a batch of {len(batch)}"
@@ -216,6 +219,26 @@ class Batcher(Generic[Req, Resp]):
         except Exception as exc:
             logger.exception("%s batch failed", self._name)
             _fail(batch, PeerUnavailable(repr(exc)))
+
+    async def _call(self, batch: list[_Pending[Req, Resp]], timeout: float) -> Sequence[Resp]:
+        metrics = self._metrics
+        if metrics is None:
+            return await self._send_batch([p.request for p in batch], timeout)
+        started = self._monotonic()
+        error: BaseException | None = None
+        try:
+            return await self._send_batch([p.request for p in batch], timeout)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            metrics.sent(len(batch), self._monotonic() - started, _outcome(error))
+
+
+def _outcome(error: BaseException | None) -> str:
+    if error is None:
+        return "ok"
+    return "timeout" if isinstance(error, PeerTimeout | TimeoutError) else "unavailable"
 
 
 def _fail(batch: Sequence[_Pending[Req, Resp]], error: PeerError) -> None:

@@ -24,6 +24,7 @@ from govmesh.artifacts.entries import (
 from govmesh.artifacts.receipts import receipt_problem
 from govmesh.engine.batching import MAX_BATCH_BYTES, Batcher
 from govmesh.engine.core import PeerError, PeerUnavailable
+from govmesh.engine.metrics import PeerCallMetrics
 from govmesh.runtime.durable import durable_write
 from govmesh.v1 import common_pb2, lineage_pb2
 
@@ -62,6 +63,7 @@ class BatchingLineage:
         max_batch: int = 256,
         linger: float = 0.0,
         max_in_flight: int = 8,
+        metrics: PeerCallMetrics | None = None,
     ) -> None:
         self._batcher: Batcher[lineage_pb2.AppendRequest, lineage_pb2.AppendResponse] = Batcher(
             name="lineage",
@@ -70,6 +72,7 @@ class BatchingLineage:
             max_batch=max_batch,
             linger=linger,
             max_in_flight=max_in_flight,
+            metrics=metrics,
         )
 
     def start(self) -> None:
@@ -137,6 +140,8 @@ class FileSpool:
         self._max_unwritten = max_unwritten_bytes
         self._unwritten: list[tuple[str, bytes]] = []
         self._unwritten_bytes = 0
+        #: Entries on disk waiting for lineage (counted once here, then kept as they come and go).
+        self.depth = sum(self._count(path) for path in self.pending())
 
     @property
     def unwritten(self) -> int:
@@ -182,6 +187,7 @@ class FileSpool:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            self.depth += len(group)
             for *_, future in group:
                 if not future.done():
                     future.set_result(None)
@@ -205,12 +211,25 @@ class FileSpool:
     async def _persist_unwritten(self) -> None:
         held = list(self._unwritten)  # more may be held while the thread writes
         await asyncio.to_thread(self._write, [(e, d) for d, e in held])
+        self.depth += len(held)
         self._unwritten = self._unwritten[len(held) :]
         self._unwritten_bytes = sum(len(e) for _, e in self._unwritten)
 
     def pending(self) -> list[Path]:
         """Spooled groups, oldest first."""
         return sorted(self._dir.glob("*.spool"))
+
+    def oldest(self) -> Path | None:
+        """The oldest spooled group, if any."""
+        return min(self._dir.glob("*.spool"), default=None)
+
+    @staticmethod
+    def _count(path: Path) -> int:
+        # A group the engine cannot read now still drains or fails later, in drain().
+        try:
+            return path.read_bytes().count(b"\n")
+        except OSError:
+            return 0
 
     @staticmethod
     def _read(path: Path) -> list[tuple[str, bytes]]:
@@ -273,6 +292,7 @@ class FileSpool:
         if settled < len(entries):
             return 0
         await asyncio.to_thread(path.unlink)
+        self.depth = max(0, self.depth - len(entries))
         return settled
 
     async def _settle(

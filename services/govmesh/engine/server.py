@@ -25,7 +25,7 @@ from govmesh.engine.core import Engine, EpochTracker
 from govmesh.engine.floor import PolicyFloor
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.engine.lineage import BatchingLineage, FileSpool
-from govmesh.engine.metrics import export_breaker_state
+from govmesh.engine.metrics import EngineMetrics
 from govmesh.engine.peers import (
     BatchedPolicy,
     BatchedVerification,
@@ -52,8 +52,9 @@ class EngineService:
 
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineSettings, *, metrics: EngineMetrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._channels: list[grpc.aio.Channel] = []
         self._batcher: BatchingLineage | None = None
         self._verification: BatchedVerification | None = None
@@ -78,6 +79,9 @@ class EngineService:
                 "policy service without checking its admin signature"
             )
         spool = self._spool = FileSpool(s.spool_dir)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.watch_spool(lambda: spool.depth + spool.unwritten, spool.oldest)
         verification, policy, lineage = (
             open_channel(t) for t in (s.verification_target, s.policy_target, s.lineage_target)
         )
@@ -97,6 +101,7 @@ class EngineService:
             max_batch=s.lineage_batch_max,
             linger=s.lineage_linger_ms / 1000,
             max_in_flight=s.lineage_max_in_flight,
+            metrics=metrics.peer("lineage") if metrics else None,
         )
         self._batcher.start()
         self._verification = BatchedVerification(
@@ -104,6 +109,7 @@ class EngineService:
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
             linger=s.peer_linger_ms / 1000,
+            metrics=metrics.peer("verification") if metrics else None,
         )
         self._verification.start()
         self._policy = BatchedPolicy(
@@ -111,6 +117,7 @@ class EngineService:
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
             linger=s.peer_linger_ms / 1000,
+            metrics=metrics.peer("policy") if metrics else None,
         )
         self._policy.start()
         epochs = EpochTracker()
@@ -144,11 +151,8 @@ class EngineService:
             config=s.decision_config(),
             engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
             epochs=epochs,
-            on_breaker_change=export_breaker_state,
+            on_breaker_change=None if metrics is None else metrics.on_breaker_change,
         )
-        for name, breaker in engine.breakers.items():
-            # Every peer's series exists from the start, not from its first change.
-            export_breaker_state(name, breaker.state, breaker.state)
         self._servicer = EngineServicer(
             engine=engine,
             admission=Admission(
@@ -157,6 +161,7 @@ class EngineService:
                 budget=s.decision_budget_ms / 1000,
                 monotonic=time.monotonic,
             ),
+            metrics=metrics,
         )
 
     @staticmethod
@@ -217,12 +222,14 @@ class EngineService:
 
 async def run(settings: EngineSettings) -> None:
     """Serve until stopped."""
+    endpoint = settings.metrics_endpoint()
     await serve(
-        EngineService(settings),
+        EngineService(settings, metrics=EngineMetrics(endpoint.registry) if endpoint else None),
         listen=settings.listen,
         grace_period_s=settings.grace_period_s,
         port_file=settings.port_file,
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs(),
+        metrics=endpoint,
     )
 
 

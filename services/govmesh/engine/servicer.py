@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 import uuid
 
 import grpc
@@ -14,6 +16,7 @@ from grpc_status import rpc_status
 
 from govmesh.engine.admission import Admission, Refusal, Refused
 from govmesh.engine.core import Engine, UnreadableRequest
+from govmesh.engine.metrics import EngineMetrics
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,8 @@ REFUSAL_REASONS = {
     Refusal.QUEUE_FULL: "ADMISSION_QUEUE_FULL",
     Refusal.DEADLINE: "ADMISSION_DEADLINE_TOO_SHORT",
 }
+#: The `reason` label of govmesh_engine_admission_refusals_total.
+REFUSAL_LABELS = {Refusal.QUEUE_FULL: "queue_full", Refusal.DEADLINE: "deadline_too_short"}
 
 
 class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
@@ -41,9 +46,15 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
     of the log by hanging up.
     """
 
-    def __init__(self, *, engine: Engine, admission: Admission) -> None:
+    def __init__(
+        self, *, engine: Engine, admission: Admission, metrics: EngineMetrics | None = None
+    ) -> None:
         self._engine = engine
         self._admission = admission
+        self._metrics = metrics
+        if metrics is not None:
+            # Read when scraped, nothing on the decision path.
+            metrics.admission_queue_depth.set_function(lambda: admission.stats().queued)
         self._in_flight: set[asyncio.Task[engine_pb2.AuthorizeResponse]] = set()
 
     @property
@@ -66,14 +77,20 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
         try:
             slot = await self._admission.admit(time_remaining=context.time_remaining())
         except Refused as refused:
+            if self._metrics is not None:
+                self._metrics.refusal(REFUSAL_LABELS[refused.why]).inc()
             # Not decided, so not answered with a decision: an error the
             # client reads as DENY, never a partial decision.
             await context.abort_with_status(refusal_status(refused))
         # The decision's budget starts inside authorize, now that it is admitted.
+        started = time.perf_counter()
         decision = asyncio.ensure_future(self._engine.authorize(request))
         self._in_flight.add(decision)
         decision.add_done_callback(self._in_flight.discard)
         decision.add_done_callback(lambda _: slot.release())
+        if self._metrics is not None:
+            # Counted when the decision is made, whether or not its caller still waits.
+            decision.add_done_callback(functools.partial(_observe, self._metrics, started))
         try:
             return await asyncio.shield(decision)
         except Exception:
@@ -114,6 +131,18 @@ def refusal_status(refused: Refused) -> grpc.Status:
         )
     )
     return status
+
+
+def _observe(
+    metrics: EngineMetrics, started: float, decision: asyncio.Future[engine_pb2.AuthorizeResponse]
+) -> None:
+    seconds = time.perf_counter() - started
+    if decision.cancelled() or decision.exception() is not None:
+        # Authorize answers these with DENY INTERNAL_ERROR.
+        metrics.decided(common_pb2.DENY, common_pb2.INTERNAL_ERROR, seconds)
+        return
+    answer = decision.result()
+    metrics.decided(answer.decision, answer.reason, seconds)
 
 
 def read_request(data: bytes) -> engine_pb2.AuthorizeRequest | UnreadableRequest:

@@ -43,13 +43,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt
 from govmesh.lineage.floor import SignedFloor, SignedTree
 from govmesh.lineage.notes import Checkpoint, NoteError, NoteSigner, open_checkpoint
 from govmesh.lineage.store import LogCorrupted, LogStore, LogTransaction
+
+if TYPE_CHECKING:
+    from govmesh.lineage.metrics import LineageMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ class Sequencer:
         max_batch: int = 2048,
         linger: float = 0.0,
         clock: Callable[[], float] = time.time,
+        metrics: LineageMetrics | None = None,
     ) -> None:
         self._store = store
         self._signer = signer
@@ -118,7 +122,10 @@ class Sequencer:
         self._stopping = False
         self._publishing: set[asyncio.Task[None]] = set()
         self._floor_lock = asyncio.Lock()
+        self._metrics = metrics
         self.batches = 0
+        #: When (clock time) the newest trusted tree was committed here or verified at start.
+        self.trusted_at = clock()
 
     @property
     def trusted(self) -> TrustedTree | None:
@@ -211,12 +218,17 @@ class Sequencer:
 
     async def _commit_groups(self, batch: list[_Group]) -> None:
         entries = [e for g in batch for e in g.entries]
+        started = time.perf_counter()
         try:
             results = await self._commit(entries)
         except Exception as exc:
             self._fail(batch, exc)
             return
         self.batches += 1
+        self.trusted_at = self._clock()
+        if self._metrics is not None:
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+            self._metrics.commit_entries.observe(len(entries))
         # 7 and 8 beside the next batch's commit.
         task = asyncio.create_task(self._publish(batch, results))
         self._publishing.add(task)

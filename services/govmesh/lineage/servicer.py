@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from google.protobuf import timestamp_pb2
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
 from govmesh.lineage.floor import FloorError
+from govmesh.lineage.metrics import LineageMetrics
 from govmesh.lineage.notes import (
     Checkpoint,
     NoteError,
@@ -143,7 +145,9 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
         sequencer: Sequencer,
         watch: CommitWatch,
         witnesses: Sequence[VerifierKey] = (),
+        metrics: LineageMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._sequencer = sequencer
         self._watch = watch
@@ -152,6 +156,17 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
     # --- appends -------------------------------------------------------------
 
     async def _append(
+        self, requests: Sequence[lineage_pb2.AppendRequest]
+    ) -> list[lineage_pb2.AppendResponse]:
+        if self._metrics is None:
+            return await self._append_checked(requests)
+        started = time.perf_counter()
+        try:
+            return await self._append_checked(requests)
+        finally:
+            self._metrics.append_seconds.observe(time.perf_counter() - started)
+
+    async def _append_checked(
         self, requests: Sequence[lineage_pb2.AppendRequest]
     ) -> list[lineage_pb2.AppendResponse]:
         answers: list[lineage_pb2.AppendResponse | None] = [None] * len(requests)

@@ -25,6 +25,7 @@ from govmesh.policy.authority import Authority
 from govmesh.policy.bundle import BundleRejected, read_bundle_source
 from govmesh.policy.config import PolicySettings
 from govmesh.policy.floor import EpochFloor
+from govmesh.policy.metrics import PolicyMetrics
 from govmesh.policy.servicer import PolicyServicer
 from govmesh.policy.shadow import ShadowRecorder
 from govmesh.policy.store import EpochListener, PolicyStore, StoreError
@@ -45,8 +46,9 @@ class PolicyService:
 
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, settings: PolicySettings) -> None:
+    def __init__(self, settings: PolicySettings, *, metrics: PolicyMetrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._engine: AsyncEngine | None = None
         self._authority: Authority | None = None
         self._servicer: PolicyServicer | None = None
@@ -87,6 +89,8 @@ class PolicyService:
             on_ready=self._on_ready,
         )
         self._authority = authority
+        if self._metrics is not None:
+            self._metrics.watch(authority)
         if settings.policy_path is not None:
             await self._bootstrap(authority)
         await authority.refresh()
@@ -99,7 +103,7 @@ class PolicyService:
             ),
             asyncio.create_task(self._recorder.run(settings.shadow_flush_interval_s)),
         ]
-        self._servicer = PolicyServicer(authority=authority, store=store)
+        self._servicer = PolicyServicer(authority=authority, store=store, metrics=self._metrics)
 
     async def _bootstrap(self, authority: Authority) -> None:
         settings = self._settings
@@ -142,11 +146,13 @@ class PolicyService:
 
 async def run(settings: PolicySettings) -> None:
     """Serve until stopped."""
+    endpoint = settings.metrics_endpoint()
     await serve(
-        PolicyService(settings),
+        PolicyService(settings, metrics=PolicyMetrics(endpoint.registry) if endpoint else None),
         listen=settings.listen,
         grace_period_s=settings.grace_period_s,
         port_file=settings.port_file,
+        metrics=endpoint,
     )
 
 

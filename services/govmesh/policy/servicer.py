@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar, cast
@@ -17,6 +18,7 @@ from govmesh.artifacts.signing import SignatureRejected
 from govmesh.policy.authority import Authority, NotReady
 from govmesh.policy.bundle import BundleRejected, CompiledBundle
 from govmesh.policy.core import PolicyDecision, PolicyRequest
+from govmesh.policy.metrics import PolicyMetrics
 from govmesh.policy.store import (
     EpochConflict,
     EpochRecord,
@@ -141,9 +143,12 @@ MAX_BATCH = 1024
 class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
     """Answers Evaluate under the current snapshot, and the bundle administration calls."""
 
-    def __init__(self, *, authority: Authority, store: PolicyStore) -> None:
+    def __init__(
+        self, *, authority: Authority, store: PolicyStore, metrics: PolicyMetrics | None = None
+    ) -> None:
         self._authority = authority
         self._store = store
+        self._metrics = metrics
 
     async def Evaluate(
         self, request: policy_pb2.EvaluateRequest, context: Context
@@ -206,6 +211,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
             )
 
     def _evaluate(self, request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:
+        started = time.perf_counter()
         answer = self._authority.evaluate(
             PolicyRequest(
                 principal=request.principal,
@@ -218,6 +224,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
             request_digest=request.request_digest,
             decision_id=request.decision_id,
         )
+        if self._metrics is not None:
+            self._metrics.evaluated(answer, time.perf_counter() - started)
         response = self._response(
             request, answer.snapshot.epoch, answer.snapshot.active.version, answer.active
         )

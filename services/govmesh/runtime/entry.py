@@ -25,6 +25,10 @@ def service_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (GOVMESH_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(GOVMESH_LOG_FORMAT)")
     parser.add_argument("--port-file", help="write the bound address here once serving")
+    parser.add_argument(
+        "--metrics-listen",
+        help="host:port to serve Prometheus metrics on; unset: none (GOVMESH_METRICS_LISTEN)",
+    )
 
 
 def run_service(
@@ -48,6 +52,7 @@ def run_service(
         "log_level": args.log_level,
         "log_format": args.log_format,
         "port_file": args.port_file,
+        "metrics_listen": args.metrics_listen,
         **(overrides or {}),
     }
     try:

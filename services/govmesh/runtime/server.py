@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from govmesh.runtime.metrics import MetricsEndpoint, MetricsServer, start_metrics_server
 from govmesh.runtime.tracing import TracedRegistrar
 
 logger = logging.getLogger(__name__)
@@ -98,13 +99,20 @@ async def serve(
     port_file: str | None = None,
     stop: asyncio.Event | None = None,
     maximum_concurrent_rpcs: int | None = None,
+    metrics: MetricsEndpoint | None = None,
 ) -> None:
     """Run `service` until SIGTERM/SIGINT (or `stop` is set), then stop gracefully.
 
     `maximum_concurrent_rpcs` bounds the calls the server holds at once (None:
     unbounded); calls beyond it are answered RESOURCE_EXHAUSTED by grpc itself.
+    With `metrics`, its registry is served over HTTP from before the service
+    starts (a taken port stops start-up at once) until after it closed.
     """
     stop = stop or asyncio.Event()
+    exporter: MetricsServer | None = None
+    if metrics is not None:
+        exporter = start_metrics_server(metrics.listen, metrics.registry)
+        logger.info("serving metrics", extra={"url": exporter.url})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -144,6 +152,8 @@ async def serve(
         await server.start()
         await health_servicer.set(LIVENESS_SERVICE, _SERVING)
         await status.set_serving(service.ready())
+        if metrics is not None and metrics.port_file and exporter is not None:
+            _write_atomically(Path(metrics.port_file), exporter.address)
         if port_file:
             _write_atomically(Path(port_file), address)
         logger.info("serving", extra={"address": address, "services": list(service.service_names)})
@@ -158,6 +168,8 @@ async def serve(
         await service.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if exporter is not None:
+            await asyncio.to_thread(exporter.stop)
     logger.info("stopped")
 
 

@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from govmesh.runtime.errors import ConfigurationError
+from govmesh.runtime.metrics import MetricsEndpoint, new_registry
 
 
 class SettingsError(ConfigurationError):
@@ -36,14 +37,29 @@ class ServerSettings(CommonSettings):
     port_file: str | None = Field(
         default=None, description="write the bound host:port here once serving (for supervisors)"
     )
+    metrics_listen: str | None = Field(
+        default=None,
+        description="host:port to serve Prometheus metrics on (/metrics); unset: no metrics",
+    )
+    metrics_port_file: str | None = Field(
+        default=None, description="write the bound metrics host:port here once serving"
+    )
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise ValueError(f"expected host:port, got {value!r}")
         return value
+
+    def metrics_endpoint(self) -> MetricsEndpoint | None:
+        """Where to serve metrics, with a fresh registry; None when metrics are off."""
+        if self.metrics_listen is None:
+            return None
+        return MetricsEndpoint(self.metrics_listen, new_registry(), self.metrics_port_file)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -41,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -52,7 +54,22 @@ from govmesh.verification.core import (
     ReplayStoreUnavailable,
 )
 
+if TYPE_CHECKING:
+    from govmesh.verification.metrics import VerificationMetrics
+
 logger = logging.getLogger(__name__)
+
+#: Rows counted exactly for the size metric; beyond, Postgres' own estimate is used.
+SIZE_EXACT_UP_TO = 100_000
+# A count that stops at the bound, or the planner's estimate past it: a
+# scrape never costs a scan of a large table.
+_SIZE = """
+    SELECT CASE WHEN exact.n < $1 THEN exact.n
+                ELSE GREATEST(exact.n, (SELECT reltuples::bigint FROM pg_class
+                                        WHERE oid = 'verification_replay'::regclass))
+           END
+    FROM (SELECT count(*) AS n FROM (SELECT 1 FROM verification_replay LIMIT $1) AS s) AS exact
+"""
 
 # Each key with whether it was inserted and whether its window had closed by
 # the database's clock (then it is not inserted). clock_timestamp(), not now():
@@ -102,6 +119,7 @@ class PostgresReplayStore:
         cleanup_interval_s: float = 30.0,
         cleanup_margin_s: float = 5.0,
         cleanup_chunk: int = 5000,
+        metrics: VerificationMetrics | None = None,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be >= 1")
@@ -126,6 +144,7 @@ class PostgresReplayStore:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._metrics = metrics
         #: Counters for the logs and the benchmark.
         self.batches = 0
         self.inserted = 0
@@ -266,12 +285,15 @@ class PostgresReplayStore:
         unique: dict[bytes, float] = {}
         for item in waiting:
             unique.setdefault(item.key, item.expires_at)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._flush_timeout_s):
                 connection = await self._committer_connection(slot)
                 rows = await connection.fetch(_INSERT, list(unique), list(unique.values()))
                 inserted = {bytes(row["k"]) for row in rows if row["fresh"]}
                 closed = {bytes(row["k"]) for row in rows if row["closed"]}
+            if self._metrics is not None:
+                self._metrics.replay_commit.observe(time.perf_counter() - started)
         except TimeoutError:
             await self._drop_committer(slot)  # its state is unknown after a cancelled statement
             self._fail(waiting, ReplayStoreTimeout("the commit did not finish in time"))
@@ -304,8 +326,22 @@ class PostgresReplayStore:
             if not item.future.done():
                 item.future.set_exception(error)
 
+    async def size(self) -> int:
+        """Nonces in the store: exact up to SIZE_EXACT_UP_TO, Postgres' estimate beyond."""
+        pool = await self._connections()
+        return int(await pool.fetchval(_SIZE, SIZE_EXACT_UP_TO))
+
+    async def _measure(self) -> None:
+        if self._metrics is None:
+            return
+        try:
+            self._metrics.replay_nonces.set(await self.size())
+        except Exception as exc:
+            logger.warning("replay store size unknown", extra={"error": repr(exc)})
+
     async def _cleanup_loop(self) -> None:
         while True:
+            await self._measure()
             await asyncio.sleep(self._cleanup_interval_s)
             try:
                 deleted = await self.cleanup()

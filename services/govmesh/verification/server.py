@@ -30,6 +30,7 @@ from govmesh.verification.core import (
     VerificationConfig,
     Verifier,
 )
+from govmesh.verification.metrics import VerificationMetrics
 from govmesh.verification.replay import PostgresReplayStore
 from govmesh.verification.servicer import VerificationServicer
 from govmesh.verification.trustsource import TrustSource
@@ -44,8 +45,11 @@ class VerificationService:
 
     service_names = (SERVICE_NAME,)
 
-    def __init__(self, settings: VerificationSettings) -> None:
+    def __init__(
+        self, settings: VerificationSettings, *, metrics: VerificationMetrics | None = None
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._servicer: VerificationServicer | None = None
         self._store: PostgresReplayStore | None = None
         self._trust: TrustSource | None = None
@@ -54,7 +58,9 @@ class VerificationService:
 
     async def start(self, health: Health) -> None:
         s = self._settings
-        self._trust = TrustSource(s.trust_file, cache_size=s.token_cache_size)
+        trust = self._trust = TrustSource(s.trust_file, cache_size=s.token_cache_size)
+        if self._metrics is not None:
+            self._metrics.watch_cache(trust.cache_counts)
         async_database_url(s.database_url)  # a URL that names no Postgres stops start-up here
         replay_timeout_s = s.replay_timeout_ms / 1000
         self._store = PostgresReplayStore(
@@ -65,6 +71,7 @@ class VerificationService:
             flush_timeout_s=replay_timeout_s,
             cleanup_interval_s=s.replay_cleanup_interval_s,
             cleanup_margin_s=s.clock_skew_s,
+            metrics=self._metrics,
         )
         try:
             await self._store.check()
@@ -85,7 +92,7 @@ class VerificationService:
                 replay_timeout_s=replay_timeout_s,
             ),
         )
-        self._servicer = VerificationServicer(verifier=verifier)
+        self._servicer = VerificationServicer(verifier=verifier, metrics=self._metrics)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         self._sighup = True
@@ -145,11 +152,14 @@ class VerificationService:
 
 async def run(settings: VerificationSettings) -> None:
     """Serve until stopped."""
+    endpoint = settings.metrics_endpoint()
+    metrics = VerificationMetrics(endpoint.registry) if endpoint else None
     await serve(
-        VerificationService(settings),
+        VerificationService(settings, metrics=metrics),
         listen=settings.listen,
         grace_period_s=settings.grace_period_s,
         port_file=settings.port_file,
+        metrics=endpoint,
     )
 
 

@@ -15,6 +15,7 @@ from govmesh.artifacts.structs import struct_to_dict
 from govmesh.runtime.streams import answer_batches
 from govmesh.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationInput, VerificationResult, Verifier
+from govmesh.verification.metrics import VerificationMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ def to_response(result: VerificationResult) -> verification_pb2.VerifyResponse:
 class VerificationServicer(verification_pb2_grpc.VerificationServicer):
     """Answers Verify calls from the core verifier."""
 
-    def __init__(self, *, verifier: Verifier) -> None:
+    def __init__(self, *, verifier: Verifier, metrics: VerificationMetrics | None = None) -> None:
         self._verifier = verifier
+        self._metrics = metrics
 
     async def Verify(
         self,
@@ -170,6 +172,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         self, request: verification_pb2.VerifyRequest, timeout: float | None
     ) -> verification_pb2.VerifyResponse:
         result = await self._verifier.verify(to_input(request), timeout=timeout)
+        if self._metrics is not None:
+            self._metrics.verified(result)
         try:
             response = to_response(result)
         except (ValueError, TypeError, OverflowError, json_format.ParseError):

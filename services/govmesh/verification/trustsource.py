@@ -71,6 +71,8 @@ class TrustSource:
         self._loader = loader
         self._monotonic = monotonic
         self.reloads = 0
+        # Hits and misses of caches already replaced by a reload.
+        self._retired = (0, 0)
         trust, stat = self._load_stable()
         self._state = self._new_state(1, trust, None, trust.files, stat)
         self._log_loaded(self._state)
@@ -79,6 +81,12 @@ class TrustSource:
     def state(self) -> TrustState:
         """The state as it is, without looking at the files."""
         return self._state
+
+    def cache_counts(self) -> tuple[int, int, int]:
+        """Cache hits and misses since start, over every trust state, and the current entries."""
+        cache = self._state.cache
+        hits, misses = self._retired
+        return hits + cache.hits, misses + cache.misses, len(cache)
 
     def current(self) -> TrustState:
         """The state in force now: reloaded first if a file changed since it was read."""
@@ -152,6 +160,9 @@ class TrustSource:
         files: tuple[Path, ...],
         stat: FileState,
     ) -> TrustState:
+        old = getattr(self, "_state", None)
+        if old is not None:
+            self._retired = (self._retired[0] + old.cache.hits, self._retired[1] + old.cache.misses)
         return TrustState(
             generation=generation,
             trust=trust,
