@@ -124,6 +124,7 @@ async def test_evaluate_stream_answers_each_batch_under_its_sequence(
         request = policy_pb2.EvaluateRequest(
             request_digest=f"digest-{amount}",
             principal="spiffe://govmesh.dev/agent/demo",
+            issuer="https://issuer.govmesh.dev",
             action="payments.transfer",
             resource="account:acme/treasury",
         )
