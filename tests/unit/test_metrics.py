@@ -290,3 +290,33 @@ def test_loop_histograms_export_cumulative_buckets_as_prometheus_defines_them() 
     assert _value(registry, "h_seconds_sum", peer="policy") == pytest.approx(8.65)
     with pytest.raises(ValueError, match="takes labels"):
         family.labels("policy", "extra")
+
+
+class _Refused(Exception):
+    """What a real call's abort_with_status raises: the handler ends there."""
+
+
+async def test_the_servicer_counts_admission_refusals_and_exports_the_queue() -> None:
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry)
+    admission = Admission(max_concurrent=1, max_queue=1, budget=2.0, monotonic=time.monotonic)
+    servicer = EngineServicer(engine=build_engine().engine, admission=admission, metrics=metrics)
+    busy = await admission.admit(time_remaining=None)  # the one slot, taken
+    waiting = asyncio.ensure_future(admission.admit(time_remaining=None))  # the queue, full
+    await asyncio.sleep(0)
+
+    async def abort(status: Any) -> None:
+        raise _Refused(status.details)
+
+    call = cast(Any, SimpleNamespace(time_remaining=lambda: None, abort_with_status=abort))
+    with pytest.raises(_Refused):
+        await servicer.Authorize(authorize_request(), call)
+
+    refusals = "govmesh_engine_admission_refusals_total"
+    assert _value(registry, refusals, reason="queue_full") == 1
+    assert _value(registry, refusals, reason="deadline_too_short") == 0
+    assert _value(registry, "govmesh_engine_admission_queue_depth") == 1
+    busy.release()
+    (await waiting).release()
+    assert _value(registry, "govmesh_engine_admission_queue_depth") == 0
+    assert _value(registry, "govmesh_engine_decisions_total", decision="ALLOW", reason="none") == 0
