@@ -21,7 +21,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # ConfigurationError (govmesh.runtime.errors) is the one start-up error type.
     "govmesh.artifacts": frozenset({"govmesh.v1", "govmesh.runtime"}),
     **{service: frozenset(SHARED) for service in SERVICES},
-    "govmesh.client": frozenset({"govmesh.v1", "govmesh.artifacts"}),
+    # The client's errors share the one root, GovmeshError (govmesh.runtime.errors).
+    "govmesh.client": frozenset({"govmesh.v1", "govmesh.runtime", "govmesh.artifacts"}),
     # The fault-injection harness drives the mesh from outside, as a caller
     # and an operator do: through the client, the development setup and
     # the protos, never through a service's internals.
