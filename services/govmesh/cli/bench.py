@@ -1,6 +1,12 @@
-"""`govmesh bench [--faults] [--duration S]`: the mesh under load, and under faults.
+"""`govmesh bench [--json FILE]`, `govmesh bench --faults`: the mesh under load, and under faults.
 
-Starts the four services as separate processes on free ports, with a private
+Without --faults: the capacity benchmark (govmesh.bench.capacity). It starts
+the mesh on a Postgres of its own and prints, in one run, decisions/s against
+a no-op gRPC echo, latency percentiles, valid requests not ALLOWed by reason,
+CPU per decision and peak memory per process, for closed loops of 1 to 256
+callers, open loops, and each peer stopped under load.
+
+With --faults: starts the four services as separate processes on free ports, with a private
 Postgres (the embedded one) in a temporary folder, drives a paced load of
 valid and invalid requests, and with `--faults` injects every fault of
 `govmesh.faults.suite` in turn, round after round until the duration has
@@ -15,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,65 @@ from govmesh.runtime.logs import configure_logging
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.faults:
+        return _soak(args)
+    return _capacity(args)
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of caller counts: {text!r}") from None
+    if any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"caller counts are at least 1: {text!r}")
+    return counts
+
+
+def _peers(text: str) -> list[str]:
+    from govmesh.bench.capacity import PEERS
+
+    peers = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = set(peers) - set(PEERS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"no such peer: {', '.join(sorted(unknown))}")
+    return peers
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from govmesh.bench.capacity import Options, run
+
+    settings = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("GOVMESH_"):
+            raise SystemExit(f"--set takes GOVMESH_NAME=VALUE, not {item!r}")
+        settings[name] = value
+    phases = run(
+        Options(
+            callers=args.callers,
+            requests=args.requests,
+            rate=300.0 if args.rate is None else args.rate,
+            capacity_share=args.capacity_share,
+            seconds=args.seconds,
+            stop=args.stop,
+            stop_rate=args.stop_rate,
+            stop_seconds=args.stop_seconds,
+            deadline_s=args.deadline,
+            deny_every=args.deny_every,
+            settings=settings,
+            database_url=args.database_url,
+            metrics=args.metrics,
+        )
+    )
+    if args.json:
+        args.json.write_text(json.dumps([p.figures() for p in phases], indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    # A deny that was ALLOWed is a security bug, whatever the load.
+    return 1 if any(k.endswith(": ALLOWED") for p in phases for k in p.wrong_denies) else 0
+
+
+def _soak(args: argparse.Namespace) -> int:
     from govmesh.faults.mesh import FaultMesh
     from govmesh.faults.suite import all_faults, run_suite
 
@@ -44,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
                 mesh,
                 faults=faults,
                 duration_s=args.duration,
-                rate=args.rate,
+                rate=40.0 if args.rate is None else args.rate,
                 hold_s=args.hold,
             )
         finally:
@@ -63,14 +130,51 @@ def _run(args: argparse.Namespace) -> int:
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "bench",
-        help="drive the mesh with load (and faults); reconcile every answer with the log",
+        help="measure the mesh's capacity and cost; with --faults, soak it under faults",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    parser.add_argument("--faults", action="store_true", help="inject every fault, in rounds")
     parser.add_argument(
-        "--duration", type=float, default=300.0, help="seconds to run (default 300)"
+        "--rate",
+        type=float,
+        help="open-loop requests per second (300; 0: none); with --faults, the soak's rate (40)",
     )
-    parser.add_argument("--rate", type=float, default=40.0, help="requests per second (40)")
-    parser.add_argument("--hold", type=float, default=3.0, help="seconds each fault lasts (3)")
-    parser.add_argument("--workdir", help="keep logs and state here (default: a temporary folder)")
+    load = parser.add_argument_group("capacity benchmark (without --faults)")
+    load.add_argument(
+        "--callers", type=_counts, default=[1, 8, 64, 256], help="closed loops (1,8,64,256)"
+    )
+    load.add_argument("--requests", type=int, default=3000, help="per closed loop (3000)")
+    load.add_argument(
+        "--capacity-share",
+        type=float,
+        default=0.8,
+        help="an open loop at this share of the best closed-loop rate (0.8; 0: none)",
+    )
+    load.add_argument("--seconds", type=float, default=10.0, help="per open loop (10)")
+    load.add_argument(
+        "--stop",
+        type=_peers,
+        default=["verification", "policy", "lineage"],
+        help="peers to SIGSTOP under load, one at a time ('' for none)",
+    )
+    load.add_argument("--stop-rate", type=float, default=100.0, help="load while stopped (100/s)")
+    load.add_argument("--stop-seconds", type=float, default=3.0, help="how long each stop lasts")
+    load.add_argument("--deadline", type=float, default=10.0, help="client deadline, s (10)")
+    load.add_argument(
+        "--deny-every", type=int, default=10, help="every n-th request a deny (10; 0: none)"
+    )
+    load.add_argument(
+        "--set", action="append", default=[], metavar="GOVMESH_NAME=VALUE", help="mesh setting"
+    )
+    load.add_argument(
+        "--database-url",
+        default=os.environ.get("GOVMESH_DATABASE_URL"),
+        help="a Postgres server for a throwaway database (default: an embedded one)",
+    )
+    load.add_argument("--metrics", action="store_true", help="serve Prometheus metrics")
+    load.add_argument("--json", type=Path, help="write every figure to this file")
+    soak = parser.add_argument_group("fault soak (--faults)")
+    soak.add_argument("--faults", action="store_true", help="inject every fault, in rounds")
+    soak.add_argument("--duration", type=float, default=300.0, help="seconds to run (default 300)")
+    soak.add_argument("--hold", type=float, default=3.0, help="seconds each fault lasts (3)")
+    soak.add_argument("--workdir", help="keep logs and state here (default: a temporary folder)")
     parser.set_defaults(func=_run)

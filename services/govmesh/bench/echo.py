@@ -1,9 +1,9 @@
 """A no-op grpc.aio server answering Authorize: the floor a Python gRPC service stands on.
 
-    python bench/echo.py PORT        # serve until SIGTERM
+    python -m govmesh.bench.echo PORT        # serve until SIGTERM
 
 Answers every Authorize call with the same small AuthorizeResponse, without
-interceptors or any work, so that bench/engine.py can drive it with the same
+interceptors or any work, so that `govmesh bench` can drive it with the same
 client and print how the mesh compares with the cheapest unary call grpc.aio
 can make on this machine.
 """
@@ -49,7 +49,7 @@ async def _serve(port: int) -> None:
 @contextlib.contextmanager
 def echo_server(port: int) -> Iterator[str]:
     """Run the echo server in its own process; yields its target."""
-    process = subprocess.Popen([sys.executable, __file__, str(port)])
+    process = subprocess.Popen([sys.executable, "-m", "govmesh.bench.echo", str(port)])
     target = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

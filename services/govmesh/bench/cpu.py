@@ -1,9 +1,11 @@
-"""CPU seconds per decision, per mesh process and for Postgres.
+"""CPU time per decision and peak memory, per mesh process and for Postgres.
 
     meter = CpuMeter(up_pid=up.pid, database_url=url)
+    meter.reset_peaks()
     before = await meter.sample()
     ...  # the measured window
     print(meter.report(before, await meter.sample(), decisions))
+    print(meter.peak_rss_mib())
 
 A sample reads psutil's cpu_times (user + system) of every process `govmesh up`
 started (grouped by service: engine, verification, policy, lineage) and, when
@@ -18,8 +20,10 @@ other work: it does not depend on how much of the CPU the mesh was given.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import psutil
@@ -50,8 +54,18 @@ def _cpu(process: psutil.Process) -> float | None:
     return float(times.user + times.system)
 
 
+def _peak_rss_kib(pid: int) -> int | None:
+    """VmHWM: the largest resident set the process reached since its peak was last reset."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
 class CpuMeter:
-    """Samples the CPU time of one `govmesh up` and its database."""
+    """Samples the CPU time and memory of one `govmesh up` and its database."""
 
     def __init__(self, *, up_pid: int, database_url: str | None = None) -> None:
         self._up = psutil.Process(up_pid)
@@ -97,6 +111,26 @@ class CpuMeter:
             if used is not None:
                 seconds[pid] = used
         return Sample(seconds, groups)
+
+    def mesh_pids(self) -> dict[int, str]:
+        """The mesh's processes, by pid, and the service each one runs."""
+        return self._mesh()
+
+    def reset_peaks(self) -> None:
+        """Start a new peak-memory window for every mesh process (Linux clear_refs)."""
+        for pid in self._mesh():
+            # Not ours to reset: the peak then covers the process's whole life.
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def peak_rss_mib(self) -> dict[str, float]:
+        """Peak resident memory by service, MiB (the largest process of a service)."""
+        peaks: dict[str, float] = {}
+        for pid, group in self._mesh().items():
+            kib = _peak_rss_kib(pid)
+            if kib is not None:
+                peaks[group] = max(peaks.get(group, 0.0), kib / 1024)
+        return peaks
 
     @staticmethod
     def per_decision(before: Sample, after: Sample, decisions: int) -> dict[str, float]:

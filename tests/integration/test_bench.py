@@ -1,0 +1,44 @@
+"""`govmesh bench` measures every phase in one run, and each deny it sends gets its own reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from govmesh.bench.workload import DENIES
+from govmesh.cli.main import main as govmesh
+
+SERVICES = {"engine", "verification", "policy", "lineage"}
+
+
+def test_bench_reports_each_phase_and_every_deny_reason(pg_server_url: str, tmp_path: Path) -> None:
+    figures_file = tmp_path / "figures.json"
+    code = govmesh(
+        [
+            "bench",
+            *("--callers", "1", "--requests", "40", "--deny-every", "2"),
+            *("--rate", "20", "--seconds", "1", "--capacity-share", "0"),
+            *("--stop", "verification", "--stop-seconds", "0.5", "--stop-rate", "40"),
+            *("--database-url", pg_server_url, "--json", str(figures_file)),
+        ]
+    )
+    phases = {phase["mode"]: phase for phase in json.loads(figures_file.read_text())}
+
+    assert code == 0
+    assert set(phases) == {"closed", "open", "stopped verification"}
+    closed = phases["closed"]
+    # 20 valid requests, all ALLOWed; 20 denies, each of the eight reasons in turn.
+    assert closed["valid_not_allowed"] == {}
+    assert closed["wrong_denies"] == {}
+    assert set(closed["denies_by_reason"]) == set(DENIES.values())
+    assert sum(closed["denies_by_reason"].values()) == 20
+    assert closed["allows_per_s"] > 0
+    assert set(closed["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
+    assert SERVICES | {"postgres"} <= set(closed["cpu_us_per_decision"])
+    assert set(closed["peak_rss_mib"]) == SERVICES
+    assert closed["echo_calls_per_s"] > 0 and closed["ratio_to_echo"] > 0
+    stopped = phases["stopped verification"]["stopped"]
+    # Every call sent while verification was stopped got an answer, and no deny an ALLOW.
+    assert stopped["sent"] == 20 and stopped["unanswered"] == 0
+    assert stopped["bound_ms"] == 250.0
+    assert not any(k.endswith("ALLOWED") for k in phases["stopped verification"]["wrong_denies"])
