@@ -148,3 +148,56 @@ def test_the_signer_caps_the_lifetime() -> None:
         Ed25519GrantSigner(
             key=generate_ed25519(), issuer="i", audience="a", ttl_s=61, clock=time.time
         )
+
+
+def _signed_raw(key: OKPKey, header: bytes, payload: bytes) -> str:
+    """A grant signed over exactly these bytes, however they are spelled."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from govmesh.artifacts.canonical import b64url
+
+    signing_input = f"{b64url(header)}.{b64url(payload)}"
+    private = key.private_key
+    assert isinstance(private, Ed25519PrivateKey)
+    return f"{signing_input}.{b64url(private.sign(signing_input.encode('ascii')))}"
+
+
+@pytest.mark.parametrize(
+    ("payload_for", "message"),
+    [
+        # Two `act` members: a lenient reader keeps the last, another the first.
+        (lambda act, other: f'{{"act": {other}, "act": {act}, "rest": 0}}', "duplicate"),
+        # A number no I-JSON reader holds exactly.
+        (lambda act, other: f'{{"act": {act}, "n": 9007199254740993}}', "2\\^53"),
+        (lambda act, other: f'{{"act": {act}, "n": 1e400}}', "finite|infinity|range"),
+    ],
+)
+def test_a_signed_grant_the_strict_reader_refuses_is_refused(
+    payload_for: Any, message: str
+) -> None:
+    # The executor reads a grant as every govmesh service reads a token: a
+    # grant two readers could read two ways is refused even with a good signature.
+    key = generate_ed25519()
+    act = f'{{"action": "{ACTION}", "resource": "{RESOURCE}"}}'
+    other = f'{{"action": "{ACTION}", "resource": "account:acme/frozen"}}'
+    header = f'{{"alg": "EdDSA", "typ": "{GRANT_TYP}", "kid": "{key.kid}"}}'.encode()
+    grant = _signed_raw(key, header, payload_for(act, other).encode())
+    with pytest.raises(GrantError, match=f"not a compact JWS.*({message})"):
+        _check(grant, key)
+
+
+async def test_a_grant_with_a_non_canonical_segment_is_refused() -> None:
+    from govmesh.artifacts.canonical import b64url_decode
+
+    grant, key = await _grant()
+    header, payload, signature = grant.split(".")
+    # Another spelling of the same signature bytes: the last character's unused bits set.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelled = [
+        signature[:-1] + c
+        for c in alphabet
+        if c != signature[-1] and b64url_decode(signature[:-1] + c) == b64url_decode(signature)
+    ]
+    assert respelled, "an Ed25519 signature's base64url has spare bits in its last character"
+    with pytest.raises(GrantError, match="canonical"):
+        _check(f"{header}.{payload}.{respelled[0]}", key)
