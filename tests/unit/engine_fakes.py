@@ -12,8 +12,10 @@ from google.protobuf import json_format
 from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.checks import REQUIRED_CHECKS
-from govmesh.engine.core import DecisionConfig, Engine, EpochTracker, PeerUnavailable
+from govmesh.engine.consistency import EpochTracker
+from govmesh.engine.core import DecisionConfig, Engine
 from govmesh.engine.grants import Ed25519GrantSigner
+from govmesh.engine.protocols import PeerUnavailable
 from govmesh.lineage.core import EntryRejected, check_entry, leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
 

@@ -11,8 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from govmesh.engine.breaker import BreakerState, CircuitBreaker
-from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable
+from govmesh.engine.core import DecisionConfig
 from govmesh.engine.metrics import EngineMetrics
+from govmesh.engine.protocols import PeerTimeout, PeerUnavailable
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from tests.unit.engine_fakes import (
     FakeLineage,

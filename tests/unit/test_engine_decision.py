@@ -22,7 +22,9 @@ from govmesh.artifacts.canonical import b64url, canonical_json, request_digest
 from govmesh.artifacts.checks import REQUIRED_CHECKS
 from govmesh.artifacts.entries import entry_problem
 from govmesh.engine.config import EngineSettings
-from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable, UnreadableRequest
+from govmesh.engine.core import DecisionConfig
+from govmesh.engine.protocols import PeerTimeout, PeerUnavailable
+from govmesh.engine.requests import UnreadableRequest
 from govmesh.lineage.core import leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
 from tests.unit.engine_fakes import (

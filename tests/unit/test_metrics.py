@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry
 from govmesh.artifacts.checks import REQUIRED_CHECKS
 from govmesh.engine.admission import Admission
 from govmesh.engine.batching import Batcher
-from govmesh.engine.core import PeerTimeout, PeerUnavailable
 from govmesh.engine.lineage import FileSpool
 from govmesh.engine.metrics import BREAKER_OPEN, EngineMetrics
+from govmesh.engine.protocols import PeerTimeout, PeerUnavailable
 from govmesh.engine.servicer import EngineServicer
 from govmesh.lineage.metrics import LineageMetrics
 from govmesh.policy.authority import Answer, Authority, Snapshot

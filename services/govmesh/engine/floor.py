@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from govmesh.artifacts.signing import AdminKeys, SignatureRejected, verify_activation
-from govmesh.engine.core import EpochTracker, PeerError
+from govmesh.engine.consistency import EpochTracker
+from govmesh.engine.protocols import PeerError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from govmesh.artifacts.keys import load_private_jwk
 from govmesh.artifacts.signing import load_admin_keys
 from govmesh.engine.admission import Admission
 from govmesh.engine.config import EngineSettings
-from govmesh.engine.core import Engine, EpochTracker
+from govmesh.engine.consistency import EpochTracker
+from govmesh.engine.core import Engine
 from govmesh.engine.floor import PolicyFloor
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.engine.lineage import BatchingLineage, FileSpool

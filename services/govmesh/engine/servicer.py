@@ -15,8 +15,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from govmesh.engine.admission import Admission, Refusal, Refused
-from govmesh.engine.core import Engine, UnreadableRequest
+from govmesh.engine.core import Engine
 from govmesh.engine.metrics import EngineMetrics
+from govmesh.engine.requests import UnreadableRequest
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 logger = logging.getLogger(__name__)
