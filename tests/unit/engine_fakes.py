@@ -218,7 +218,7 @@ def build_engine(
         ),
         config=config
         or DecisionConfig(
-            verification_timeout=1.0, policy_timeout=1.0, lineage_timeout=1.0, budget=2.0
+            verification_timeout_s=1.0, policy_timeout_s=1.0, lineage_timeout_s=1.0, budget_s=2.0
         ),
         engine_id=engine_id,
         epochs=epochs or EpochTracker.unsafe_without_store_floor(),

@@ -193,12 +193,12 @@ def test_nonsense_settings_are_refused(threshold: int, cool_down: float) -> None
 
 def config() -> DecisionConfig:
     return DecisionConfig(
-        verification_timeout=0.3,
-        policy_timeout=0.3,
-        lineage_timeout=0.3,
-        budget=0.5,
+        verification_timeout_s=0.3,
+        policy_timeout_s=0.3,
+        lineage_timeout_s=0.3,
+        budget_s=0.5,
         breaker_failures=3,
-        breaker_cool_down=5.0,
+        breaker_cool_down_s=5.0,
     )
 
 

@@ -59,19 +59,19 @@ T = TypeVar("T")
 class DecisionConfig:
     """Deadlines of one decision, in seconds, and its peers' circuit breakers."""
 
-    verification_timeout: float
-    policy_timeout: float
-    lineage_timeout: float
-    budget: float
+    verification_timeout_s: float
+    policy_timeout_s: float
+    lineage_timeout_s: float
+    budget_s: float
     #: How long a deny that lineage could not take may wait to be durable in
     #: the spool before it is answered anyway. Past the budget on purpose: a
     #: late DENY harms nobody, an unrecorded one breaks "nothing lost".
-    spool_timeout: float = 2.0
+    spool_timeout_s: float = 2.0
     #: Consecutive failed calls (timeouts, unreachable, unusable answers) after
     #: which a peer's circuit breaker opens and its calls are refused at once.
     breaker_failures: int = 5
     #: How long an open breaker refuses calls before it lets one probe through.
-    breaker_cool_down: float = 1.0
+    breaker_cool_down_s: float = 1.0
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Engine:
             peer: CircuitBreaker(
                 peer=peer,
                 failure_threshold=config.breaker_failures,
-                cool_down=config.breaker_cool_down,
+                cool_down=config.breaker_cool_down_s,
                 monotonic=monotonic,
                 on_change=on_breaker_change,
             )
@@ -210,7 +210,7 @@ class Engine:
             return await self._finish_safely(decision, action, resource)
 
     def _remaining(self, decision: _Decision) -> float:
-        return decision.started + self._config.budget - self._monotonic()
+        return decision.started + self._config.budget_s - self._monotonic()
 
     async def _call(
         self,
@@ -297,7 +297,7 @@ class Engine:
                 decision,
                 "verification",
                 lambda t: self._verification.verify(verify_request, timeout=t),
-                self._config.verification_timeout,
+                self._config.verification_timeout_s,
                 use_verification,
             )
 
@@ -338,7 +338,7 @@ class Engine:
                 decision,
                 POLICY_CHECK,
                 lambda t: self._policy.evaluate(evaluate_request, timeout=t),
-                self._config.policy_timeout,
+                self._config.policy_timeout_s,
                 use_policy,
             )
 
@@ -445,7 +445,7 @@ class Engine:
         """Append the entry within the budget: its receipt, or None and why not."""
         receipt: common_pb2.LineageReceipt | None = None
         unrecorded = "the decision could not be recorded"
-        timeout = min(self._config.lineage_timeout, self._remaining(decision))
+        timeout = min(self._config.lineage_timeout_s, self._remaining(decision))
         breaker = self.breakers["lineage"]
         permit = breaker.admit() if timeout > 0 else None
         if timeout > 0 and permit is None:
@@ -496,7 +496,7 @@ class Engine:
         write = asyncio.ensure_future(self._spool.put(data, decision.decision_id))
         write.add_done_callback(_log_spool_failure(decision.decision_id))
         with contextlib.suppress(TimeoutError, OSError, ValueError):
-            await asyncio.wait_for(asyncio.shield(write), self._config.spool_timeout)
+            await asyncio.wait_for(asyncio.shield(write), self._config.spool_timeout_s)
 
     async def _finish_safely(
         self, decision: _Decision, action: str, resource: str

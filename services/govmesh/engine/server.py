@@ -159,7 +159,7 @@ class EngineService:
             admission=Admission(
                 max_concurrent=s.admission_max_concurrent,
                 max_queue=s.admission_queue_max,
-                budget=s.decision_budget_ms / 1000,
+                budget_s=s.decision_budget_ms / 1000,
                 monotonic=time.monotonic,
             ),
             metrics=metrics,
