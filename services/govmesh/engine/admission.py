@@ -36,6 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from govmesh.runtime.errors import Exhausted
+
 logger = logging.getLogger(__name__)
 
 #: How much the newest decision moves the average decision time.
@@ -52,7 +54,7 @@ class Refusal(enum.Enum):
     DEADLINE = "deadline cannot cover the wait"
 
 
-class Refused(Exception):
+class Refused(Exhausted):
     """The request was not admitted; it was not decided and must not be recorded."""
 
     def __init__(self, why: Refusal, *, expected_wait_s: float, queued: int) -> None:

@@ -15,6 +15,7 @@ from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, clip_list
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Reason, primary_reason
 from govmesh.artifacts.structs import struct_to_dict
 from govmesh.engine.claims import Claimed
+from govmesh.runtime.errors import IntegrityError
 from govmesh.v1 import common_pb2, policy_pb2, verification_pb2
 
 #: The failed check that stands for policy's answer, or for the policy peer's failure.
@@ -30,7 +31,7 @@ class Failure:
     detail: str
 
 
-class Inconsistent(Exception):
+class Inconsistent(IntegrityError):
     """A peer's answer that does not hold together; the decision records INCONSISTENT_ANSWERS."""
 
 

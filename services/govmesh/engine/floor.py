@@ -31,6 +31,7 @@ from typing import Protocol
 from govmesh.artifacts.signing import AdminKeys, SignatureRejected, verify_activation
 from govmesh.engine.consistency import EpochTracker
 from govmesh.engine.protocols import PeerError
+from govmesh.runtime.errors import IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ActivationSource(Protocol):
         ...
 
 
-class FloorUnverified(Exception):
+class FloorUnverified(IntegrityError):
     """A reported activation that the engine cannot take as the store's."""
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from govmesh.runtime.errors import Unavailable
 from govmesh.v1 import common_pb2, policy_pb2, verification_pb2
 
 
-class PeerError(Exception):
+class PeerError(Unavailable):
     """A peer gave no usable answer."""
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from govmesh.artifacts.canonical import json_depth
 from govmesh.artifacts.names import InvalidName, check_action, check_resource
 from govmesh.artifacts.structs import struct_to_dict
+from govmesh.runtime.errors import InvalidInput
 from govmesh.v1 import engine_pb2
 
 MAX_CONTEXT_BYTES = 16 * 1024
@@ -19,7 +20,7 @@ MAX_CONTEXT_DEPTH = 16
 MAX_ARTIFACT_CHARS = 16 * 1024
 
 
-class MalformedRequest(ValueError):
+class MalformedRequest(InvalidInput, ValueError):
     """A request that cannot be decided on; answered DENY MALFORMED_REQUEST."""
 
 
