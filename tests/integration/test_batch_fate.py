@@ -17,8 +17,9 @@ import grpc
 
 from govmesh.cli.devsetup import DEV_ISSUER, DEV_SUBJECT
 from govmesh.client import EngineClient
-from govmesh.engine.core import MAX_ARTIFACT_CHARS, MAX_CONTEXT_BYTES, PeerUnavailable
 from govmesh.engine.peers import BatchedVerification, GrpcVerification, open_channel
+from govmesh.engine.protocols import PeerUnavailable
+from govmesh.engine.requests import MAX_ARTIFACT_CHARS, MAX_CONTEXT_BYTES
 from govmesh.v1 import verification_pb2, verification_pb2_grpc
 from tests.integration.conftest import Mesh
 

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from govmesh.engine.core import PeerTimeout, PeerUnavailable
+from govmesh.engine.protocols import PeerTimeout, PeerUnavailable
 from govmesh.engine.streams import BatchStream
 from govmesh.v1 import verification_pb2
 

@@ -12,8 +12,10 @@ from google.protobuf import json_format
 from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.checks import REQUIRED_CHECKS
-from govmesh.engine.core import DecisionConfig, Engine, EpochTracker, PeerUnavailable
+from govmesh.engine.consistency import EpochTracker
+from govmesh.engine.core import DecisionConfig, Engine
 from govmesh.engine.grants import Ed25519GrantSigner
+from govmesh.engine.protocols import PeerUnavailable
 from govmesh.lineage.core import EntryRejected, check_entry, leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
 
@@ -216,7 +218,7 @@ def build_engine(
         ),
         config=config
         or DecisionConfig(
-            verification_timeout=1.0, policy_timeout=1.0, lineage_timeout=1.0, budget=2.0
+            verification_timeout_s=1.0, policy_timeout_s=1.0, lineage_timeout_s=1.0, budget_s=2.0
         ),
         engine_id=engine_id,
         epochs=epochs or EpochTracker.unsafe_without_store_floor(),

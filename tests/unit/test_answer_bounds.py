@@ -21,7 +21,7 @@ from govmesh.artifacts.answers import (
     verify_answer_bound,
 )
 from govmesh.artifacts.canonical import request_digest
-from govmesh.engine.core import MAX_ARTIFACT_CHARS, MAX_CONTEXT_BYTES, validate
+from govmesh.engine.requests import MAX_ARTIFACT_CHARS, MAX_CONTEXT_BYTES, validate
 from govmesh.policy.authority import Answer, Snapshot
 from govmesh.policy.bundle import BundleSource, PolicyFile, compile_bundle
 from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate

@@ -27,7 +27,7 @@ def _as_sent(status: grpc.Status) -> grpc.aio.AioRpcError:
 
 @pytest.mark.parametrize("why", list(Refusal))
 def test_the_engines_refusal_is_a_retryable_unanswered_deny(why: Refusal) -> None:
-    error = _as_sent(refusal_status(Refused(why, expected_wait=0.25, queued=3)))
+    error = _as_sent(refusal_status(Refused(why, expected_wait_s=0.25, queued=3)))
 
     result = AuthorizationResult.no_answer(error)
 

@@ -20,8 +20,8 @@ class Clock:
         return self.now
 
 
-def _admission(clock: Clock, *, limit: int = 2, queue: int = 4, budget: float = 0.1) -> Admission:
-    return Admission(max_concurrent=limit, max_queue=queue, budget=budget, monotonic=clock)
+def _admission(clock: Clock, *, limit: int = 2, queue: int = 4, budget_s: float = 0.1) -> Admission:
+    return Admission(max_concurrent=limit, max_queue=queue, budget_s=budget_s, monotonic=clock)
 
 
 async def _settle() -> None:
@@ -94,7 +94,7 @@ async def _measure(admission: Admission, clock: Clock, seconds: float, count: in
 
 async def test_a_deadline_that_cannot_cover_the_wait_plus_the_budget_is_refused() -> None:
     clock = Clock()
-    admission = _admission(clock, limit=2, queue=16, budget=0.1)
+    admission = _admission(clock, limit=2, queue=16, budget_s=0.1)
     await _measure(admission, clock, 0.1, count=200)
     held = [await admission.admit(time_remaining=None) for _ in range(2)]
     # Decisions take 0.1 s: the first in line waits 0.1 / 2 = 0.05 s and
@@ -104,7 +104,7 @@ async def test_a_deadline_that_cannot_cover_the_wait_plus_the_budget_is_refused(
     with pytest.raises(Refused) as refused:
         await admission.admit(time_remaining=0.149)
     assert refused.value.why is Refusal.DEADLINE
-    assert refused.value.expected_wait == pytest.approx(0.05, rel=1e-3)
+    assert refused.value.expected_wait_s == pytest.approx(0.05, rel=1e-3)
     assert str(refused.value) == "deadline cannot cover the wait"
 
     covered = asyncio.create_task(admission.admit(time_remaining=0.151))
@@ -123,7 +123,7 @@ async def test_a_deadline_that_cannot_cover_the_wait_plus_the_budget_is_refused(
 
 async def test_before_any_decision_is_measured_a_caller_that_covers_the_budget_may_wait() -> None:
     clock = Clock()
-    admission = _admission(clock, limit=1, queue=16, budget=0.1)
+    admission = _admission(clock, limit=1, queue=16, budget_s=0.1)
     held = await admission.admit(time_remaining=None)
     # Nothing measured: the wait is estimated as none, so a burst at start-up is not
     # refused on a guess; only a deadline below the budget itself is.
@@ -141,20 +141,20 @@ async def test_before_any_decision_is_measured_a_caller_that_covers_the_budget_m
 
 async def test_the_first_slow_decisions_of_a_cold_start_do_not_set_the_estimate_alone() -> None:
     clock = Clock()
-    admission = _admission(clock, limit=1, queue=16, budget=1.0)
+    admission = _admission(clock, limit=1, queue=16, budget_s=1.0)
     await _measure(admission, clock, 0.5, count=4)  # a cold start
-    assert admission.stats().decision_time < 0.1
+    assert admission.stats().decision_time_s < 0.1
     await _measure(admission, clock, 0.01, count=100)
-    assert admission.stats().decision_time == pytest.approx(0.01, abs=0.001)
+    assert admission.stats().decision_time_s == pytest.approx(0.01, abs=0.001)
 
 
 async def test_the_expected_wait_follows_the_measured_decision_time() -> None:
     clock = Clock()
-    admission = _admission(clock, limit=1, queue=16, budget=1.0)
+    admission = _admission(clock, limit=1, queue=16, budget_s=1.0)
     await _measure(admission, clock, 0.5)
     # Decisions that now take 10 ms, far below their 1 s budget, pull the average down.
     await _measure(admission, clock, 0.010, count=200)
-    assert admission.stats().decision_time == pytest.approx(0.010, abs=0.001)
+    assert admission.stats().decision_time_s == pytest.approx(0.010, abs=0.001)
     held = await admission.admit(time_remaining=None)
     waiting = [asyncio.create_task(admission.admit(time_remaining=None)) for _ in range(9)]
     await _settle()
@@ -211,7 +211,7 @@ async def test_a_slot_handed_to_a_caller_who_just_left_passes_to_the_next() -> N
 
 async def test_a_caller_whose_deadline_ran_out_in_line_is_refused_not_decided() -> None:
     clock = Clock()
-    admission = _admission(clock, limit=1, queue=4, budget=0.1)
+    admission = _admission(clock, limit=1, queue=4, budget_s=0.1)
     held = await admission.admit(time_remaining=None)
     waiting = asyncio.create_task(admission.admit(time_remaining=0.5))
     await _settle()
@@ -260,4 +260,4 @@ async def test_refusals_are_logged_at_most_once_a_second_with_the_count(
 
 def test_an_admission_without_a_slot_cannot_be_built() -> None:
     with pytest.raises(ValueError, match="slot"):
-        Admission(max_concurrent=0, max_queue=1, budget=0.1, monotonic=Clock())
+        Admission(max_concurrent=0, max_queue=1, budget_s=0.1, monotonic=Clock())

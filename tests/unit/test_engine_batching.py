@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from govmesh.engine.batching import ANSWER_FRAMING_BYTES, Batcher
-from govmesh.engine.core import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
+from govmesh.engine.protocols import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from tests.unit.engine_fakes import (
     FakeVerification,

@@ -11,8 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from govmesh.engine.breaker import BreakerState, CircuitBreaker
-from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable
+from govmesh.engine.core import DecisionConfig
 from govmesh.engine.metrics import EngineMetrics
+from govmesh.engine.protocols import PeerTimeout, PeerUnavailable
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from tests.unit.engine_fakes import (
     FakeLineage,
@@ -192,12 +193,12 @@ def test_nonsense_settings_are_refused(threshold: int, cool_down: float) -> None
 
 def config() -> DecisionConfig:
     return DecisionConfig(
-        verification_timeout=0.3,
-        policy_timeout=0.3,
-        lineage_timeout=0.3,
-        budget=0.5,
+        verification_timeout_s=0.3,
+        policy_timeout_s=0.3,
+        lineage_timeout_s=0.3,
+        budget_s=0.5,
         breaker_failures=3,
-        breaker_cool_down=5.0,
+        breaker_cool_down_s=5.0,
     )
 
 

@@ -22,7 +22,9 @@ from govmesh.artifacts.canonical import b64url, canonical_json, request_digest
 from govmesh.artifacts.checks import REQUIRED_CHECKS
 from govmesh.artifacts.entries import entry_problem
 from govmesh.engine.config import EngineSettings
-from govmesh.engine.core import DecisionConfig, PeerTimeout, PeerUnavailable, UnreadableRequest
+from govmesh.engine.core import DecisionConfig
+from govmesh.engine.protocols import PeerTimeout, PeerUnavailable
+from govmesh.engine.requests import UnreadableRequest
 from govmesh.lineage.core import leaf_hash
 from govmesh.v1 import common_pb2, engine_pb2, policy_pb2, verification_pb2
 from tests.unit.engine_fakes import (
@@ -232,7 +234,7 @@ async def test_a_failing_peer_denies(peer: str, error: Exception, expected: str)
 @pytest.mark.parametrize("peer", ["verification", "policy"])
 async def test_a_hanging_peer_is_cut_off_at_its_deadline(peer: str) -> None:
     config = DecisionConfig(
-        verification_timeout=0.05, policy_timeout=0.05, lineage_timeout=0.2, budget=0.3
+        verification_timeout_s=0.05, policy_timeout_s=0.05, lineage_timeout_s=0.2, budget_s=0.3
     )
     h = build_engine(config=config)
     getattr(h, peer).delay = 3600
@@ -244,13 +246,13 @@ async def test_a_hanging_peer_is_cut_off_at_its_deadline(peer: str) -> None:
     assert reason(response) == "PEER_TIMEOUT"
     assert list(response.failed_checks) == [peer]
     # Behaviour, not speed: the answer comes at the deadline, not after the hour.
-    assert elapsed < config.budget + 0.5
+    assert elapsed < config.budget_s + 0.5
     assert len(h.lineage.entries) == 1
 
 
 async def test_the_budget_bounds_the_whole_decision_even_with_generous_peer_deadlines() -> None:
     config = DecisionConfig(
-        verification_timeout=5.0, policy_timeout=5.0, lineage_timeout=5.0, budget=0.1
+        verification_timeout_s=5.0, policy_timeout_s=5.0, lineage_timeout_s=5.0, budget_s=0.1
     )
     h = build_engine(config=config)
     h.verification.delay = 3600
@@ -262,7 +264,7 @@ async def test_the_budget_bounds_the_whole_decision_even_with_generous_peer_dead
 
     # Answered at the budget; the margin is scheduling on a busy machine, not slack
     # for a peer deadline (each is 50 times the budget).
-    assert elapsed < config.budget + 0.1
+    assert elapsed < config.budget_s + 0.1
     assert reason(response) == "PEER_TIMEOUT"
     # Unverified: the answer names verification only, the entry both.
     assert list(response.failed_checks) == ["verification"]
@@ -286,13 +288,13 @@ def test_the_default_deadlines_keep_a_decision_within_a_quarter_second(
     # Sized to the measured tail of the whole mesh on a 2-core machine
     # (README, Performance); a hanging peer still costs at most this.
     config = default_config
-    assert config.budget <= 0.250
+    assert config.budget_s <= 0.250
     # Each peer gets its own deadline inside the budget, and lineage still has its
     # whole deadline after the slower peer used all of its own.
-    slowest_peer = max(config.verification_timeout, config.policy_timeout)
-    assert 0 < slowest_peer < config.budget
-    assert 0 < config.lineage_timeout < config.budget
-    assert slowest_peer + config.lineage_timeout <= config.budget
+    slowest_peer = max(config.verification_timeout_s, config.policy_timeout_s)
+    assert 0 < slowest_peer < config.budget_s
+    assert 0 < config.lineage_timeout_s < config.budget_s
+    assert slowest_peer + config.lineage_timeout_s <= config.budget_s
 
 
 async def test_with_the_default_deadlines_a_hanging_peer_is_denied_within_the_budget(
@@ -308,7 +310,7 @@ async def test_with_the_default_deadlines_a_hanging_peer_is_denied_within_the_bu
 
     assert reason(response) == "PEER_TIMEOUT"
     assert list(response.failed_checks) == ["policy"]
-    assert elapsed < config.budget + 0.1
+    assert elapsed < config.budget_s + 0.1
 
 
 async def test_an_unexpected_exception_in_a_peer_adapter_denies_internal_error() -> None:
@@ -352,7 +354,7 @@ async def test_an_allow_without_a_receipt_becomes_lineage_unavailable(
     fault: dict[str, Any],
 ) -> None:
     config = DecisionConfig(
-        verification_timeout=1.0, policy_timeout=1.0, lineage_timeout=0.05, budget=2.0
+        verification_timeout_s=1.0, policy_timeout_s=1.0, lineage_timeout_s=0.05, budget_s=2.0
     )
     h = build_engine(lineage=FakeLineage(**fault), config=config)
     response = await h.engine.authorize(authorize_request())
@@ -395,11 +397,11 @@ async def test_a_full_spool_disk_still_answers_deny() -> None:
 
 async def test_a_stuck_spool_disk_holds_the_answer_only_for_the_spool_timeout() -> None:
     config = DecisionConfig(
-        verification_timeout=0.05,
-        policy_timeout=0.05,
-        lineage_timeout=0.05,
-        budget=0.3,
-        spool_timeout=0.2,
+        verification_timeout_s=0.05,
+        policy_timeout_s=0.05,
+        lineage_timeout_s=0.05,
+        budget_s=0.3,
+        spool_timeout_s=0.2,
     )
     h = build_engine(
         lineage=FakeLineage(error=PeerUnavailable("down")),
@@ -409,7 +411,7 @@ async def test_a_stuck_spool_disk_holds_the_answer_only_for_the_spool_timeout() 
     started = time.monotonic()
     response = await h.engine.authorize(authorize_request())
 
-    assert time.monotonic() - started < config.budget + config.spool_timeout + 0.5
+    assert time.monotonic() - started < config.budget_s + config.spool_timeout_s + 0.5
     assert response.decision == DENY
     assert reason(response) == "LINEAGE_UNAVAILABLE"
 
@@ -417,7 +419,7 @@ async def test_a_stuck_spool_disk_holds_the_answer_only_for_the_spool_timeout() 
 async def test_a_deny_is_answered_only_once_durable_even_past_the_budget() -> None:
     # Lineage takes the whole budget and fails; the spool needs 0.2 s more.
     config = DecisionConfig(
-        verification_timeout=0.05, policy_timeout=0.05, lineage_timeout=1.0, budget=0.1
+        verification_timeout_s=0.05, policy_timeout_s=0.05, lineage_timeout_s=1.0, budget_s=0.1
     )
     h = build_engine(lineage=FakeLineage(delay=3600), spool=FakeSpool(delay=0.2), config=config)
     response = await h.engine.authorize(authorize_request())

@@ -9,8 +9,9 @@ from joserfc.jwk import OKPKey
 
 from govmesh.artifacts.keys import generate_ed25519, public_jwks
 from govmesh.artifacts.signing import Activation, AdminKeys, sign_activation
-from govmesh.engine.core import EpochTracker, PeerUnavailable
+from govmesh.engine.consistency import EpochTracker
 from govmesh.engine.floor import PolicyFloor, StoreActivation
+from govmesh.engine.protocols import PeerUnavailable
 from govmesh.v1 import common_pb2
 from tests.unit.engine_fakes import BUNDLE, authorize_request, build_engine
 

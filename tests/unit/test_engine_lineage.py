@@ -16,8 +16,8 @@ import pytest
 
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.artifacts.entries import entry_problem, refusal_id, refusal_record, refuses
-from govmesh.engine.core import PeerError, PeerUnavailable
 from govmesh.engine.lineage import BatchingLineage, FileSpool
+from govmesh.engine.protocols import PeerError, PeerUnavailable
 from govmesh.lineage.core import EntryRejected, check_entry, leaf_hash
 from govmesh.v1 import common_pb2, lineage_pb2
 

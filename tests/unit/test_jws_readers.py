@@ -21,7 +21,7 @@ from joserfc.jws import JWSRegistry
 from govmesh.artifacts import ATTESTATION_TYP, MANDATE_TYP
 from govmesh.artifacts.canonical import b64url
 from govmesh.artifacts.jws import TokenError, parse_compact
-from govmesh.engine.core import claimed_inputs
+from govmesh.engine.claims import claimed_inputs
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from govmesh.verification.core import VerificationInput
 from govmesh.verification.servicer import VerificationServicer

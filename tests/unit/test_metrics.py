@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry
 from govmesh.artifacts.checks import REQUIRED_CHECKS
 from govmesh.engine.admission import Admission
 from govmesh.engine.batching import Batcher
-from govmesh.engine.core import PeerTimeout, PeerUnavailable
 from govmesh.engine.lineage import FileSpool
 from govmesh.engine.metrics import BREAKER_OPEN, EngineMetrics
+from govmesh.engine.protocols import PeerTimeout, PeerUnavailable
 from govmesh.engine.servicer import EngineServicer
 from govmesh.lineage.metrics import LineageMetrics
 from govmesh.policy.authority import Answer, Authority, Snapshot
@@ -86,7 +86,7 @@ async def test_the_servicer_counts_each_decision_by_decision_and_reason() -> Non
     metrics = EngineMetrics(registry)
     servicer = EngineServicer(
         engine=build_engine().engine,
-        admission=Admission(max_concurrent=4, max_queue=4, budget=2.0, monotonic=time.monotonic),
+        admission=Admission(max_concurrent=4, max_queue=4, budget_s=2.0, monotonic=time.monotonic),
         metrics=metrics,
     )
     call = cast(Any, SimpleNamespace(time_remaining=lambda: None))
@@ -299,7 +299,7 @@ class _Refused(Exception):
 async def test_the_servicer_counts_admission_refusals_and_exports_the_queue() -> None:
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry)
-    admission = Admission(max_concurrent=1, max_queue=1, budget=2.0, monotonic=time.monotonic)
+    admission = Admission(max_concurrent=1, max_queue=1, budget_s=2.0, monotonic=time.monotonic)
     servicer = EngineServicer(engine=build_engine().engine, admission=admission, metrics=metrics)
     busy = await admission.admit(time_remaining=None)  # the one slot, taken
     waiting = asyncio.ensure_future(admission.admit(time_remaining=None))  # the queue, full

@@ -25,7 +25,7 @@ from govmesh.artifacts.names import (
     is_action,
     is_resource,
 )
-from govmesh.engine.core import MalformedRequest, validate
+from govmesh.engine.requests import MalformedRequest, validate
 from tests.unit.engine_fakes import authorize_request
 
 # -- names in the grammar -----------------------------------------------------------------------

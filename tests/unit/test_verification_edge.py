@@ -11,7 +11,8 @@ from google.protobuf import json_format
 
 from govmesh.artifacts import MANDATE_TYP
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check
-from govmesh.engine.core import check_verification, claimed_inputs
+from govmesh.engine.claims import claimed_inputs
+from govmesh.engine.consistency import check_verification
 from govmesh.runtime.settings import SettingsError, load_settings
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from govmesh.verification.config import VerificationSettings

@@ -23,7 +23,8 @@ from joserfc.jws import JWSRegistry
 from govmesh.artifacts import ATTESTATION_TYP, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.keys import jwk_thumbprint
 from govmesh.client.artifacts import Initiator, SigningKey, signing_alg
-from govmesh.engine.core import check_verification, claimed_inputs
+from govmesh.engine.claims import claimed_inputs
+from govmesh.engine.consistency import check_verification
 from govmesh.v1 import common_pb2, engine_pb2, verification_pb2
 from govmesh.verification.core import VerificationInput
 from govmesh.verification.servicer import VerificationServicer

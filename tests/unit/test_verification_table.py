@@ -22,7 +22,8 @@ from govmesh.artifacts.canonical import request_digest
 from govmesh.artifacts.checks import REQUIRED_CHECKS
 from govmesh.artifacts.keys import generate_ed25519
 from govmesh.client.artifacts import Initiator
-from govmesh.engine.core import check_verification, claimed_inputs
+from govmesh.engine.claims import claimed_inputs
+from govmesh.engine.consistency import check_verification
 from govmesh.v1 import common_pb2, engine_pb2
 from govmesh.verification.core import VerificationInput
 from govmesh.verification.servicer import to_response

@@ -36,6 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from govmesh.runtime.errors import Exhausted
+
 logger = logging.getLogger(__name__)
 
 #: How much the newest decision moves the average decision time.
@@ -52,14 +54,14 @@ class Refusal(enum.Enum):
     DEADLINE = "deadline cannot cover the wait"
 
 
-class Refused(Exception):
+class Refused(Exhausted):
     """The request was not admitted; it was not decided and must not be recorded."""
 
-    def __init__(self, why: Refusal, *, expected_wait: float, queued: int) -> None:
+    def __init__(self, why: Refusal, *, expected_wait_s: float, queued: int) -> None:
         super().__init__(why.value)
         self.why = why
         #: Seconds the request would have waited, as estimated when it was refused.
-        self.expected_wait = expected_wait
+        self.expected_wait_s = expected_wait_s
         #: Requests waiting when it was refused.
         self.queued = queued
 
@@ -73,7 +75,8 @@ class AdmissionStats:
     admitted: int
     refused_queue_full: int
     refused_deadline: int
-    decision_time: float
+    #: The moving average of a decision's time, in seconds.
+    decision_time_s: float
 
     @property
     def refused(self) -> int:
@@ -84,7 +87,7 @@ class AdmissionStats:
 class Admission:
     """FIFO admission of decisions to `max_concurrent` slots, with `max_queue` waiting.
 
-    `budget` is the decision budget in seconds: the longest an admitted
+    `budget_s` is the decision budget in seconds: the longest an admitted
     decision takes, and what a caller's deadline must still cover once a
     waiting request is admitted. `monotonic` is the clock (injected so that
     the arithmetic is testable).
@@ -95,14 +98,14 @@ class Admission:
         *,
         max_concurrent: int,
         max_queue: int,
-        budget: float,
+        budget_s: float,
         monotonic: Callable[[], float],
     ) -> None:
-        if max_concurrent < 1 or max_queue < 0 or budget <= 0:
+        if max_concurrent < 1 or max_queue < 0 or budget_s <= 0:
             raise ValueError("admission needs at least one slot, a queue bound and a budget")
         self._limit = max_concurrent
         self._max_queue = max_queue
-        self._budget = budget
+        self._budget_s = budget_s
         self._monotonic = monotonic
         self._active = 0
         self._queue: deque[asyncio.Future[None]] = deque()
@@ -111,7 +114,7 @@ class Admission:
         # admitted (below); one too high, e.g. from the first decisions of a
         # cold start, refuses requests that could have waited, the very
         # denials admission is there to prevent.
-        self._decision_time = 0.0
+        self._decision_time_s = 0.0
         self._admitted = 0
         self._refused = dict.fromkeys(Refusal, 0)
         self._unlogged = dict.fromkeys(Refusal, 0)
@@ -125,14 +128,14 @@ class Admission:
             admitted=self._admitted,
             refused_queue_full=self._refused[Refusal.QUEUE_FULL],
             refused_deadline=self._refused[Refusal.DEADLINE],
-            decision_time=self._decision_time,
+            decision_time_s=self._decision_time_s,
         )
 
     def expected_wait(self, ahead: int) -> float:
         """Seconds a request with `ahead` requests before it would wait for a slot."""
         if self._active < self._limit and ahead == 0:
             return 0.0
-        return (ahead + 1) * self._decision_time / self._limit
+        return (ahead + 1) * self._decision_time_s / self._limit
 
     async def admit(self, *, time_remaining: float | None) -> Slot:
         """Wait for a slot; raises Refused instead when the request cannot be served in time.
@@ -153,7 +156,7 @@ class Admission:
         if ahead >= self._max_queue:
             raise self._refuse(Refusal.QUEUE_FULL, wait, now)
         # 2. The caller's deadline cannot cover the wait plus the decision.
-        if time_remaining is not None and time_remaining < wait + self._budget:
+        if time_remaining is not None and time_remaining < wait + self._budget_s:
             raise self._refuse(Refusal.DEADLINE, wait, now)
 
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -176,7 +179,7 @@ class Admission:
         # a caller whose deadline can no longer cover the budget would get
         # its answer too late, so it is refused now rather than decided for nobody.
         admitted = self._monotonic()
-        if time_remaining is not None and now + time_remaining - admitted < self._budget:
+        if time_remaining is not None and now + time_remaining - admitted < self._budget_s:
             self._release()
             raise self._refuse(Refusal.DEADLINE, 0.0, admitted)
         return self._grant(admitted)
@@ -196,7 +199,7 @@ class Admission:
 
     def _finished(self, started: float) -> None:
         elapsed = max(self._monotonic() - started, 0.0)
-        self._decision_time += SMOOTHING * (elapsed - self._decision_time)
+        self._decision_time_s += SMOOTHING * (elapsed - self._decision_time_s)
         self._release()
 
     def _refuse(self, why: Refusal, wait: float, now: float) -> Refused:
@@ -211,11 +214,11 @@ class Admission:
                 self._unlogged[Refusal.DEADLINE],
                 self._active,
                 len(self._queue),
-                self._decision_time * 1000,
+                self._decision_time_s * 1000,
             )
             self._unlogged = dict.fromkeys(Refusal, 0)
             self._last_log = now
-        return Refused(why, expected_wait=wait, queued=len(self._queue))
+        return Refused(why, expected_wait_s=wait, queued=len(self._queue))
 
 
 class Slot:

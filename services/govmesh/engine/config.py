@@ -123,13 +123,13 @@ class EngineSettings(ServerSettings):
     def decision_config(self) -> DecisionConfig:
         """The deadlines of one decision, in seconds, as the engine's core takes them."""
         return DecisionConfig(
-            verification_timeout=self.verification_timeout_ms / 1000,
-            policy_timeout=self.policy_timeout_ms / 1000,
-            lineage_timeout=self.lineage_timeout_ms / 1000,
-            budget=self.decision_budget_ms / 1000,
-            spool_timeout=self.spool_timeout_s,
+            verification_timeout_s=self.verification_timeout_ms / 1000,
+            policy_timeout_s=self.policy_timeout_ms / 1000,
+            lineage_timeout_s=self.lineage_timeout_ms / 1000,
+            budget_s=self.decision_budget_ms / 1000,
+            spool_timeout_s=self.spool_timeout_s,
             breaker_failures=self.breaker_failures,
-            breaker_cool_down=self.breaker_cool_down_ms / 1000,
+            breaker_cool_down_s=self.breaker_cool_down_ms / 1000,
         )
 
     @model_validator(mode="after")

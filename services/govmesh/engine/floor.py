@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from govmesh.artifacts.signing import AdminKeys, SignatureRejected, verify_activation
-from govmesh.engine.core import EpochTracker, PeerError
+from govmesh.engine.consistency import EpochTracker
+from govmesh.engine.protocols import PeerError
+from govmesh.runtime.errors import IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class ActivationSource(Protocol):
         ...
 
 
-class FloorUnverified(Exception):
+class FloorUnverified(IntegrityError):
     """A reported activation that the engine cannot take as the store's."""
 
 

@@ -8,8 +8,8 @@ import grpc
 
 from govmesh.artifacts.answers import evaluate_answer_bound, verify_answer_bound
 from govmesh.engine.batching import Batcher
-from govmesh.engine.core import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
 from govmesh.engine.floor import StoreActivation
+from govmesh.engine.protocols import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
 from govmesh.engine.streams import REJECTED_CALL, BatchStream
 from govmesh.v1 import (
     lineage_pb2,

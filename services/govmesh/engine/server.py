@@ -21,7 +21,8 @@ from govmesh.artifacts.keys import load_private_jwk
 from govmesh.artifacts.signing import load_admin_keys
 from govmesh.engine.admission import Admission
 from govmesh.engine.config import EngineSettings
-from govmesh.engine.core import Engine, EpochTracker
+from govmesh.engine.consistency import EpochTracker
+from govmesh.engine.core import Engine
 from govmesh.engine.floor import PolicyFloor
 from govmesh.engine.grants import Ed25519GrantSigner
 from govmesh.engine.lineage import BatchingLineage, FileSpool
@@ -158,7 +159,7 @@ class EngineService:
             admission=Admission(
                 max_concurrent=s.admission_max_concurrent,
                 max_queue=s.admission_queue_max,
-                budget=s.decision_budget_ms / 1000,
+                budget_s=s.decision_budget_ms / 1000,
                 monotonic=time.monotonic,
             ),
             metrics=metrics,

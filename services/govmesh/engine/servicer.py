@@ -15,8 +15,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from govmesh.engine.admission import Admission, Refusal, Refused
-from govmesh.engine.core import Engine, UnreadableRequest
+from govmesh.engine.core import Engine
 from govmesh.engine.metrics import EngineMetrics
+from govmesh.engine.requests import UnreadableRequest
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -114,13 +115,13 @@ def refusal_status(refused: Refused) -> grpc.Status:
             reason=REFUSAL_REASONS[refused.why],
             domain=ERROR_DOMAIN,
             metadata={
-                "expected_wait_ms": f"{refused.expected_wait * 1000:.0f}",
+                "expected_wait_ms": f"{refused.expected_wait_s * 1000:.0f}",
                 "queued": str(refused.queued),
             },
         )
     )
     delay = duration_pb2.Duration()
-    delay.FromNanoseconds(int(refused.expected_wait * 1e9))
+    delay.FromNanoseconds(int(refused.expected_wait_s * 1e9))
     retry = any_pb2.Any()
     retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     status: grpc.Status = rpc_status.to_status(

@@ -29,7 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from govmesh.engine.core import PeerRejected, PeerTimeout, PeerUnavailable
+from govmesh.engine.protocols import PeerRejected, PeerTimeout, PeerUnavailable
 
 logger = logging.getLogger(__name__)
 
