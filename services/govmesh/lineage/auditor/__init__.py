@@ -13,17 +13,17 @@ given witness key and `max_unwitnessed` must bound one (else
    verify; the report lists which checkpoints each witness cosigned.
 2. Entries, walked in index order: indices must be contiguous from 0; each
    entry must be canonical JSON that names the decision id it is stored
-   under and hash to its stored leaf hash; every stored subtree hash must
-   equal its recomputation; the query columns must repeat what the bytes
-   say. A refusal record (an entry lineage refused, kept aside by the
-   engine's spool and named here by its SHA-256 and lineage's reason) holds
-   the refused entry's place in its engine's counter; the report lists each
-   one, and one that stands for an ALLOW is a finding: an ALLOW is never
-   answered unlogged. No engine's counter may repeat. At each size n the
-   root recomputed over the first n leaves must be the root of every
-   anchor of size n (else the log forked, even if every checkpoint it now
-   holds is validly signed) and the signed root of every checkpoint of
-   size n.
+   under, and the query columns must repeat what the bytes say. A refusal
+   record (an entry lineage refused, kept aside by the engine's spool and
+   named here by its SHA-256 and lineage's reason) holds the refused
+   entry's place in its engine's counter; the report lists each one, and
+   one that stands for an ALLOW is a finding: an ALLOW is never answered
+   unlogged. No engine's counter may repeat. Each entry must hash to its
+   stored leaf hash, and every stored subtree hash must equal its
+   recomputation. At each size n the root recomputed over the first n
+   leaves must be the root of every anchor of size n (else the log forked,
+   even if every checkpoint it now holds is validly signed) and the signed
+   root of every checkpoint of size n.
 3. Anchors beyond the entries. A prefix of a valid log is itself valid, so a
    log restored from an old backup (newest entries and their checkpoints
    gone) passes every other step. An anchor is a checkpoint the auditor saw
@@ -31,7 +31,8 @@ given witness key and `max_unwitnessed` must bound one (else
    lineage checkpoint`); `read_anchor` accepts it only with the log key's
    valid signature for the audited origin (else `AuditSetupError`). For
    each anchor of size n the log must hold at least n entries, else it was
-   rolled back or truncated.
+   rolled back or truncated. An anchor within the log that step 2 could not
+   check (a gap in the indices before it) is a finding too.
 4. The log's end: no checkpoint may be larger than the log, every entry
    must be covered by a checkpoint, and the source's head (where it keeps
    one) must be the newest checkpoint.

@@ -134,7 +134,7 @@ def _check_cosignatures(
 
 @dataclass(frozen=True)
 class LogEnd:
-    """What step 3 found where the entries end."""
+    """What step 4 found where the entries end."""
 
     mismatched: list[int]  # signed sizes beyond the entries
     tree_size: int  # the newest checkpoint, when the entries match it (else 0)
@@ -145,7 +145,7 @@ class LogEnd:
 async def check_log_end(
     source: LogSource, checkpoints: SignedCheckpoints, *, size: int, matched: Sequence[int]
 ) -> LogEnd:
-    """Step 3, where the entries end: no checkpoint may be larger than the log
+    """Step 4, where the entries end: no checkpoint may be larger than the log
     (entries were removed from the end), every entry must be covered by one, and
     the source's head must be the newest checkpoint."""
     roots = checkpoints.roots
@@ -192,7 +192,7 @@ async def check_log_end(
 async def check_consistency(
     source: LogSource, checkpoints: SignedCheckpoints
 ) -> tuple[int, list[Finding]]:
-    """Step 4: consecutive checkpoints, as the source proves them consistent (while
+    """Step 5: consecutive checkpoints, as the source proves them consistent (while
     it serves proofs). Returns how many proofs were checked, and the failures."""
     roots = checkpoints.roots
     checked = 0
