@@ -58,8 +58,8 @@ async def read_checkpoints(
             sizes, unknown_here, cosignature_findings = _check_cosignatures(
                 cp, opened.note.text, witnesses
             )
-            for mine, size in zip(cosigned, sizes, strict=True):
-                mine.extend(size)
+            for so_far, here in zip(cosigned, sizes, strict=True):
+                so_far.extend(here)
             unknown += unknown_here
             findings += cosignature_findings
     summaries = [
