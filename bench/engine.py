@@ -3,6 +3,7 @@
     python bench/engine.py [--callers 8,64,256] [--deadline 10] [--requests 5000]
                            [--rate 300] [--seconds 10] [--mixed] [--metrics]
                            [--set GOVMESH_NAME=VALUE ...] [--database-url URL]
+                           [--engines N] [--connections C]
 
 Starts `govmesh up` (the four real processes; an embedded Postgres unless a
 database URL is given, in which case a throwaway database is created on that
@@ -30,12 +31,19 @@ calls/s against a no-op grpc.aio server (bench/echo.py). With --metrics every
 service serves Prometheus metrics and each is scraped every 5 s during the
 run (as a Prometheus would, more often); without it the mesh runs with
 `--no-metrics`.
+
+With --engines N, `govmesh up --engines N` runs N engine processes on the one
+engine port (SO_REUSEPORT). The kernel hands each connection to one of them,
+so the load goes over --connections separate connections (default 1, or 8
+with several engines), callers spread over them in turn; compare 1 and N
+engines with the same --connections. Admission limits are per engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -49,10 +57,12 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import grpc
 from cpu import CpuMeter  # bench/cpu.py
 from echo import echo_server  # bench/echo.py
 from google.protobuf import json_format
@@ -82,7 +92,12 @@ def _free_port() -> int:
 
 
 def _start_mesh(
-    data: Path, port: int, database_url: str | None, settings: dict[str, str], metrics: bool
+    data: Path,
+    port: int,
+    database_url: str | None,
+    settings: dict[str, str],
+    metrics: bool,
+    engines: int,
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOVMESH_")}
     env["GOVMESH_DATA_DIR"] = str(data)
@@ -97,6 +112,8 @@ def _start_mesh(
             "up",
             "--engine-port",
             str(port),
+            "--engines",
+            str(engines),
             *(["--metrics-port", "0"] if metrics else ["--no-metrics"]),
         ],
         env=env,
@@ -192,14 +209,47 @@ class _Tally:
         return line
 
 
+@contextlib.asynccontextmanager
+async def _clients(
+    target: str, connections: int, deadline: float
+) -> AsyncIterator[list[EngineClient]]:
+    """`connections` engine clients, each on a connection of its own.
+
+    One client is one connection, and so one engine process of several on a
+    shared port; grpc shares a connection between channels to the same
+    target unless each has a local subchannel pool.
+    """
+    if connections == 1:
+        # As before --connections: the client as a caller makes it.
+        async with await EngineClient.connect(target, timeout=deadline) as engine:
+            yield [engine]
+        return
+    clients = [
+        EngineClient(
+            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]),
+            timeout=deadline,
+        )
+        for _ in range(connections)
+    ]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.close()
+
+
 async def _closed_loop(
-    target: str, requests: list[engine_pb2.AuthorizeRequest], callers: int, deadline: float
+    target: str,
+    requests: list[engine_pb2.AuthorizeRequest],
+    callers: int,
+    deadline: float,
+    connections: int = 1,
 ) -> tuple[_Tally, float]:
     tally = _Tally()
     queue = list(reversed(requests))
-    async with await EngineClient.connect(target, timeout=deadline) as engine:
+    async with _clients(target, connections, deadline) as engines:
 
-        async def caller() -> None:
+        async def caller(engine: EngineClient) -> None:
             while queue:
                 request = queue.pop()
                 started = time.perf_counter()
@@ -207,19 +257,23 @@ async def _closed_loop(
                 tally.count(request, result, time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(callers)))
+        await asyncio.gather(*(caller(engines[n % len(engines)]) for n in range(callers)))
         return tally, time.perf_counter() - started
 
 
 async def _open_loop(
-    target: str, requests: list[engine_pb2.AuthorizeRequest], rate: float, deadline: float
+    target: str,
+    requests: list[engine_pb2.AuthorizeRequest],
+    rate: float,
+    deadline: float,
+    connections: int = 1,
 ) -> tuple[_Tally, float]:
     tally = _Tally()
-    async with await EngineClient.connect(target, timeout=deadline) as engine:
+    async with _clients(target, connections, deadline) as engines:
 
-        async def one(request: engine_pb2.AuthorizeRequest) -> None:
+        async def one(n: int, request: engine_pb2.AuthorizeRequest) -> None:
             started = time.perf_counter()
-            result = await engine.authorize_request(request)
+            result = await engines[n % len(engines)].authorize_request(request)
             tally.count(request, result, time.perf_counter() - started)
 
         loop = asyncio.get_running_loop()
@@ -228,7 +282,7 @@ async def _open_loop(
         for n, request in enumerate(requests):
             # On schedule whatever the answers do; a late tick sends at once.
             await asyncio.sleep(max(0.0, started + n / rate - loop.time()))
-            calls.append(asyncio.create_task(one(request)))
+            calls.append(asyncio.create_task(one(n, request)))
         await asyncio.gather(*calls)
         return tally, loop.time() - started
 
@@ -246,7 +300,20 @@ def main() -> None:
     parser.add_argument(
         "--metrics", action="store_true", help="serve metrics and scrape them every 5 s"
     )
+    parser.add_argument(
+        "--engines", type=int, default=1, help="engine processes sharing the port (default 1)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help="client connections the callers share (default 1, or 8 with several engines)",
+    )
     args = parser.parse_args()
+    if args.engines < 1:
+        parser.error("--engines must be at least 1")
+    connections = args.connections or (1 if args.engines == 1 else 8)
+    if connections < 1:
+        parser.error("--connections must be at least 1")
     settings = dict(item.split("=", 1) for item in args.set)
     callers = [int(n) for n in args.callers.split(",") if n.strip()]
 
@@ -262,8 +329,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         port = _free_port()
-        up = _start_mesh(data, port, database_url, settings, args.metrics)
-        urls = re.findall(r"metrics: +\w+ +(http://\S+/metrics)", (data / "up.log").read_text())
+        up = _start_mesh(data, port, database_url, settings, args.metrics, args.engines)
+        urls = re.findall(r"metrics: +[\w-]+ +(http://\S+/metrics)", (data / "up.log").read_text())
         stop_scraping = threading.Event()
         scraper = threading.Thread(target=_scrape_every, args=(urls, 5.0, stop_scraping))
         scraper.start()
@@ -286,10 +353,12 @@ def main() -> None:
                 return _Load(agent, mandate, amounts).requests()
 
             target = f"127.0.0.1:{port}"
-            asyncio.run(_closed_loop(target, load(300), 8, args.deadline))
+            asyncio.run(_closed_loop(target, load(300), 8, args.deadline, connections))
             meter = CpuMeter(up_pid=up.pid, database_url=database_url)
             print(
-                f"mesh: 4 processes, {os.cpu_count()} cores; deadline {args.deadline:g} s;"
+                f"mesh: {3 + args.engines} processes ({args.engines} engine"
+                f"{'s' if args.engines > 1 else ''}),"
+                f" {os.cpu_count()} cores; {connections} connections; deadline {args.deadline:g} s;"
                 f" {'mixed allow/deny' if args.mixed else 'allow'} load;"
                 f" settings {settings or 'default'};"
                 + (
@@ -301,7 +370,7 @@ def main() -> None:
             for n in callers:
                 before = asyncio.run(meter.sample())
                 tally, elapsed = asyncio.run(
-                    _closed_loop(target, load(args.requests), n, args.deadline)
+                    _closed_loop(target, load(args.requests), n, args.deadline, connections)
                 )
                 after = asyncio.run(meter.sample())
                 print(tally.report(f"closed loop, {n} callers", elapsed, args.requests))
@@ -309,7 +378,7 @@ def main() -> None:
                 # The same client against a no-op grpc.aio server, in the same run.
                 with echo_server(_free_port()) as echo:
                     _, floor = asyncio.run(
-                        _closed_loop(echo, load(args.requests), n, args.deadline)
+                        _closed_loop(echo, load(args.requests), n, args.deadline, connections)
                     )
                 print(
                     f"       echo, {n} callers: {args.requests / floor:,.1f} calls/s;"
@@ -319,7 +388,7 @@ def main() -> None:
                 count = int(args.rate * args.seconds)
                 before = asyncio.run(meter.sample())
                 tally, elapsed = asyncio.run(
-                    _open_loop(target, load(count), args.rate, args.deadline)
+                    _open_loop(target, load(count), args.rate, args.deadline, connections)
                 )
                 after = asyncio.run(meter.sample())
                 print(tally.report(f"open loop, {args.rate:g}/s offered", elapsed, count))
