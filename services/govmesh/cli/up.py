@@ -465,6 +465,14 @@ async def _start_engines(
     names = engine_names(engines)
     ids = _engine_ids(engines)
     spools = [mesh.data / "spool"] + [mesh.data / f"spool-{k}" for k in range(2, engines + 1)]
+    for left in sorted(mesh.data.glob("spool-*")):
+        if left not in spools and any(left.glob("*.spool")):
+            # Only the engine whose spool it is drains it.
+            logger.warning(
+                "%s holds denies of an engine that is not started now (run with more "
+                "--engines to drain them into lineage)",
+                left,
+            )
     if engines > 1:
         env = {**env, "GOVMESH_REUSE_PORT": "1"}
 
