@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import psutil
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from govmesh.cli.devsetup import DevSetup
 from govmesh.client import EngineClient
@@ -31,6 +34,7 @@ from tests.integration.test_up import _free_port, _govmesh, _start_up
 from tests.integration.test_up_supervision import DEADLINES, RECOVERY_S, Caller, _kill
 from tests.support.commands import GOVMESH
 from tests.support.database import DatabaseFactory, fetch, run_sync
+from tests.support.processes import ServiceProcess
 
 #: Connections per round; all on one engine by chance has odds of 2 in 2**CONNECTIONS.
 CONNECTIONS = 16
@@ -191,3 +195,69 @@ def test_engines_refuse_a_taken_engine_port_before_starting_anything(
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"the engine port 127.0.0.1:{port} is taken" in result.stderr
     assert not (tmp_path / "data" / "pg").exists()
+
+
+def test_an_engine_sharing_its_port_listens_only_once_it_knows_the_newest_epoch(
+    services: Callable[..., ServiceProcess],
+    dev_setup: DevSetup,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    policy_address = f"127.0.0.1:{_free_port()}"  # nothing listens there yet
+    port_file = tmp_path / "engine.addr"
+    log = tmp_path / "engine.log"
+    env = {
+        **os.environ,
+        "GOVMESH_LISTEN": "127.0.0.1:0",
+        "GOVMESH_PORT_FILE": str(port_file),
+        "GOVMESH_REUSE_PORT": "1",
+        "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+        "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
+        "GOVMESH_SPOOL_DIR": str(tmp_path / "spool"),
+        "GOVMESH_VERIFICATION_TARGET": "127.0.0.1:1",
+        "GOVMESH_POLICY_TARGET": policy_address,
+        "GOVMESH_LINEAGE_TARGET": "127.0.0.1:1",
+        "GOVMESH_POLICY_FLOOR_INTERVAL_S": "0.2",
+        "GOVMESH_LOG_FORMAT": "text",
+    }
+    with log.open("wb") as out:
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "govmesh.engine"], env=env, stdout=out, stderr=out
+        )
+    try:
+        # Past its first try for the epoch (after the peers' connect timeout),
+        # where an engine alone on its port would start listening.
+        deadline = time.monotonic() + 30
+        while "not serving until the newest policy epoch is known" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(2)
+        # Without the epoch it would deny whatever the kernel hands it: not on the port yet.
+        assert engine.poll() is None, log.read_text()
+        assert not port_file.exists(), log.read_text()
+
+        services(
+            "policy",
+            {
+                "GOVMESH_LISTEN": policy_address,
+                "GOVMESH_DATABASE_URL": database_url,
+                "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
+                "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+                "GOVMESH_POLICY_PATH": str(dev_setup.policies),
+                "GOVMESH_POLICY_STATE_FILE": str(tmp_path / "policy-epoch.json"),
+            },
+        )
+        deadline = time.monotonic() + 20
+        while not port_file.is_file():
+            assert time.monotonic() < deadline, log.read_text()
+            assert engine.poll() is None, log.read_text()
+            time.sleep(0.05)
+        # Listening means ready: health is SERVING from the first call.
+        with grpc.insecure_channel(port_file.read_text()) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        engine.send_signal(signal.SIGTERM)
+        engine.wait(30)
