@@ -40,13 +40,14 @@ import tempfile
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.engine import make_url
@@ -226,26 +227,58 @@ def _mesh_total(cpu_us: dict[str, float]) -> float:
 
 
 class Driver:
-    """Sends planned requests through one client and tallies the answers into a phase."""
+    """Sends planned requests and tallies the answers into a phase.
 
-    def __init__(self, target: str, workload: Workload, deadline_s: float) -> None:
+    The load goes over `connections` client connections, callers (or, in an
+    open loop, requests) spread over them in turn. One connection reaches
+    one engine process: several engines on a shared port (`govmesh up
+    --engines N`) each get load only over connections of their own.
+    """
+
+    def __init__(
+        self, target: str, workload: Workload, deadline_s: float, connections: int = 1
+    ) -> None:
         self.target = target
         self.workload = workload
         self.deadline_s = deadline_s
+        self.connections = connections
+
+    @asynccontextmanager
+    async def clients(self) -> AsyncIterator[list[EngineClient]]:
+        """The engine clients, one per connection."""
+        if self.connections == 1:
+            async with await EngineClient.connect(self.target, timeout=self.deadline_s) as one:
+                yield [one]
+            return
+        # grpc shares a connection between channels to one target unless each
+        # channel has a subchannel pool of its own.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        clients = [
+            EngineClient(
+                grpc.aio.insecure_channel(self.target, options=options), timeout=self.deadline_s
+            )
+            for _ in range(self.connections)
+        ]
+        try:
+            yield clients
+        finally:
+            for client in clients:
+                await client.close()
 
     async def closed(
         self, plan: list[Planned], callers: int, phase: Phase, tick: Callable[[], None]
     ) -> None:
+        """`callers` callers, each sending its next request when its last is answered."""
         queue = deque(plan)
-        async with await EngineClient.connect(self.target, timeout=self.deadline_s) as engine:
+        async with self.clients() as engines:
 
-            async def caller() -> None:
+            async def caller(engine: EngineClient) -> None:
                 while queue:
                     await self.one(engine, queue.popleft(), phase)
                     tick()
 
             started = time.perf_counter()
-            await asyncio.gather(*(caller() for _ in range(callers)))
+            await asyncio.gather(*(caller(engines[n % len(engines)]) for n in range(callers)))
             phase.elapsed_s = time.perf_counter() - started
         phase.sent = len(plan)
 
@@ -255,20 +288,26 @@ class Driver:
         rate: float,
         phase: Phase,
         tick: Callable[[], None],
+        tally: Callable[[int], Phase] | None = None,
     ) -> None:
-        async with await EngineClient.connect(self.target, timeout=self.deadline_s) as engine:
+        """`rate` requests a second, on schedule whatever the answers do.
+
+        `tally(n)` picks the phase request n is counted in (default: `phase`).
+        """
+        async with self.clients() as engines:
             loop = asyncio.get_running_loop()
             started = loop.time()
             calls = []
 
-            async def one(planned: Planned) -> None:
-                await self.one(engine, planned, phase)
+            async def one(n: int, planned: Planned) -> None:
+                target = phase if tally is None else tally(n)
+                await self.one(engines[n % len(engines)], planned, target)
                 tick()
 
             for n, planned in enumerate(plan):
-                # On schedule whatever the answers do; a late tick sends at once.
+                # A late tick sends at once rather than bursting to catch up later.
                 await asyncio.sleep(max(0.0, started + n / rate - loop.time()))
-                calls.append(asyncio.create_task(one(planned)))
+                calls.append(asyncio.create_task(one(n, planned)))
             await asyncio.gather(*calls)
             phase.elapsed_s = loop.time() - started
         phase.sent = len(plan)
@@ -398,6 +437,9 @@ class Options:
     settings: dict[str, str]
     database_url: str | None
     metrics: bool
+    #: Engine processes sharing the engine port, and the client connections over them.
+    engines: int = 1
+    connections: int = 1
 
 
 async def _measured(meter: CpuMeter, phase: Phase, work: Awaitable[None]) -> None:
@@ -417,13 +459,14 @@ def run(options: Options) -> list[Phase]:
         data = Path(tmp)
         port = free_port()
         extra = ["--metrics-port", "0"] if options.metrics else ["--no-metrics"]
+        extra += ["--engines", str(options.engines)]
         with (
             _database(options.database_url, data) as database_url,
             _mesh(data, port, database_url, options.settings, extra) as up,
         ):
             workload = Workload(DevSetup(data / "dev"), deny_every=options.deny_every)
             meter = CpuMeter(up_pid=up.pid, database_url=database_url)
-            driver = Driver(f"127.0.0.1:{port}", workload, options.deadline_s)
+            driver = Driver(f"127.0.0.1:{port}", workload, options.deadline_s, options.connections)
             return asyncio.run(_phases(options, driver, workload, meter))
 
 
@@ -432,7 +475,9 @@ async def _phases(
 ) -> list[Phase]:
     phases: list[Phase] = []
     print(
-        f"govmesh bench: 4 processes + Postgres, {os.cpu_count()} cores;"
+        f"govmesh bench: {3 + options.engines} processes ({options.engines} engine"
+        f"{'s' if options.engines > 1 else ''}) + Postgres, {os.cpu_count()} cores;"
+        f" {options.connections} client connection{'s' if options.connections > 1 else ''};"
         f" deadline {options.deadline_s:g} s; every {options.deny_every}th request a deny"
         f" ({len(DENIES)} reasons in turn); settings {options.settings or 'default'};"
         f" metrics {'on' if options.metrics else 'off'}",
@@ -464,7 +509,7 @@ async def _phases(
             # The same client against a no-op grpc.aio server, in the same run.
             echo = Phase("echo", "closed", callers)
             with echo_server(free_port()) as target:
-                await Driver(target, workload, options.deadline_s).closed(
+                await Driver(target, workload, options.deadline_s, options.connections).closed(
                     plan, callers, echo, tracked(f"echo, {callers} callers", count)
                 )
             phase.echo_calls_per_s = len(plan) / echo.elapsed_s
@@ -525,23 +570,11 @@ async def _stopped(
             for pid in pids:
                 os.kill(pid, signal.SIGCONT)
 
-    async def drive() -> None:
-        async with await EngineClient.connect(driver.target, timeout=driver.deadline_s) as engine:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            calls = []
+    def tally(n: int) -> Phase:
+        return during if in_window[n] else phase
 
-            async def one(n: int, planned: Planned) -> None:
-                await driver.one(engine, planned, during if in_window[n] else phase)
-                tick()
-
-            for n, planned in enumerate(plan):
-                await asyncio.sleep(max(0.0, started + n / options.stop_rate - loop.time()))
-                calls.append(asyncio.create_task(one(n, planned)))
-            await asyncio.gather(*calls)
-            phase.elapsed_s = loop.time() - started
-
-    await asyncio.gather(pause(), drive())
+    drive = driver.open(plan, options.stop_rate, phase, tick, tally)
+    await asyncio.gather(pause(), drive)
     phase.sent = count
     phase.stopped_latencies_s = during.latencies_s
     phase.stopped_unanswered = sum(in_window) - len(during.latencies_s)

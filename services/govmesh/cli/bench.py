@@ -47,6 +47,16 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {value}")
+    return value
+
+
 def _peers(text: str) -> list[str]:
     from govmesh.bench.capacity import PEERS
 
@@ -81,6 +91,8 @@ def _capacity(args: argparse.Namespace) -> int:
             settings=settings,
             database_url=args.database_url,
             metrics=args.metrics,
+            engines=args.engines,
+            connections=args.connections or (1 if args.engines == 1 else 8),
         )
     )
     if args.json:
@@ -171,6 +183,14 @@ def register(commands: Any) -> None:
         help="a Postgres server for a throwaway database (default: an embedded one)",
     )
     load.add_argument("--metrics", action="store_true", help="serve Prometheus metrics")
+    load.add_argument(
+        "--engines", type=_at_least_one, default=1, help="engine processes on the port (1)"
+    )
+    load.add_argument(
+        "--connections",
+        type=_at_least_one,
+        help="client connections the load spreads over (1, or 8 with several engines)",
+    )
     load.add_argument("--json", type=Path, help="write every figure to this file")
     soak = parser.add_argument_group("fault soak (--faults)")
     soak.add_argument("--faults", action="store_true", help="inject every fault, in rounds")

@@ -18,6 +18,17 @@ same data directory and socket the same way. The engine keeps deciding
 more than `--max-restarts` times within `--restart-window` seconds is a crash
 loop: the mesh stops and `govmesh up` exits 1, naming the service and its
 last exit codes.
+
+With `--engines N` (N > 1) N engine processes, engine-1 to engine-N, listen
+on the one engine address together (SO_REUSEPORT, which `up` turns on for
+them alone through GOVMESH_REUSE_PORT), and the kernel spreads connections
+over them. Each is supervised on its own, has its own spool directory
+(`spool` for engine-1, `spool-K` for the others) and metrics port (after the
+peers': --metrics-port + 4 onwards), and takes a new engine id at each start,
+`<GOVMESH_ENGINE_ID or host name>-K/<random>`, so that each process's lineage
+counter runs gapless from 0 under an id of its own. Admission limits
+(GOVMESH_ADMISSION_*) and the policy epoch floor are per engine process: N
+engines admit N times the configured concurrency.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -73,19 +85,35 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def metrics_ports(first: int | None) -> dict[str, int]:
-    """Each service's metrics port: `first` and the next three, or any free ones (0).
+def engine_names(engines: int) -> list[str]:
+    """The supervised names of the engine processes: "engine" alone, else engine-1..N."""
+    if engines == 1:
+        return ["engine"]
+    return [f"engine-{k}" for k in range(1, engines + 1)]
 
-    None turns metrics off. Raises ConfigurationError for a fixed port that is
-    out of range or already taken, before anything starts.
+
+def metrics_order(engines: int) -> list[str]:
+    """Whose metrics port is which: the first engine's, the peers', then the other engines'."""
+    first, *others = engine_names(engines)
+    return [first, *METRICS_ORDER[1:], *others]
+
+
+def metrics_ports(first: int | None, engines: int = 1) -> dict[str, int]:
+    """Each process's metrics port: `first` and the next ones, or any free ones (0).
+
+    With one engine, `first` and the next three (engine, verification, policy,
+    lineage); each further engine takes the next port after those. None turns
+    metrics off. Raises ConfigurationError for a fixed port that is out of
+    range or already taken, before anything starts.
     """
     if first is None:
         return {}
+    names = metrics_order(engines)
     if first == 0:
-        return dict.fromkeys(METRICS_ORDER, 0)
-    ports = {name: first + n for n, name in enumerate(METRICS_ORDER)}
+        return dict.fromkeys(names, 0)
+    ports = {name: first + n for n, name in enumerate(names)}
     if not 0 < first <= 65535 - len(ports):
-        raise ConfigurationError(f"--metrics-port {first} leaves no room for four ports")
+        raise ConfigurationError(f"--metrics-port {first} leaves no room for {len(ports)} ports")
     for name, port in ports.items():
         with socket.socket() as probe:
             try:
@@ -151,16 +179,31 @@ class Backoff:
         return delay
 
 
+def _no_env() -> dict[str, str]:
+    return {}
+
+
 @dataclass
 class Child:
-    """One supervised service process; `process` is the current one."""
+    """One supervised service process; `process` is the current one.
+
+    `module` is what runs (`python -m govmesh.<module>`), `name` what the
+    supervisor calls it; they differ only for engines when there are several.
+    `each_start` gives settings that are new at every start of the process.
+    """
 
     name: str
     env: dict[str, str]
     process: asyncio.subprocess.Process
     port_file: Path
     backoff: Backoff
+    module: str
     restarts: int = field(default=0)
+    each_start: Callable[[], dict[str, str]] = field(default=_no_env)
+
+    def start_env(self) -> dict[str, str]:
+        """The settings of the next start."""
+        return {**self.env, **self.each_start()}
 
     @property
     def metrics_file(self) -> Path:
@@ -232,8 +275,17 @@ class Mesh:
         self._postgres = pgserver.get_server(self.data / "pg", cleanup_mode="stop")
         return str(self._postgres.get_uri())
 
-    async def spawn(self, name: str, env: dict[str, str], metrics_port: int | None = None) -> Child:
-        """Start `python -m govmesh.<name>` with GOVMESH_* settings in `env`."""
+    async def spawn(
+        self,
+        name: str,
+        env: dict[str, str],
+        metrics_port: int | None = None,
+        *,
+        module: str | None = None,
+        each_start: Callable[[], dict[str, str]] = _no_env,
+    ) -> Child:
+        """Start `python -m govmesh.<module or name>` with GOVMESH_* settings in `env`."""
+        module = module or name
         port_file = self.run_dir / f"{name}.addr"
         if metrics_port is not None:
             # In the child's env, so that a restart serves on the same port.
@@ -245,21 +297,25 @@ class Mesh:
         child = Child(
             name,
             env,
-            await self._exec(name, env, port_file),
+            await self._exec(module, {**env, **each_start()}, port_file),
             port_file,
             Backoff(name, self.policy, monotonic=time.monotonic),
+            module,
+            each_start=each_start,
         )
         self.children.append(child)
         return child
 
     @staticmethod
-    async def _exec(name: str, env: dict[str, str], port_file: Path) -> asyncio.subprocess.Process:
+    async def _exec(
+        module: str, env: dict[str, str], port_file: Path
+    ) -> asyncio.subprocess.Process:
         port_file.unlink(missing_ok=True)
         port_file.with_suffix(".metrics").unlink(missing_ok=True)
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            f"govmesh.{name}",
+            f"govmesh.{module}",
             env={**os.environ, **env, "GOVMESH_PORT_FILE": str(port_file)},
             preexec_fn=_die_with_parent,
             # Own process group: a terminal's Ctrl-C reaches only the
@@ -284,7 +340,7 @@ class Mesh:
             await asyncio.sleep(delay)
             if self.stopping:
                 return
-            child.process = await self._exec(child.name, child.env, child.port_file)
+            child.process = await self._exec(child.module, child.start_env(), child.port_file)
             child.restarts += 1
             child.backoff.started()
             try:
@@ -338,10 +394,10 @@ class Mesh:
             return False
 
     async def stop(self) -> None:
-        """Stop the engine, then its peers, then Postgres; kill what does not stop."""
+        """Stop the engines, then their peers, then Postgres; kill what does not stop."""
         self.stopping = True
-        engine = [c for c in self.children if c.name == "engine"]
-        peers = [c for c in self.children if c.name != "engine"]
+        engine = [c for c in self.children if c.module == "engine"]
+        peers = [c for c in self.children if c.module != "engine"]
         for group in (engine, peers):
             await asyncio.gather(*(self._stop_child(c) for c in group))
         if self._postgres is not None:
@@ -361,6 +417,84 @@ class Mesh:
             with contextlib.suppress(ProcessLookupError):
                 child.process.kill()
             await child.process.wait()
+
+
+def _check_engine_port_free(port: int) -> None:
+    # Engines sharing a port would as well share it with anything else there
+    # that asked for SO_REUSEPORT, e.g. the engines of another `govmesh up`:
+    # a plain bind fails on any taken port, so it finds those first.
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigurationError(
+                f"the engine port 127.0.0.1:{port} is taken ({exc.strerror}): "
+                "pass --engine-port with another port"
+            ) from None
+
+
+def _engine_ids(engines: int) -> list[Callable[[], dict[str, str]]]:
+    """For several engines, each one's settings that are new at each of its starts.
+
+    A fresh engine id each time: a restarted engine counts its lineage entries
+    from 0 again, which under its old id would read as counters logged twice.
+    """
+    if engines == 1:
+        # One engine keeps its own choice: GOVMESH_ENGINE_ID, or a fresh id.
+        return [_no_env]
+    base = os.environ.get("GOVMESH_ENGINE_ID") or socket.gethostname()
+
+    def ids(k: int) -> Callable[[], dict[str, str]]:
+        return lambda: {"GOVMESH_ENGINE_ID": f"{base}-{k}/{uuid.uuid4().hex[:12]}"}
+
+    return [ids(k) for k in range(1, engines + 1)]
+
+
+async def _start_engines(
+    mesh: Mesh, engines: int, env: dict[str, str], ports: dict[str, int], deadline: float
+) -> str:
+    """Start the engine processes on one address; return that address once they serve.
+
+    The first one alone on the address, then the others beside it: each
+    writes its address only once it can decide (with GOVMESH_REUSE_PORT it
+    joins the port only when it knows the newest policy epoch), which is as
+    much as a health check through a shared port can tell of one process.
+    """
+    names = engine_names(engines)
+    ids = _engine_ids(engines)
+    spools = [mesh.data / "spool"] + [mesh.data / f"spool-{k}" for k in range(2, engines + 1)]
+    for left in sorted(mesh.data.glob("spool-*")):
+        if left not in spools and any(left.glob("*.spool")):
+            # Only the engine whose spool it is drains it.
+            logger.warning(
+                "%s holds denies of an engine that is not started now (run with more "
+                "--engines to drain them into lineage)",
+                left,
+            )
+    if engines > 1:
+        env = {**env, "GOVMESH_REUSE_PORT": "1"}
+
+    async def spawn(n: int, env: dict[str, str]) -> Child:
+        return await mesh.spawn(
+            names[n],
+            {**env, "GOVMESH_SPOOL_DIR": str(spools[n])},
+            ports.get(names[n]),
+            module="engine",
+            each_start=ids[n],
+        )
+
+    first = await spawn(0, env)
+    address = await first.address(deadline)
+    await _wait_serving(first, address, deadline)
+    # Every engine, the first when it restarts too, on the address the first
+    # one got (--engine-port 0 picks a free one).
+    env = {**env, "GOVMESH_LISTEN": address}
+    first.env["GOVMESH_LISTEN"] = address
+    others = [await spawn(n, env) for n in range(1, engines)]
+    await asyncio.gather(*(child.address(deadline) for child in others))
+    return address
 
 
 async def _up(args: argparse.Namespace) -> int:
@@ -383,7 +517,9 @@ async def _up(args: argparse.Namespace) -> int:
     if not policies:
         raise ConfigurationError("with --trust, pass --policies (a .cedar file or folder)")
 
-    ports = metrics_ports(None if args.no_metrics else args.metrics_port)
+    ports = metrics_ports(None if args.no_metrics else args.metrics_port, args.engines)
+    if args.engines > 1:
+        _check_engine_port_free(args.engine_port)
     mesh = Mesh(
         data,
         RestartPolicy(max_restarts=args.max_restarts, window=args.restart_window),
@@ -419,24 +555,25 @@ async def _up(args: argparse.Namespace) -> int:
             # A restarted peer listens where the engine already looks for it.
             child.env["GOVMESH_LISTEN"] = addresses[child.name]
         await asyncio.gather(*(_wait_serving(c, addresses[c.name], deadline) for c in peers))
-        engine_address = f"127.0.0.1:{args.engine_port}"
-        engine = await mesh.spawn(
-            "engine",
+        engine_address = await _start_engines(
+            mesh,
+            args.engines,
             {
                 **common,
-                "GOVMESH_LISTEN": engine_address,
+                "GOVMESH_LISTEN": f"127.0.0.1:{args.engine_port}",
                 "GOVMESH_VERIFICATION_TARGET": addresses["verification"],
                 "GOVMESH_POLICY_TARGET": addresses["policy"],
                 "GOVMESH_LINEAGE_TARGET": addresses["lineage"],
             },
-            ports.get("engine"),
+            ports,
+            deadline,
         )
-        await _wait_serving(engine, await engine.address(deadline), deadline)
-        print(f"govmesh is up: engine at {engine_address}", flush=True)
+        shared = f" ({args.engines} engine processes)" if args.engines > 1 else ""
+        print(f"govmesh is up: engine at {engine_address}{shared}", flush=True)
         print(f"  data directory: {data}", flush=True)
         if ports:
             children = {c.name: c for c in mesh.children}
-            for name in METRICS_ORDER:
+            for name in metrics_order(args.engines):
                 address = children[name].metrics_file.read_text().strip()
                 # A restarted service serves its metrics where they were printed.
                 children[name].env["GOVMESH_METRICS_LISTEN"] = address
@@ -515,6 +652,14 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--engine-port", type=int, default=50051, help="default 50051")
     parser.add_argument(
+        "--engines",
+        type=_positive(int),
+        default=1,
+        help="engine processes sharing the engine port (SO_REUSEPORT), each supervised, "
+        "with its own engine id, spool and metrics port; admission limits are per process "
+        "(default 1)",
+    )
+    parser.add_argument(
         "--max-restarts",
         type=_positive(int),
         default=MAX_RESTARTS,
@@ -532,7 +677,8 @@ def register(commands: Any) -> None:
         type=int,
         default=DEFAULT_METRICS_PORT,
         help="Prometheus metrics of engine, verification, policy and lineage on this port and "
-        f"the next three (default {DEFAULT_METRICS_PORT}); 0: any free ports",
+        "the next three, and of further --engines on the ports after those "
+        f"(default {DEFAULT_METRICS_PORT}); 0: any free ports",
     )
     parser.add_argument("--no-metrics", action="store_true", help="serve no metrics")
     parser.set_defaults(func=_run)

@@ -94,6 +94,14 @@ class EngineSettings(ServerSettings):
     engine_id: str | None = Field(
         default=None, description="defaults to host name and a random suffix"
     )
+    reuse_port: bool = Field(
+        default=False,
+        description="share the listen address with other engine processes that set it too "
+        "(SO_REUSEPORT; `govmesh up --engines N` sets it): the kernel spreads connections "
+        "over them. Each such engine joins the address only once it knows the newest policy "
+        "epoch. Admission limits, the epoch floor and the lineage counter are each process's "
+        "own (GOVMESH_REUSE_PORT)",
+    )
 
     # Concurrent decisions share peer calls: at most this many requests per
     # batch call, and this many batch calls in flight per peer.

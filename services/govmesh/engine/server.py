@@ -4,6 +4,12 @@ Start-up: read the grant key (and the policy-admin keys, when the trust file
 is given), connect to the peers, learn the newest activated policy epoch
 (floor.py), then serve. Health is SERVING once that epoch is known: until
 then every decision denies, so a load balancer should not send any.
+
+With GOVMESH_REUSE_PORT several engine processes listen on one address and
+the kernel, not a health check, picks which one a connection reaches; so such
+an engine joins the address only once the epoch is known, and exits if it
+cannot learn it within SHARED_PORT_FLOOR_WAIT_S (its supervisor starts it
+again).
 """
 
 from __future__ import annotations
@@ -38,14 +44,22 @@ from govmesh.engine.peers import (
 )
 from govmesh.engine.servicer import SERVICE_NAME, EngineServicer, add_to_server
 from govmesh.runtime.entry import run_service
+from govmesh.runtime.errors import Unavailable
 from govmesh.runtime.server import Health, serve
 
 ENGINE_KEY_FILE = "engine.jwk.json"
 CONNECT_TIMEOUT_S = 5.0
 #: How long one request for the newest policy epoch may take.
 FLOOR_TIMEOUT_S = 2.0
+#: How long an engine sharing its port waits for the newest policy epoch
+#: before it gives up starting.
+SHARED_PORT_FLOOR_WAIT_S = 30.0
 
 logger = logging.getLogger(__name__)
+
+
+class EngineNotReady(Unavailable):
+    """An engine sharing its port could not learn the newest policy epoch in time."""
 
 
 class EngineService:
@@ -164,6 +178,24 @@ class EngineService:
             ),
             metrics=metrics,
         )
+        if s.reuse_port:
+            await self._await_floor(s.policy_floor_interval_s)
+
+    async def _await_floor(self, interval_s: float) -> None:
+        # Its health says NOT_SERVING until the floor is known, but on a shared
+        # port nobody can ask this process alone: connections the kernel hands
+        # it would all be denied. So it does not listen until it can decide.
+        floor = self._floor
+        assert floor is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHARED_PORT_FLOOR_WAIT_S
+        while not floor.known:
+            if loop.time() >= deadline:
+                raise EngineNotReady(
+                    f"the newest policy epoch is still unknown after "
+                    f"{SHARED_PORT_FLOOR_WAIT_S:.0f} s; not joining the shared port"
+                )
+            await asyncio.sleep(min(interval_s, 0.1))
 
     @staticmethod
     async def _connect(channels: list[grpc.aio.Channel]) -> None:
@@ -231,6 +263,7 @@ async def run(settings: EngineSettings) -> None:
         port_file=settings.port_file,
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs(),
         metrics=endpoint,
+        reuse_port=settings.reuse_port,
     )
 
 

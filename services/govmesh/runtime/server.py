@@ -100,6 +100,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     maximum_concurrent_rpcs: int | None = None,
     metrics: MetricsEndpoint | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Run `service` until SIGTERM/SIGINT (or `stop` is set), then stop gracefully.
 
@@ -107,6 +108,10 @@ async def serve(
     unbounded); calls beyond it are answered RESOURCE_EXHAUSTED by grpc itself.
     With `metrics`, its registry is served over HTTP from before the service
     starts (a taken port stops start-up at once) until after it closed.
+    With `reuse_port`, other processes that also ask for it may listen on the
+    same address (SO_REUSEPORT) and the kernel spreads connections over them;
+    without it a taken address stops start-up, as it should for a process
+    started there by mistake.
     """
     stop = stop or asyncio.Event()
     exporter: MetricsServer | None = None
@@ -122,7 +127,7 @@ async def serve(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             # Clients reconnect every few minutes, so engines re-resolve DNS and
             # spread over replicas added since they connected.
             ("grpc.max_connection_age_ms", 300_000),
