@@ -13,11 +13,11 @@ next epoch ...").
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Self, TypeVar
 
 import grpc
 
+from govmesh.client.channel import ChannelClient
 from govmesh.runtime.errors import (
     Conflict,
     GovmeshError,
@@ -83,11 +83,11 @@ def refusal(error: grpc.aio.AioRpcError) -> GovmeshError:
     return _BY_CODE.get(code, AuthorityUnavailable)(f"{code.name}: {error.details()}")
 
 
-class PolicyAdminClient:
+class PolicyAdminClient(ChannelClient):
     """One channel to a policy authority, for its administration calls."""
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        self._channel = channel
+        super().__init__(channel)
         self._stub = policy_pb2_grpc.PolicyAuthorityStub(channel)
         self._timeout = timeout
 
@@ -95,20 +95,6 @@ class PolicyAdminClient:
     async def connect(cls, target: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Self:
         """Open a channel to the authority at `target` ("host:port"); `timeout` is per call."""
         return cls(grpc.aio.insecure_channel(target), timeout=timeout)
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
