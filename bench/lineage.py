@@ -35,13 +35,14 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+from lineage_stream import StreamingLineage  # bench/lineage_stream.py
 from sqlalchemy.engine import make_url
 
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.cli.devsetup import write_dev_setup
 from govmesh.engine.lineage import BatchingLineage
 from govmesh.engine.peers import GrpcLineage, open_channel
-from govmesh.lineage.client import LineageClient, StreamingLineage
+from govmesh.lineage.client import LineageClient
 from govmesh.lineage.core import check_entry
 from govmesh.lineage.floor import SignedFloor
 from govmesh.lineage.keys import DEFAULT_ORIGIN, load_log_signer

@@ -15,11 +15,16 @@ import pytest
 
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.cli.devsetup import DevSetup
+from govmesh.engine.core import PeerUnavailable
+from govmesh.engine.lineage import BatchingLineage
+from govmesh.engine.peers import GrpcLineage
+from govmesh.engine.streams import BatchStream
 from govmesh.lineage import merkle
 from govmesh.lineage.auditor import audit
-from govmesh.lineage.client import LineageClient, LineageError, StreamingLineage
+from govmesh.lineage.client import LineageClient, LineageError
 from govmesh.lineage.notes import VerifierKey, open_checkpoint
 from govmesh.lineage.sources import DatabaseSource
+from govmesh.v1 import lineage_pb2, lineage_pb2_grpc
 from tests.support.database import fetch, roll_back_lineage
 from tests.support.processes import ServiceProcess
 
@@ -255,7 +260,10 @@ async def test_the_append_stream_answers_each_concurrent_append_after_commit(
 ) -> None:
     key = log_key(dev_setup)
     channel = grpc.aio.insecure_channel(lineage.address)
-    stream = StreamingLineage(channel, max_batch=32, linger=0.002)
+    # The engine's own appends: batches on AppendStream.
+    transport = GrpcLineage(channel)
+    stream = BatchingLineage(transport=transport, max_batch=32, linger=0.002)
+    stream.start()
     try:
         entries = [decision(i) for i in range(300)]
         receipts = await asyncio.gather(
@@ -265,15 +273,16 @@ async def test_the_append_stream_answers_each_concurrent_append_after_commit(
         for (data, _), receipt in zip(entries, receipts, strict=True):
             assert receipt.leaf_hash == merkle.leaf_hash(data)
             assert open_checkpoint(receipt.checkpoint, key).size == receipt.tree_size
-        with pytest.raises(LineageError, match="already logged"):
+        with pytest.raises(PeerUnavailable, match="already logged"):
             await stream.append(*entries[0], timeout=20)
-        with pytest.raises(LineageError, match="canonical"):
+        with pytest.raises(PeerUnavailable, match="canonical"):
             await stream.append(b'{"a": 1}', str(uuid.uuid4()), timeout=20)
         # The stream is still usable after refusals.
         more = await stream.append(*decision(300), timeout=20)
         assert more.index == 300
     finally:
         await stream.close()
+        await transport.close()
         await channel.close()
 
 
@@ -327,9 +336,36 @@ async def test_two_replicas_share_one_contiguous_log_and_tail_each_others_commit
     assert [f for f in report.findings if f.kind != "engine"] == []
 
 
+class ShortLivedStreams:
+    """The engine's AppendStream transport, its streams replaced every `max_age` seconds."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, max_age: float) -> None:
+        self._stream: BatchStream[lineage_pb2.AppendBatchRequest, lineage_pb2.AppendBatchResponse]
+        self._stream = BatchStream(
+            peer="lineage",
+            open_stream=lineage_pb2_grpc.LineageStub(channel).AppendStream,
+            streams=1,
+            max_age=max_age,
+        )
+
+    async def append_batch(
+        self, requests: list[lineage_pb2.AppendRequest], *, timeout: float
+    ) -> list[lineage_pb2.AppendResponse]:
+        request = lineage_pb2.AppendBatchRequest(entries=requests)
+        return list((await self._stream.call(request, timeout)).results)
+
+    async def get_entry(self, decision_id: str, *, timeout: float) -> bytes | None:
+        raise AssertionError("not asked for here")
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+
 async def test_the_append_stream_rotates_without_losing_an_append(lineage: ServiceProcess) -> None:
     channel = grpc.aio.insecure_channel(lineage.address)
-    stream = StreamingLineage(channel, max_batch=8, linger=0.001, max_stream_age=0.1)
+    transport = ShortLivedStreams(channel, max_age=0.1)
+    stream = BatchingLineage(transport=transport, max_batch=8, linger=0.001)
+    stream.start()
     try:
         receipts = []
         for round_ in range(8):
@@ -340,6 +376,7 @@ async def test_the_append_stream_rotates_without_losing_an_append(lineage: Servi
         assert sorted(r.index for r in receipts) == list(range(80))
     finally:
         await stream.close()
+        await transport.close()
         await channel.close()
 
 

@@ -18,8 +18,8 @@ def test_a_new_floor_is_zero_and_its_folder_is_made(tmp_path: Path) -> None:
     floor = EpochFloor(tmp_path / "state" / "policy" / "epoch.json")
 
     assert floor.read() == 0
-    assert floor.path.parent.is_dir()  # and writable: the lock file is there
-    assert not floor.path.exists()
+    assert floor.state_file.parent.is_dir()  # and writable: the lock file is there
+    assert not floor.state_file.exists()
 
 
 def test_the_floor_only_rises_and_outlives_the_process(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 
 import grpc
@@ -16,6 +15,7 @@ from grpc_status import rpc_status
 from opentelemetry import propagate
 
 from govmesh.artifacts.canonical import CanonicalizationError, request_digest
+from govmesh.client.channel import ChannelClient
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 1.0
@@ -176,11 +176,11 @@ def _refused_by_engine(error: grpc.aio.AioRpcError) -> bool:
     return False
 
 
-class EngineClient:
+class EngineClient(ChannelClient):
     """An async client of the AuthorizationEngine API."""
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float) -> None:
-        self._channel = channel
+        super().__init__(channel)
         self._stub = engine_pb2_grpc.AuthorizationEngineStub(channel)
         self._timeout = timeout
 
@@ -256,21 +256,6 @@ class EngineClient:
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
             return AuthorizationResult.no_answer(exc)
         return AuthorizationResult.from_response(response, expected_digest=expected)
-
-    async def close(self) -> None:
-        """Close the channel."""
-        await self._channel.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class SyncEngineClient:

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 from google.protobuf import json_format, struct_pb2
 from joserfc.jwk import OKPKey
 
@@ -48,9 +47,9 @@ from govmesh.artifacts.signing import (
     load_admin_keys,
     sign_activation,
     sign_bundle,
-    verify_bundle_signature,
 )
 from govmesh.cli.paths import add_data_dir_argument, data_dir, dev_setup
+from govmesh.client.admin import REFUSALS, EpochTaken, PolicyAdminClient
 from govmesh.policy.bundle import (
     BundleRejected,
     CompiledBundle,
@@ -59,8 +58,18 @@ from govmesh.policy.bundle import (
     read_bundle_source,
 )
 from govmesh.policy.core import PolicyDecision, PolicyRequest, evaluate
-from govmesh.runtime.errors import ConfigurationError
-from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
+from govmesh.policy.transitions import (
+    AlreadyInRole,
+    NoShadow,
+    NothingActive,
+    NotItsVersion,
+    activate,
+    clear_shadow,
+    observe,
+    verify_stored_bundle,
+)
+from govmesh.runtime.errors import ConfigurationError, PreconditionFailed
+from govmesh.v1 import common_pb2, policy_pb2
 
 T = TypeVar("T")
 
@@ -69,11 +78,11 @@ ADMIN_KEY_FILE = "policy-admin.jwk.json"
 EPOCH_ATTEMPTS = 3
 
 
-class Refused(Exception):
-    """The authority refused the request; the message is its reason."""
+class Refused(PreconditionFailed):
+    """The change cannot be made, or the authority's answer cannot be used: the message says why."""
 
 
-class AlreadyThere(Exception):
+class AlreadyThere(PreconditionFailed):
     """The bundle pushed already holds the role asked for: nothing to activate."""
 
 
@@ -107,62 +116,48 @@ def _key(args: argparse.Namespace) -> OKPKey:
 # --- talking to the authority ---------------------------------------------------------
 
 
-class Admin:
-    """The authority's administration calls, with refusals as Refused."""
+def _current(state: policy_pb2.PolicyState) -> Activation | None:
+    """The newest epoch in the store, as the activation that made it (None before the first)."""
+    current = state.current
+    if not current.epoch:
+        return None
+    return Activation(current.epoch, current.active_version, current.shadow_version or None)
 
-    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
-        self._stub = policy_pb2_grpc.PolicyAuthorityStub(channel)
-        self._timeout = timeout
 
-    async def call(self, method: str, request: Any) -> Any:
+async def _next_epoch(
+    admin: PolicyAdminClient,
+    decide: Callable[[Activation | None], Activation],
+    send: Callable[[str], Awaitable[T]],
+    key: OKPKey,
+) -> T:
+    """Sign the activation `decide` makes of the current state, and send it.
+
+    When another change takes the epoch first (EpochTaken), look again and
+    re-sign: the statement must name the epoch it creates.
+    """
+    for attempt in range(EPOCH_ATTEMPTS):
+        activation = decide(_current(await admin.state()))
         try:
-            return await getattr(self._stub, method)(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.ABORTED:
+            return await send(sign_activation(activation, key))
+        except EpochTaken:
+            if attempt == EPOCH_ATTEMPTS - 1:
                 raise
-            raise Refused(f"{exc.code().name}: {exc.details()}") from None
-
-    async def state(self) -> policy_pb2.PolicyState:
-        state: policy_pb2.PolicyState = await self.call("GetState", policy_pb2.GetStateRequest())
-        return state
-
-    async def bundle(self, version: str) -> policy_pb2.GetBundleResponse:
-        response: policy_pb2.GetBundleResponse = await self.call(
-            "GetBundle", policy_pb2.GetBundleRequest(version=version)
-        )
-        return response
-
-    async def next_epoch(
-        self,
-        decide: Callable[[policy_pb2.PolicyState], Activation],
-        send: Callable[[str], Awaitable[T]],
-        key: OKPKey,
-    ) -> T:
-        """Sign the activation `decide` makes of the current state, and send it.
-
-        When another change takes the epoch first (ABORTED), look again and
-        re-sign: the statement must name the epoch it creates.
-        """
-        for attempt in range(EPOCH_ATTEMPTS):
-            activation = decide(await self.state())
-            try:
-                return await send(sign_activation(activation, key))
-            except grpc.aio.AioRpcError as exc:
-                if attempt == EPOCH_ATTEMPTS - 1:
-                    raise Refused(f"{exc.code().name}: {exc.details()}") from None
-        raise AssertionError("unreachable")
+    raise AssertionError("unreachable")
 
 
-def _run(args: argparse.Namespace, work: Callable[[Admin], Awaitable[int]]) -> int:
+def _run(args: argparse.Namespace, work: Callable[[PolicyAdminClient], Awaitable[int]]) -> int:
     async def main() -> int:
-        async with grpc.aio.insecure_channel(_target(args)) as channel:
-            return await work(Admin(channel, args.timeout))
+        async with await PolicyAdminClient.connect(_target(args), timeout=args.timeout) as admin:
+            return await work(admin)
 
     try:
         return asyncio.run(main())
     except Refused as exc:
-        print(f"govmesh policy: refused: {exc}", file=sys.stderr)
-        return 1
+        refused: Exception = exc
+    except REFUSALS as exc:
+        refused = exc
+    print(f"govmesh policy: refused: {refused}", file=sys.stderr)
+    return 1
 
 
 def _short(version: str) -> str:
@@ -193,34 +188,24 @@ def _push(args: argparse.Namespace) -> int:
         content=source.canonical(), signature=sign_bundle(version, key)
     )
 
-    def decide(state: policy_pb2.PolicyState) -> Activation:
-        epoch = state.current.epoch + 1
-        current_shadow = state.current.shadow_version or None
-        active = state.current.active_version
-        if args.shadow:
-            if not active:
-                raise Refused("nothing is active yet: push without --shadow first")
-            if version in (active, current_shadow):
-                raise AlreadyThere(version)
-            return Activation(epoch, active, version)
-        if version == active:
-            raise AlreadyThere(version)
-        return Activation(epoch, version, None if current_shadow == version else current_shadow)
+    def decide(current: Activation | None) -> Activation:
+        try:
+            return observe(current, version) if args.shadow else activate(current, version)
+        except NothingActive:
+            raise Refused("nothing is active yet: push without --shadow first") from None
+        except AlreadyInRole:
+            raise AlreadyThere(version) from None
 
-    async def work(admin: Admin) -> int:
+    async def work(admin: PolicyAdminClient) -> int:
         if args.stage:
-            response = await admin.call(
-                "PublishBundle", policy_pb2.PublishBundleRequest(bundle=bundle, note=args.note)
-            )
+            response = await admin.publish(bundle, note=args.note)
         else:
             try:
-                response = await admin.next_epoch(
+                response = await _next_epoch(
+                    admin,
                     decide,
-                    lambda statement: admin.call(
-                        "PublishBundle",
-                        policy_pb2.PublishBundleRequest(
-                            bundle=bundle, activation=statement, note=args.note or "push"
-                        ),
+                    lambda statement: admin.publish(
+                        bundle, activation=statement, note=args.note or "push"
                     ),
                     key,
                 )
@@ -273,9 +258,9 @@ def _bundle_doc(info: policy_pb2.BundleInfo, state: policy_pb2.PolicyState) -> d
 
 
 def _list(args: argparse.Namespace) -> int:
-    async def work(admin: Admin) -> int:
+    async def work(admin: PolicyAdminClient) -> int:
         state = await admin.state()
-        listing = await admin.call("ListBundles", policy_pb2.ListBundlesRequest(limit=args.limit))
+        listing = await admin.list_bundles(limit=args.limit)
         bundles = [_bundle_doc(b, state) for b in listing.bundles]
         history = [_epoch_doc(e) for e in listing.history]
         if args.json:
@@ -300,7 +285,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    async def work(admin: Admin) -> int:
+    async def work(admin: PolicyAdminClient) -> int:
         state = await admin.state()
         response = await admin.bundle(args.version)
         doc = _bundle_doc(response.info, state)
@@ -344,34 +329,30 @@ def _activate(args: argparse.Namespace) -> int:
         raise ConfigurationError("--shadow and --clear-shadow exclude each other")
     key = _key(args)
 
-    async def work(admin: Admin) -> int:
+    async def work(admin: PolicyAdminClient) -> int:
         version = (await admin.bundle(args.version)).info.version if args.version else ""
 
-        def decide(state: policy_pb2.PolicyState) -> Activation:
-            epoch = state.current.epoch + 1
-            active = state.current.active_version
-            shadow = state.current.shadow_version or None
-            if args.clear_shadow:
-                if not shadow:
-                    raise Refused("there is no shadow bundle")
-                return Activation(epoch, active, None)
-            if args.shadow:
-                if not active:
-                    raise Refused("nothing is active yet: activate a bundle first")
-                if version in (active, shadow):
-                    role = "active" if version == active else "shadow"
-                    raise Refused(f"{version} is already the {role} bundle")
-                return Activation(epoch, active, version)
-            if version == active:
-                raise Refused(f"{version} is already active (epoch {state.current.epoch})")
-            return Activation(epoch, version, None if shadow == version else shadow)
+        def decide(current: Activation | None) -> Activation:
+            try:
+                if args.clear_shadow:
+                    return clear_shadow(current)
+                if args.shadow:
+                    return observe(current, version)
+                return activate(current, version)
+            except NoShadow:
+                raise Refused("there is no shadow bundle") from None
+            except NothingActive:
+                raise Refused("nothing is active yet: activate a bundle first") from None
+            except AlreadyInRole as exc:
+                if args.shadow:
+                    raise Refused(f"{version} is already the {exc.role} bundle") from None
+                assert current is not None
+                raise Refused(f"{version} is already active (epoch {current.epoch})") from None
 
-        response = await admin.next_epoch(
+        response = await _next_epoch(
+            admin,
             decide,
-            lambda statement: admin.call(
-                "Activate",
-                policy_pb2.ActivateRequest(activation=statement, note=args.note or "activate"),
-            ),
+            lambda statement: admin.activate(statement, note=args.note or "activate"),
             key,
         )
         epoch = response.epoch
@@ -460,13 +441,13 @@ def _admin_keys(args: argparse.Namespace) -> AdminKeys:
 
 
 async def _fetch(
-    admin: Admin, version: str | None, *, shadow: bool, keys: Callable[[], AdminKeys]
+    admin: PolicyAdminClient, version: str | None, *, shadow: bool, keys: Callable[[], AdminKeys]
 ) -> CompiledBundle:
     """A bundle from the authority: by version, or the active (or shadow) one.
 
-    Checked as a replica checks it before compiling it:
+    Checked as a replica checks it before compiling it (verify_stored_bundle):
     1. The content is a canonical bundle whose version (its hash) is the one
-       asked for (or starts with the prefix asked for).
+       the authority names, and that starts with the version asked for.
     2. A policy admin the trust file names signed exactly that version.
     """
     if not version:
@@ -475,22 +456,24 @@ async def _fetch(
         if not version:
             raise Refused("no shadow bundle is set" if shadow else "no bundle is active")
     response = await admin.bundle(version)
-    # 1. Content.
+    wanted = version.strip().lower()
+    named = response.info.version
     try:
-        source = parse_bundle_content(response.bundle.content)
+        source = verify_stored_bundle(
+            response.bundle.content, response.bundle.signature, named, keys()
+        )
+        # Hashes to the version named, which is the one asked for.
+        if not named.startswith(wanted):
+            raise NotItsVersion(named, source.version)
+    except NotItsVersion as exc:
+        raise Refused(
+            f"the content the authority sent for {named or version} does not "
+            f"hash to {wanted} (it hashes to {exc.actual}): refusing to evaluate it"
+        ) from None
     except BundleRejected as exc:
         raise Refused(f"bundle {version} is not a bundle: {exc}") from None
-    wanted = version.strip().lower()
-    if not source.version.startswith(wanted) or source.version != response.info.version:
-        raise Refused(
-            f"the content the authority sent for {response.info.version or version} does not "
-            f"hash to {wanted} (it hashes to {source.version}): refusing to evaluate it"
-        )
-    # 2. Signature.
-    try:
-        verify_bundle_signature(response.bundle.signature, source.version, keys())
     except SignatureRejected as exc:
-        raise Refused(f"bundle {source.version} is refused: {exc}") from None
+        raise Refused(f"bundle {named} is refused: {exc}") from None
     try:
         return compile_bundle(source)
     except BundleRejected as exc:
@@ -521,7 +504,7 @@ def _local(args: argparse.Namespace, specs: Sequence[str | None], work: Callable
             trusted.append(_admin_keys(args))
         return trusted[0]
 
-    async def remote(admin: Admin) -> int:
+    async def remote(admin: PolicyAdminClient) -> int:
         bundles = [
             bundle
             if bundle is not None
@@ -614,10 +597,8 @@ def _diff(args: argparse.Namespace) -> int:
     if args.requests:
         return _diff_replay(args)
 
-    async def work(admin: Admin) -> int:
-        report = await admin.call(
-            "ShadowReport", policy_pb2.ShadowReportRequest(epoch=args.epoch, limit=args.limit)
-        )
+    async def work(admin: PolicyAdminClient) -> int:
+        report = await admin.shadow_report(epoch=args.epoch, limit=args.limit)
         doc = {
             "active_version": report.active_version,
             "shadow_version": report.shadow_version,

@@ -1,4 +1,7 @@
-"""A client of the lineage service, for the CLI, witnesses, auditors and benchmarks.
+"""The one client of the lineage service, for the CLI, witnesses, auditors and benchmarks.
+
+It stays in govmesh.lineage (not govmesh.client) because the witness here
+uses it, and a service imports only the shared packages.
 
 async with await LineageClient.connect("127.0.0.1:50054") as lineage:
     checkpoint = await lineage.checkpoint()
@@ -8,23 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
-from govmesh.artifacts.receipts import receipt_problem
-from govmesh.v1 import common_pb2, lineage_pb2, lineage_pb2_grpc
+from govmesh.runtime.errors import Unavailable
+from govmesh.v1 import lineage_pb2, lineage_pb2_grpc
+
+T = TypeVar("T")
 
 #: The largest message the client accepts (a page of entries).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-class LineageError(Exception):
-    """The lineage service gave no usable answer."""
+class LineageError(Unavailable):
+    """The lineage service gave no usable answer; `code` is its status, if it sent one."""
 
     def __init__(self, code: grpc.StatusCode | None, message: str) -> None:
         super().__init__(message)
@@ -75,9 +79,9 @@ class LineageClient:
     ) -> None:
         await self.close()
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await method(request, timeout=self._timeout)
+            return await call()
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
 
@@ -88,20 +92,15 @@ class LineageClient:
         request = lineage_pb2.AppendBatchRequest(
             entries=[lineage_pb2.AppendRequest(entry=e, decision_id=d) for e, d in entries]
         )
-        response: lineage_pb2.AppendBatchResponse = await self._call(
-            self._stub.AppendBatch, request
-        )
+        response = await self._call(lambda: self._stub.AppendBatch(request, timeout=self._timeout))
         return list(response.results)
 
     async def checkpoint(
         self, tree_size: int = 0, *, witnessed: bool = False
     ) -> lineage_pb2.GetCheckpointResponse:
         """The newest checkpoint (or the one of `tree_size`, or the newest cosigned one)."""
-        response: lineage_pb2.GetCheckpointResponse = await self._call(
-            self._stub.GetCheckpoint,
-            lineage_pb2.GetCheckpointRequest(tree_size=tree_size, witnessed=witnessed),
-        )
-        return response
+        request = lineage_pb2.GetCheckpointRequest(tree_size=tree_size, witnessed=witnessed)
+        return await self._call(lambda: self._stub.GetCheckpoint(request, timeout=self._timeout))
 
     async def entry(
         self, decision_id: str = "", *, index: int | None = None
@@ -109,8 +108,7 @@ class LineageClient:
         request = lineage_pb2.GetEntryRequest(decision_id=decision_id)
         if index is not None:
             request.index = index
-        response: lineage_pb2.GetEntryResponse = await self._call(self._stub.GetEntry, request)
-        return response
+        return await self._call(lambda: self._stub.GetEntry(request, timeout=self._timeout))
 
     async def inclusion_proof(
         self,
@@ -125,19 +123,17 @@ class LineageClient:
         )
         if index is not None:
             request.index = index
-        response: lineage_pb2.GetInclusionProofResponse = await self._call(
-            self._stub.GetInclusionProof, request
+        return await self._call(
+            lambda: self._stub.GetInclusionProof(request, timeout=self._timeout)
         )
-        return response
 
     async def consistency_proof(
         self, first: int, second: int = 0
     ) -> lineage_pb2.GetConsistencyProofResponse:
-        response: lineage_pb2.GetConsistencyProofResponse = await self._call(
-            self._stub.GetConsistencyProof,
-            lineage_pb2.GetConsistencyProofRequest(first=first, second=second),
+        request = lineage_pb2.GetConsistencyProofRequest(first=first, second=second)
+        return await self._call(
+            lambda: self._stub.GetConsistencyProof(request, timeout=self._timeout)
         )
-        return response
 
     async def query(
         self,
@@ -159,14 +155,11 @@ class LineageClient:
             request.until.FromDatetime(until)
         if after_index is not None:
             request.after_index = after_index
-        response: lineage_pb2.EntryPage = await self._call(self._stub.QueryEntries, request)
-        return response
+        return await self._call(lambda: self._stub.QueryEntries(request, timeout=self._timeout))
 
     async def add_cosignature(self, note: str) -> lineage_pb2.AddCosignatureResponse:
-        response: lineage_pb2.AddCosignatureResponse = await self._call(
-            self._stub.AddCosignature, lineage_pb2.AddCosignatureRequest(checkpoint=note)
-        )
-        return response
+        request = lineage_pb2.AddCosignatureRequest(checkpoint=note)
+        return await self._call(lambda: self._stub.AddCosignature(request, timeout=self._timeout))
 
     async def list_entries(
         self, start: int = 0, end: int = 0, *, page_size: int = 1000
@@ -213,168 +206,3 @@ async def _ready(channel: grpc.aio.Channel, timeout: float) -> None:
         raise LineageError(
             grpc.StatusCode.UNAVAILABLE, f"lineage: no answer within {timeout:.0f} s"
         ) from None
-
-
-@dataclass
-class _Pending:
-    request: lineage_pb2.AppendRequest
-    future: asyncio.Future[common_pb2.LineageReceipt]
-
-
-def checked_receipt(entry: bytes, answer: lineage_pb2.AppendResponse) -> common_pb2.LineageReceipt:
-    """The receipt of `answer`, only if it is for exactly `entry` in a tree that holds it."""
-    problem = receipt_problem(entry, answer)
-    if problem is not None:
-        raise LineageError(None, problem)
-    return answer.receipt
-
-
-class StreamingLineage:
-    """Appends entries over an AppendStream, coalescing concurrent appends into batches.
-
-    An append waits at most `linger` for company; a batch holds at most
-    `max_batch` entries; at most `max_in_flight` batches await their answers.
-    Its `append` has the shape of the engine's lineage sink: it returns the
-    entry's receipt once committed, checked against the bytes it sent.
-
-    Servers age connections out, so a stream is used for new batches for at
-    most `max_stream_age` seconds: then a fresh one takes over and the old one
-    is half-closed, answering what it carries before it ends. A broken stream
-    fails only the appends it carried; the next append opens another.
-    """
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        max_batch: int = 256,
-        linger: float = 0.001,
-        max_in_flight: int = 8,
-        max_stream_age: float = 60.0,
-    ) -> None:
-        self._stub = lineage_pb2_grpc.LineageStub(channel)
-        # Bounding the batches in flight lets batches grow when lineage is busy.
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._max_batch = max_batch
-        self._linger = linger
-        self._max_stream_age = max_stream_age
-        self._queue: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
-        self._call: Any = None
-        self._opened = 0.0
-        self._readers: set[asyncio.Task[None]] = set()
-        self._in_flight: dict[int, tuple[Any, list[_Pending]]] = {}
-        self._sequence = 0
-
-    async def append(
-        self, entry: bytes, decision_id: str, *, timeout: float
-    ) -> common_pb2.LineageReceipt:
-        """Append one entry; its receipt once lineage committed it."""
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_forever(), name="lineage-stream")
-        future: asyncio.Future[common_pb2.LineageReceipt] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._queue.append(
-            _Pending(lineage_pb2.AppendRequest(entry=entry, decision_id=decision_id), future)
-        )
-        self._wake.set()
-        async with asyncio.timeout(timeout):
-            return await future
-
-    async def close(self) -> None:
-        """Stop; appends still waiting fail."""
-        tasks = [t for t in (self._flusher, *self._readers) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for call, _ in list(self._in_flight.values()):
-            call.cancel()
-        if self._call is not None:
-            self._call.cancel()
-        self._fail([p for _, batch in self._in_flight.values() for p in batch] + self._queue)
-        self._in_flight.clear()
-        self._queue.clear()
-
-    @staticmethod
-    def _fail(pendings: list[_Pending], message: str = "lineage stream closed") -> None:
-        for pending in pendings:
-            if not pending.future.done():
-                pending.future.set_exception(LineageError(grpc.StatusCode.UNAVAILABLE, message))
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            if len(self._queue) < self._max_batch and self._linger > 0:
-                await asyncio.sleep(self._linger)
-            self._wake.clear()
-            while self._queue:
-                await self._slots.acquire()
-                batch = [p for p in self._queue[: self._max_batch] if not p.future.done()]
-                del self._queue[: self._max_batch]
-                if batch:
-                    await self._send(batch)
-                else:
-                    self._slots.release()
-
-    async def _stream(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._call is not None and loop.time() - self._opened > self._max_stream_age:
-            old, self._call = self._call, None
-            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
-                await old.done_writing()
-        if self._call is None:
-            self._call = self._stub.AppendStream()
-            self._opened = loop.time()
-            reader = asyncio.create_task(self._read(self._call))
-            self._readers.add(reader)
-            reader.add_done_callback(self._readers.discard)
-        return self._call
-
-    async def _send(self, batch: list[_Pending]) -> None:
-        call = await self._stream()
-        self._sequence += 1
-        self._in_flight[self._sequence] = (call, batch)
-        request = lineage_pb2.AppendBatchRequest(
-            entries=[p.request for p in batch], sequence=self._sequence
-        )
-        try:
-            await call.write(request)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
-            self._broken(call, f"lineage stream failed: {exc}")
-
-    async def _read(self, call: Any) -> None:
-        try:
-            async for response in call:
-                carried = self._in_flight.get(response.sequence)
-                if carried is None or carried[0] is not call:
-                    self._broken(call, "lineage answered a batch it was not sent")
-                    return
-                batch = self._in_flight.pop(response.sequence)[1]
-                self._slots.release()
-                if len(batch) != len(response.results):
-                    self._broken(call, "lineage answered a batch with the wrong number of results")
-                    return
-                for pending, answer in zip(batch, response.results, strict=True):
-                    if pending.future.done():
-                        continue
-                    try:
-                        pending.future.set_result(checked_receipt(pending.request.entry, answer))
-                    except LineageError as exc:
-                        pending.future.set_exception(exc)
-            self._broken(call, "lineage ended the stream")
-        except grpc.aio.AioRpcError as exc:
-            self._broken(call, f"lineage stream failed: {exc.code().name}: {exc.details()}")
-
-    def _broken(self, call: Any, message: str) -> None:
-        """Fail what `call` carried; the next batch opens a new stream."""
-        if call is self._call:
-            self._call = None
-        call.cancel()
-        lost = [seq for seq, (carrier, _) in self._in_flight.items() if carrier is call]
-        for _ in lost:
-            self._slots.release()
-        self._fail([p for seq in lost for p in self._in_flight.pop(seq)[1]], message)

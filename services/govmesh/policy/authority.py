@@ -8,9 +8,9 @@ signed statement, each bundle's hash and signature), compiles it and only
 then swaps. A replica that cannot load the newest epoch stops answering
 rather than answer under a state that is no longer the active one.
 
-The newest epoch a replica has verified is also kept on its disk (see
-floor.py): a store that goes back to an older epoch, even while the replica
-was down, is refused, never served.
+The newest epoch a replica has verified, its epoch floor, is also kept in a
+state file on its disk (see floor.py): a store that goes back below the
+floor, even while the replica was down, is refused, never served.
 
 Staleness is bounded. A replica that cannot reach its store cannot hear of a
 new epoch either (an emergency freeze, say), so the epoch it serves is only
@@ -37,7 +37,6 @@ from joserfc.jwk import OKPKey
 from govmesh.artifacts.signing import (
     ACTIVATION_MAX_AGE_S,
     ACTIVATION_MAX_FUTURE_S,
-    Activation,
     AdminKeys,
     SignatureRejected,
     SignedActivation,
@@ -67,7 +66,8 @@ from govmesh.policy.store import (
     StoredBundle,
     UnknownBundle,
 )
-from govmesh.runtime.errors import ConfigurationError
+from govmesh.policy.transitions import AlreadyInRole, activate, verify_stored_bundle
+from govmesh.runtime.errors import ConfigurationError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def staleness_limit(interval_s: float) -> float:
     return max(STALE_AFTER_REFRESHES * interval_s, MIN_STALE_AFTER_S)
 
 
-class NotReady(Exception):
+class NotReady(Unavailable):
     """This replica has no valid bundle to answer with; the message says why."""
 
 
@@ -145,11 +145,13 @@ class Authority:
         self._on_ready = on_ready
         self._snapshot: Snapshot | None = None
         self._floor = floor
-        # Raises FloorError (a start-up error) when the state file is unusable.
-        self._newest_seen = floor.read()
-        if self._newest_seen:
+        # The epoch floor; raises FloorError (a start-up error) when the state file is unusable.
+        self._floor_epoch = floor.read()
+        if self._floor_epoch:
             logger.info(
-                "the newest policy epoch verified here is %d (%s)", self._newest_seen, floor.path
+                "the newest policy epoch verified here is %d (%s)",
+                self._floor_epoch,
+                floor.state_file,
             )
         self._failed_epoch: int | None = None
         self._compiled: dict[str, CompiledBundle] = {}
@@ -261,18 +263,18 @@ class Authority:
     async def _follow(self, record: EpochRecord | None, asked: float) -> None:
         current = self._snapshot
         if record is None:
-            if self._newest_seen:
+            if self._floor_epoch:
                 await self._fail(
-                    f"the store has no policy epoch, but epoch {self._newest_seen} was "
+                    f"the store has no policy epoch, but epoch {self._floor_epoch} was "
                     f"verified here{self._floor_hint()}"
                 )
             return
         if current is not None and record.epoch == current.epoch:
             self._confirmed_at = asked
             return
-        if record.epoch < self._newest_seen:
+        if record.epoch < self._floor_epoch:
             await self._fail(
-                f"the store went back from epoch {self._newest_seen} to {record.epoch}; "
+                f"the store went back from epoch {self._floor_epoch} to {record.epoch}; "
                 f"refusing to serve an older state{self._floor_hint()}"
             )
             return
@@ -282,7 +284,7 @@ class Authority:
             snapshot = await self._load(record)
         except (BundleRejected, SignatureRejected, UnknownBundle) as exc:
             self._failed_epoch = record.epoch
-            self._newest_seen = max(self._newest_seen, record.epoch)
+            self._floor_epoch = max(self._floor_epoch, record.epoch)
             await self._fail(f"cannot load policy epoch {record.epoch}: {exc}")
             return
         except Exception as exc:
@@ -295,8 +297,8 @@ class Authority:
 
     def _floor_hint(self) -> str:
         return (
-            f" (the newest epoch verified here is recorded in {self._floor.path}: activate a "
-            f"new epoch of at least {self._newest_seen}, or restore the missing ones; remove "
+            f" (the newest epoch verified here is recorded in {self._floor.state_file}: activate a "
+            f"new epoch of at least {self._floor_epoch}, or restore the missing ones; remove "
             "that file only if the store was rolled back on purpose)"
         )
 
@@ -304,26 +306,24 @@ class Authority:
         """The snapshot of `record`, verified.
 
         1. An admin signed the statement, and it says what the row says.
-        2. The epoch is recorded on disk as seen, before it can be served.
+        2. The epoch floor is raised to it in the state file, before it can be served.
         3. Every bundle it names verifies and compiles.
         """
         # 1. The statement.
         statement = verify_activation(record.statement, self._keys)
-        if statement.activation != Activation(
-            record.epoch, record.active_version, record.shadow_version
-        ):
+        if statement.activation != record.activation:
             raise SignatureRejected(
                 f"epoch {record.epoch} in the store is not what its signed statement says"
             )
-        # 2. The floor.
-        if record.epoch > self._newest_seen:
+        # 2. The epoch floor.
+        if record.epoch > self._floor_epoch:
             try:
                 await asyncio.to_thread(self._floor.raise_to, record.epoch, record.active_version)
             except Exception as exc:
                 raise OSError(
-                    f"cannot record epoch {record.epoch} in {self._floor.path}: {exc}"
+                    f"cannot record epoch {record.epoch} in {self._floor.state_file}: {exc}"
                 ) from None
-            self._newest_seen = record.epoch
+            self._floor_epoch = record.epoch
         # 3. The bundles.
         active = await self._bundle(record.active_version)
         shadow = await self._bundle(record.shadow_version) if record.shadow_version else None
@@ -332,7 +332,7 @@ class Authority:
     async def _swap(self, snapshot: Snapshot) -> None:
         was_ready = self.ready
         self._snapshot = snapshot
-        self._newest_seen = max(self._newest_seen, snapshot.epoch)
+        self._floor_epoch = max(self._floor_epoch, snapshot.epoch)
         self._failed_epoch = None
         self.problem = ""
         self._prune()
@@ -386,11 +386,9 @@ class Authority:
         return compiled
 
     def _verify_and_compile(self, stored: StoredBundle) -> CompiledBundle:
-        source = parse_bundle_content(stored.content)
-        if source.version != stored.version:
-            raise BundleRejected(f"stored bundle {stored.version} does not hash to its version")
-        verify_bundle_signature(stored.signature, stored.version, self._keys)
-        return compile_bundle(source)
+        return compile_bundle(
+            verify_stored_bundle(stored.content, stored.signature, stored.version, self._keys)
+        )
 
     async def run(self, *, listener: EpochListener | None, interval_s: float) -> None:
         """Follow the store until cancelled: on every NOTIFY, and every `interval_s` regardless.
@@ -522,16 +520,13 @@ class Authority:
         version = source.version
         for _ in range(_BOOTSTRAP_ATTEMPTS):
             current = await self._store.current()
-            if current is not None and current.active_version == version:
+            try:
+                activation = activate(current.activation if current is not None else None, version)
+            except AlreadyInRole:
+                assert current is not None
                 logger.info("policy bundle %s is active at epoch %d", version, current.epoch)
                 await self.refresh()
                 return
-            shadow = current.shadow_version if current is not None else None
-            activation = Activation(
-                epoch=(current.epoch if current is not None else 0) + 1,
-                active=version,
-                shadow=None if shadow == version else shadow,
-            )
             try:
                 await self.publish(
                     source.canonical(),

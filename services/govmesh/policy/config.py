@@ -39,9 +39,10 @@ class PolicySettings(ServerSettings):
     shadow_flush_interval_s: float = Field(default=0.5, gt=0.0, le=60.0)
     policy_state_file: Path | None = Field(
         default=None,
-        description="where this replica records the newest policy epoch it verified, to refuse "
-        "a store rolled back behind it, across restarts too; on a volume that outlives the "
-        "process (default: one file per database under the user's state folder)",
+        description="the state file recording this replica's epoch floor (the newest policy "
+        "epoch it verified), to refuse a store rolled back below it, across restarts too; on a "
+        "volume that outlives the process (default: one file per database under the user's "
+        "state folder)",
     )
 
     def state_file(self) -> Path:

@@ -1,18 +1,19 @@
-"""The newest policy epoch a replica has verified, kept on its own disk.
+"""A replica's epoch floor: the newest policy epoch it has verified, in its state file.
 
 The epoch history in Postgres is append-only, but whoever owns the database
 (or restores a backup of it) can still take the newest epochs away, and a
 replica that then (re)starts would find an older, validly signed state and
-enforce it: an emergency freeze silently undone. So every replica records,
-outside the database, the newest epoch whose signed activation statement it
-verified, before it serves that epoch, and refuses to serve any older one,
-across restarts too (the authority reports NOT_SERVING and says why).
+enforce it: an emergency freeze silently undone. So every replica keeps an
+epoch floor outside the database: the newest epoch whose signed activation
+statement it verified, recorded before it serves that epoch. It refuses to
+serve any epoch below the floor, across restarts too (the authority reports
+NOT_SERVING and says why).
 
-The file (GOVMESH_POLICY_STATE_FILE) is a small JSON object,
+The state file (GOVMESH_POLICY_STATE_FILE) records the floor as a small JSON object,
 {"epoch": N, "active": <bundle version>}. It is replaced atomically and
 durably (`govmesh.runtime.durable.durable_write`: a temporary file written
 and fsynced, renamed over it, the folder fsynced); a sibling `.lock` file
-serializes replicas that share it, and the epoch in it only ever rises.
+serializes replicas that share it, and the floor in it only ever rises.
 
 Why not chain the activation statements (each signing the hash of the one
 before)? A chain proves that a history is one the admins wrote, but a prefix
@@ -40,25 +41,25 @@ class FloorError(ConfigurationError):
 
 
 class EpochFloor:
-    """The newest epoch verified here: read at start, raised before each new epoch is served."""
+    """The epoch floor in `state_file`: read at start, raised before each new epoch is served."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock_path = path.with_name(path.name + ".lock")
+    def __init__(self, state_file: Path) -> None:
+        self.state_file = state_file
+        self._lock_path = state_file.with_name(state_file.name + ".lock")
 
     def read(self) -> int:
-        """The recorded epoch (0 when none is), after checking that the file can be written."""
+        """The floor (0 when none is recorded), after checking that the state file is writable."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
             with self._locked():
                 return self._read()
         except OSError as exc:
             raise FloorError(
-                f"cannot use the policy state file {self.path}: {exc.strerror or exc}"
+                f"cannot use the policy state file {self.state_file}: {exc.strerror or exc}"
             ) from None
 
     def raise_to(self, epoch: int, active: str) -> int:
-        """Record `epoch` unless a newer one is recorded; the epoch recorded afterwards.
+        """Raise the floor to `epoch` unless it is higher already; the floor afterwards.
 
         Durable when it returns: the new file and its folder entry are fsynced.
         """
@@ -67,7 +68,7 @@ class EpochFloor:
             if epoch <= recorded:
                 return recorded
             document = json.dumps({"epoch": epoch, "active": active}, sort_keys=True)
-            durable_write(self.path, document.encode())
+            durable_write(self.state_file, document.encode())
             return epoch
 
     @contextlib.contextmanager
@@ -81,7 +82,7 @@ class EpochFloor:
 
     def _read(self) -> int:
         try:
-            text = self.path.read_text()
+            text = self.state_file.read_text()
         except FileNotFoundError:
             return 0
         try:
@@ -91,7 +92,7 @@ class EpochFloor:
         epoch = document.get("epoch") if isinstance(document, dict) else None
         if type(epoch) is not int or epoch < 0:
             raise FloorError(
-                f"the policy state file {self.path} is unreadable; it should record the "
+                f"the policy state file {self.state_file} is unreadable; it should record the "
                 'newest policy epoch this replica verified, as {"epoch": N, ...}'
             )
         return epoch

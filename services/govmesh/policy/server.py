@@ -1,10 +1,10 @@
 """The policy authority process: `govmesh serve policy`.
 
 Start-up: read the trusted policy-admin keys from the trust file, open the
-store, read the newest epoch this replica verified before (its state file),
-sign and activate GOVMESH_POLICY_PATH when it is set and not already
-the active bundle, load the newest epoch, then follow the store (LISTEN/NOTIFY
-plus a periodic check). Health is SERVING exactly while a valid bundle is
+store, read this replica's epoch floor (the newest epoch it verified before)
+from its state file, sign and activate GOVMESH_POLICY_PATH when it is set and
+not already the active bundle, load the newest epoch, then follow the store
+(LISTEN/NOTIFY plus a periodic check). Health is SERVING exactly while a valid bundle is
 loaded.
 """
 

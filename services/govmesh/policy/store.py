@@ -36,7 +36,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from govmesh.artifacts.canonical import CanonicalizationError, canonical_json
-from govmesh.artifacts.signing import SignedActivation
+from govmesh.artifacts.signing import Activation, SignedActivation
+from govmesh.policy.transitions import next_epoch
 from govmesh.runtime.db import libpq_database_url
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,11 @@ class EpochRecord:
     signer_kid: str
     note: str = ""
     created_at: datetime | None = None
+
+    @property
+    def activation(self) -> Activation:
+        """The state this epoch records, as its signed statement must say it."""
+        return Activation(self.epoch, self.active_version, self.shadow_version)
 
 
 @dataclass(frozen=True)
@@ -368,15 +374,15 @@ class PolicyStore:
                         select(epochs_table).order_by(epochs_table.c.epoch.desc()).limit(1)
                     )
                 ).first()
-                current = int(latest.epoch) if latest is not None else 0
+                current = _epoch(latest) if latest is not None else None
                 wanted = activation.activation.epoch
-                if wanted != current + 1:
-                    raise EpochConflict(wanted, current)
-                if latest is not None and (latest.active_version, latest.shadow_version) == (
+                if wanted != next_epoch(current.activation if current is not None else None):
+                    raise EpochConflict(wanted, current.epoch if current is not None else 0)
+                if current is not None and (current.active_version, current.shadow_version) == (
                     activation.activation.active,
                     activation.activation.shadow,
                 ):
-                    raise StoreError(f"epoch {current} already has exactly this state")
+                    raise StoreError(f"epoch {current.epoch} already has exactly this state")
                 # 4. Known versions.
                 named = [activation.activation.active]
                 if activation.activation.shadow is not None:
