@@ -47,7 +47,7 @@ def mesh_env(up_env: dict[str, str], databases: DatabaseFactory) -> dict[str, st
 
 
 def _engines(up: subprocess.Popen[bytes]) -> dict[str, psutil.Process]:
-    """The running engine processes under `govmesh up`, by the engine id each was started with."""
+    """The running engine processes under `govmesh up`, by the name each was started with."""
     found = {}
     for child in psutil.Process(up.pid).children(recursive=True):
         try:
@@ -58,11 +58,24 @@ def _engines(up: subprocess.Popen[bytes]) -> dict[str, psutil.Process]:
     return found
 
 
-def _wait_for_engines(up: subprocess.Popen[bytes], count: int) -> dict[str, psutil.Process]:
+def _wait_for_restart(
+    up: subprocess.Popen[bytes], name: str, old_pid: int
+) -> dict[str, psutil.Process]:
+    """The engines once `name` runs again in a process other than `old_pid`."""
     deadline = time.monotonic() + RECOVERY_S
-    while len(found := _engines(up)) < count and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        found = _engines(up)
+        if name in found and found[name].pid != old_pid and len(found) == 2:
+            return found
         time.sleep(0.1)
-    return found
+    return _engines(up)
+
+
+def _name(engine_id: str) -> str:
+    """The engine's name: its id without the random part each start adds."""
+    name, part = engine_id.rsplit("/", 1)
+    assert re.fullmatch(r"[0-9a-f]{12}", part), engine_id
+    return name
 
 
 async def _round(env: dict[str, str], port: int) -> list[bool]:
@@ -118,11 +131,12 @@ async def test_two_engines_share_the_port_and_each_logs_its_own_gapless_counter(
     assert "Traceback" not in text
 
     assert all(allowed), f"{allowed.count(False)} of {len(allowed)} not allowed"
-    # Two processes, each with an id of its own: the configured base, its slot, a fresh part.
+    # Two processes, each named for its slot, each logging under its name and a fresh part.
     assert len(engines) == 2, engines
-    assert {re.sub(r"/[0-9a-f]{12}$", "", i).rsplit("-", 1)[1] for i in engines} == {"1", "2"}
+    assert {name.rsplit("-", 1)[1] for name in engines} == {"1", "2"}
     counters = _counters(mesh_env["GOVMESH_DATABASE_URL"])
-    assert set(counters) == set(engines), counters.keys()
+    assert len(counters) == 2, counters.keys()
+    assert {_name(engine_id) for engine_id in counters} == set(engines), counters.keys()
     _assert_gapless(counters)
     assert sum(len(seqs) for seqs in counters.values()) == len(allowed)
     # Each its own spool, metrics port and supervised name.
@@ -141,14 +155,16 @@ async def test_one_engine_killed_the_other_answers_and_it_comes_back_as_a_new_co
     up = _start_up(mesh_env, port, log, "--engines", "2")
     try:
         before = _engines(up)
-        victim_id = next(i for i in before if re.search(r"-2/[0-9a-f]{12}$", i))
-        survivor_id = next(i for i in before if i != victim_id)
-        _kill(before[victim_id])
+        victim = next(name for name in before if name.endswith("-2"))
+        survivor = next(name for name in before if name != victim)
+        # Both log decisions first (16 connections: the kernel gives each engine some).
+        first = await _round(mesh_env, port)
+        _kill(before[victim])
 
         # New connections reach the one left, which decides as before.
         while_down = await _round(mesh_env, port)
 
-        after = await asyncio.to_thread(_wait_for_engines, up, 2)
+        after = await asyncio.to_thread(_wait_for_restart, up, victim, before[victim].pid)
         back = await _round(mesh_env, port)
     finally:
         up.send_signal(signal.SIGTERM)
@@ -156,18 +172,21 @@ async def test_one_engine_killed_the_other_answers_and_it_comes_back_as_a_new_co
     text = log.read_text()
     assert code == 0, text
 
-    assert all(while_down), f"{while_down.count(False)} of {len(while_down)} not allowed"
-    assert all(back), f"{back.count(False)} of {len(back)} not allowed"
+    for answers in (first, while_down, back):
+        assert all(answers), f"{answers.count(False)} of {len(answers)} not allowed"
     assert "engine-2 exited with code -9" in text
     assert "engine-2 restarted" in text
-    # The survivor kept its process; engine-2 came back with an id of its own.
-    assert len(after) == 2, after
-    assert after[survivor_id].pid == before[survivor_id].pid
-    (restarted_id,) = set(after) - set(before)
-    assert re.search(r"-2/[0-9a-f]{12}$", restarted_id)
+    # The survivor kept its process and its id; engine-2 came back under a new one,
+    # its counter from 0 again, so nothing reads as a counter logged twice.
+    assert after[survivor].pid == before[survivor].pid
+    assert after[victim].pid != before[victim].pid
     counters = _counters(mesh_env["GOVMESH_DATABASE_URL"])
-    assert survivor_id in counters and restarted_id in counters, counters.keys()
-    assert set(counters) <= {*before, restarted_id}
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for engine_id in counters:
+        by_name[_name(engine_id)].append(engine_id)
+    assert len(by_name[survivor]) == 1, counters.keys()
+    assert len(by_name[victim]) == 2, counters.keys()
+    assert set(by_name) == {survivor, victim}
     _assert_gapless(counters)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,3 +107,14 @@ async def test_a_second_server_on_a_taken_port_fails_unless_both_share_it(
     finally:
         stop.set()
         await asyncio.gather(first, *([second] if reuse_port and second else []))
+
+
+def test_each_start_of_an_engine_logs_under_an_id_of_its_own() -> None:
+    from govmesh.engine.server import instance_id
+
+    # A configured name is kept, and each start adds a random part: a restart
+    # counts from 0 again, which under the same id would read as a counter logged twice.
+    first, second = instance_id("engine-a"), instance_id("engine-a")
+    assert first != second
+    assert first.startswith("engine-a/") and second.startswith("engine-a/")
+    assert instance_id(None).startswith(socket.gethostname() + "/")

@@ -24,8 +24,9 @@ on the one engine address together (SO_REUSEPORT, which `up` turns on for
 them alone through GOVMESH_REUSE_PORT), and the kernel spreads connections
 over them. Each is supervised on its own, has its own spool directory
 (`spool` for engine-1, `spool-K` for the others) and metrics port (after the
-peers': --metrics-port + 4 onwards), and takes a new engine id at each start,
-`<GOVMESH_ENGINE_ID or host name>-K/<random>`, so that each process's lineage
+peers': --metrics-port + 4 onwards), and is named
+`<GOVMESH_ENGINE_ID or host name>-K`; like every engine, it adds a random
+part at each start (`…-K/<random>`), so that each process's lineage
 counter runs gapless from 0 under an id of its own. Admission limits
 (GOVMESH_ADMISSION_*) and the policy epoch floor are per engine process: N
 engines admit N times the configured concurrency.
@@ -43,7 +44,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -438,16 +438,17 @@ def _check_engine_port_free(port: int) -> None:
 def _engine_ids(engines: int) -> list[Callable[[], dict[str, str]]]:
     """For several engines, each one's settings that are new at each of its starts.
 
-    A fresh engine id each time: a restarted engine counts its lineage entries
-    from 0 again, which under its old id would read as counters logged twice.
+    Each engine adds a random part to its name at every start
+    (govmesh.engine.server.instance_id): a restarted engine counts its
+    lineage entries from 0 again under an id of its own.
     """
     if engines == 1:
-        # One engine keeps its own choice: GOVMESH_ENGINE_ID, or a fresh id.
+        # One engine keeps its own name: GOVMESH_ENGINE_ID, or the host name.
         return [_no_env]
     base = os.environ.get("GOVMESH_ENGINE_ID") or socket.gethostname()
 
     def ids(k: int) -> Callable[[], dict[str, str]]:
-        return lambda: {"GOVMESH_ENGINE_ID": f"{base}-{k}/{uuid.uuid4().hex[:12]}"}
+        return lambda: {"GOVMESH_ENGINE_ID": f"{base}-{k}"}
 
     return [ids(k) for k in range(1, engines + 1)]
 

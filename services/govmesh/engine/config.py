@@ -92,7 +92,9 @@ class EngineSettings(ServerSettings):
         description="how long an open breaker refuses calls before one probe call is let through",
     )
     engine_id: str | None = Field(
-        default=None, description="defaults to host name and a random suffix"
+        default=None,
+        description="the engine's name in lineage (default: the host name); each start adds"
+        " a random part, since each start counts its decisions from 0",
     )
     reuse_port: bool = Field(
         default=False,

@@ -58,6 +58,16 @@ SHARED_PORT_FLOOR_WAIT_S = 30.0
 logger = logging.getLogger(__name__)
 
 
+def instance_id(name: str | None) -> str:
+    """The engine id of this start: its name (default: the host name) and a random part.
+
+    Each start counts its decisions from 0 again. Under the id of an earlier
+    start, those counters would read in lineage as counters logged twice;
+    under an id of its own, each start's counter runs gapless from 0.
+    """
+    return f"{name or socket.gethostname()}/{uuid.uuid4().hex[:12]}"
+
+
 class EngineNotReady(Unavailable):
     """An engine sharing its port could not learn the newest policy epoch in time."""
 
@@ -164,7 +174,7 @@ class EngineService:
                 clock=time.time,
             ),
             config=s.decision_config(),
-            engine_id=s.engine_id or f"{socket.gethostname()}/{uuid.uuid4().hex[:12]}",
+            engine_id=instance_id(s.engine_id),
             epochs=epochs,
             on_breaker_change=None if metrics is None else metrics.on_breaker_change,
         )
