@@ -8,6 +8,7 @@ depend on the order of its bases.
 from __future__ import annotations
 
 import importlib
+from operator import attrgetter
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,7 @@ from govmesh.runtime.status import ERROR_DOMAIN, STATUS_CODES, kinds_of, to_rpc_
 ROOT = Path(__file__).resolve().parents[2]
 
 #: The kinds: what errors.py derives from GovmeshError itself.
-KINDS = {
+KINDS: set[type[GovmeshError]] = {
     value
     for value in vars(errors).values()
     if isinstance(value, type)
@@ -123,7 +124,7 @@ def _details(status: status_pb2.Status) -> list[object]:
     return found
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS, key=lambda k: k.__name__))
+@pytest.mark.parametrize("kind", sorted(KINDS, key=attrgetter("__name__")))
 def test_a_kind_becomes_its_code_with_the_message_and_an_error_info(
     kind: type[GovmeshError],
 ) -> None:
