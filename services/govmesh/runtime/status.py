@@ -120,25 +120,17 @@ async def abort_with(
     error: BaseException,
     *,
     message: str | None = None,
-    reason: str | None = None,
-    metadata: Mapping[str, str] | None = None,
-    retry_delay: float | None = None,
     internal_message: str = INTERNAL_MESSAGE,
 ) -> NoReturn:
-    """End the call with the status of `error`; the arguments are those of `to_rpc_status`.
+    """End the call with the status of `error` (see `to_rpc_status` for the arguments).
 
-    An abort already under way (grpc's AbortError, caught on its way out by a
-    handler's own `except`) is passed on unchanged.
+    An edge with more to say (a reason per instance, metadata, a retry
+    delay) sends `to_rpc_status(...)` with `context.abort_with_status`
+    itself. An abort already under way (grpc's AbortError, caught on its
+    way out by a handler's own `except`) is passed on unchanged.
     """
     if isinstance(error, grpc.aio.AbortError):
         raise error
-    status = to_rpc_status(
-        error,
-        message=message,
-        reason=reason,
-        metadata=metadata,
-        retry_delay=retry_delay,
-        internal_message=internal_message,
-    )
+    status = to_rpc_status(error, message=message, internal_message=internal_message)
     await context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("abort returned")  # pragma: no cover
