@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from govmesh.bench.capacity import Phase
 from govmesh.bench.workload import VALID, Planned
-from govmesh.client import AuthorizationResult
+from govmesh.client import AuthorizationResult, Decision
 from govmesh.v1 import common_pb2
 
 
 def _allow() -> AuthorizationResult:
     return AuthorizationResult(
-        decision="ALLOW",
+        decision=Decision.ALLOW,
         reason="DENY_REASON_UNSPECIFIED",
         decision_id="d",
         grant="g",
@@ -21,7 +21,7 @@ def _allow() -> AuthorizationResult:
 
 
 def _deny(reason: str) -> AuthorizationResult:
-    return AuthorizationResult(decision="DENY", reason=reason, decision_id="d")
+    return AuthorizationResult(decision=Decision.DENY, reason=reason, decision_id="d")
 
 
 def test_each_outcome_is_tallied_against_what_its_request_should_get() -> None:
@@ -32,7 +32,10 @@ def test_each_outcome_is_tallied_against_what_its_request_should_get() -> None:
     phase.count(Planned("forged mandate", None), _deny("POLICY_MISMATCH"), 0.01)
     phase.count(Planned("expired mandate", None), _allow(), 0.01)
     refused = AuthorizationResult(
-        decision="DENY", reason="PEER_UNAVAILABLE", answered=False, error_code="RESOURCE_EXHAUSTED"
+        decision=Decision.DENY,
+        reason="PEER_UNAVAILABLE",
+        answered=False,
+        error_code="RESOURCE_EXHAUSTED",
     )
     phase.count(Planned(VALID, None), refused, 0.001)
 

@@ -25,11 +25,12 @@ from govmesh.client.artifacts import (
     mandate_hash,
     thumbprint,
 )
-from govmesh.client.engine import AuthorizationResult, EngineClient, SyncEngineClient
+from govmesh.client.engine import AuthorizationResult, Decision, EngineClient, SyncEngineClient
 from govmesh.client.grants import GrantError, load_engine_keys, verify_grant
 
 __all__ = [
     "AuthorizationResult",
+    "Decision",
     "EngineClient",
     "GrantError",
     "Initiator",

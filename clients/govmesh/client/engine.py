@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Self
 
 import grpc
@@ -20,8 +21,12 @@ from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 1.0
 
-#: The google.rpc.ErrorInfo domain of the engine's own refusals (see engine.servicer).
-ENGINE_ERROR_DOMAIN = "govmesh.dev"
+#: The google.rpc.ErrorInfo domain of govmesh's errors (govmesh.runtime.status).
+ERROR_DOMAIN = "govmesh.dev"
+
+#: The ErrorInfo reasons of the engine's admission refusals (engine.servicer):
+#: the engine was too busy to decide, and the same request may be sent again.
+_BUSY_REASONS = frozenset({"ADMISSION_QUEUE_FULL", "ADMISSION_DEADLINE_TOO_SHORT"})
 
 #: What grpc's server answers when it holds its maximum_concurrent_rpcs calls:
 #: the engine refused the call before reading it, as busy as a full queue.
@@ -33,11 +38,18 @@ _SERVER_LIMIT_DETAILS = "Concurrent RPC limit exceeded!"
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
+class Decision(StrEnum):
+    """What the engine decided; a string, so that it compares and prints as "ALLOW" or "DENY"."""
+
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
 @dataclass(frozen=True)
 class AuthorizationResult:
     """The engine's answer, or a DENY standing in for no answer."""
 
-    decision: str  # "ALLOW" or "DENY"
+    decision: Decision
     reason: str  # a DenyReason name; "DENY_REASON_UNSPECIFIED" with ALLOW
     decision_id: str = ""
     failed_checks: tuple[str, ...] = ()
@@ -55,6 +67,9 @@ class AuthorizationResult:
     retryable: bool = False
     #: Without an answer: the gRPC status code name ("RESOURCE_EXHAUSTED", ...).
     error_code: str = ""
+    #: Without an answer: the google.rpc.ErrorInfo reason govmesh sent with the
+    #: error ("ADMISSION_QUEUE_FULL", ...), or "" when it sent none.
+    error_reason: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -65,7 +80,7 @@ class AuthorizationResult:
         """
         return (
             self.answered
-            and self.decision == "ALLOW"
+            and self.decision is Decision.ALLOW
             and self.reason == "DENY_REASON_UNSPECIFIED"
             and bool(self.grant)
             and bool(self.decision_id)
@@ -79,19 +94,19 @@ class AuthorizationResult:
         cls, response: engine_pb2.AuthorizeResponse, *, expected_digest: str = ""
     ) -> AuthorizationResult:
         """Translate the wire answer; an unknown decision reads as DENY."""
-        decision = "ALLOW" if response.decision == common_pb2.ALLOW else "DENY"
+        decision = Decision.ALLOW if response.decision == common_pb2.ALLOW else Decision.DENY
         try:
             reason = common_pb2.DenyReason.Name(response.reason)
         except ValueError:
             reason = "INTERNAL_ERROR"
-        if decision == "DENY" and reason == "DENY_REASON_UNSPECIFIED":
+        if decision is Decision.DENY and reason == "DENY_REASON_UNSPECIFIED":
             reason = "INTERNAL_ERROR"
         return cls(
             decision=decision,
             reason=reason,
             decision_id=response.decision_id,
             failed_checks=tuple(response.failed_checks),
-            grant=response.grant if decision == "ALLOW" else "",
+            grant=response.grant if decision is Decision.ALLOW else "",
             lineage=response.lineage if response.HasField("lineage") else None,
             message=response.message,
             request_digest=response.request_digest,
@@ -103,41 +118,43 @@ class AuthorizationResult:
         """The DENY a caller gets when the engine did not answer."""
         if not isinstance(error, grpc.aio.AioRpcError):
             return cls(
-                decision="DENY",
+                decision=Decision.DENY,
                 reason="PEER_UNAVAILABLE",
                 message=f"no answer from the engine: {error}",
                 answered=False,
             )
         code = error.code()
+        error_reason = _error_reason(error)
         retryable = code in _RETRYABLE
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             reason = "PEER_TIMEOUT"
         elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and (
-            _refused_by_engine(error) or error.details() == _SERVER_LIMIT_DETAILS
+            error_reason in _BUSY_REASONS or error.details() == _SERVER_LIMIT_DETAILS
         ):
             # The engine refused before deciding (busy): nothing was decided or
             # recorded, and the same request may be sent again.
             reason = "PEER_UNAVAILABLE"
             retryable = True
         elif code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
-            # Without the engine's refusal detail, RESOURCE_EXHAUSTED is grpc's
+            # Without the engine's refusal reason, RESOURCE_EXHAUSTED is grpc's
             # own: a message over the size limit, which asking again won't fix.
             reason = "MALFORMED_REQUEST"
         else:
             reason = "PEER_UNAVAILABLE"
         return cls(
-            decision="DENY",
+            decision=Decision.DENY,
             reason=reason,
             message=f"no answer from the engine: {code.name} {error.details() or ''}".strip(),
             answered=False,
             retryable=retryable,
             error_code=code.name,
+            error_reason=error_reason,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (the CLI prints it)."""
         doc: dict[str, Any] = {
-            "decision": self.decision,
+            "decision": str(self.decision),
             "reason": self.reason,
             "decision_id": self.decision_id,
             "failed_checks": list(self.failed_checks),
@@ -157,23 +174,25 @@ class AuthorizationResult:
             doc["answered"] = False
             doc["retryable"] = self.retryable
             doc["error_code"] = self.error_code
+            if self.error_reason:
+                doc["error_reason"] = self.error_reason
         return doc
 
 
-def _refused_by_engine(error: grpc.aio.AioRpcError) -> bool:
-    """Whether the error carries the engine's admission refusal (a google.rpc.ErrorInfo)."""
+def _error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The google.rpc.ErrorInfo reason govmesh attached to the error, or "" without one."""
     try:
         status = rpc_status.from_call(error)
     except (ValueError, DecodeError):
-        return False  # a status that contradicts the call's own is nobody's refusal
+        return ""  # a status that contradicts the call's own is nobody's refusal
     if status is None:
-        return False
+        return ""
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
-        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.domain == ERROR_DOMAIN:
             reason: str = info.reason
-            return bool(info.domain == ENGINE_ERROR_DOMAIN and reason.startswith("ADMISSION_"))
-    return False
+            return reason
+    return ""
 
 
 class EngineClient(ChannelClient):
@@ -223,7 +242,7 @@ class EngineClient(ChannelClient):
             json_format.ParseDict(dict(context or {}), request.context)
         except (json_format.ParseError, TypeError, ValueError) as exc:
             return AuthorizationResult(
-                decision="DENY",
+                decision=Decision.DENY,
                 reason="MALFORMED_REQUEST",
                 message=f"context is not JSON: {exc}",
                 answered=False,
@@ -240,7 +259,7 @@ class EngineClient(ChannelClient):
             )
         except (CanonicalizationError, ValueError, TypeError) as exc:
             return AuthorizationResult(
-                decision="DENY",
+                decision=Decision.DENY,
                 reason="MALFORMED_REQUEST",
                 message=f"context has no canonical form: {exc}",
                 answered=False,

@@ -16,12 +16,13 @@ from govmesh.artifacts import GRANT_TYP
 from govmesh.artifacts.canonical import request_digest
 from govmesh.artifacts.jws import TokenError, parse_compact
 from govmesh.artifacts.names import InvalidName, check_action, check_resource
+from govmesh.runtime.errors import PermissionRefused
 
 #: DESIGN.md section 4: a grant lives at most 60 seconds.
 MAX_GRANT_LIFETIME_S = 60
 
 
-class GrantError(ValueError):
+class GrantError(PermissionRefused, ValueError):
     """A grant that must not be acted on; the message says why."""
 
 

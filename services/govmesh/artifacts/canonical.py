@@ -10,8 +10,10 @@ from typing import Any
 import orjson
 import rfc8785
 
+from govmesh.runtime.errors import InvalidInput
 
-class CanonicalizationError(ValueError):
+
+class CanonicalizationError(InvalidInput, ValueError):
     """A value that has no RFC 8785 form (NaN, infinity, a non-string key, ...)."""
 
 
@@ -27,7 +29,7 @@ MAX_JSON_DEPTH = 32
 _ORJSON_MAX_DEPTH = 255
 
 
-class _Slow(Exception):
+class _Slow(InvalidInput):
     """`value` needs the full RFC 8785 serializer."""
 
 

@@ -28,6 +28,7 @@ from govmesh.artifacts.canonical import (
     canonical_json,
     fast_canonical_json,
 )
+from govmesh.runtime.errors import InvalidInput
 
 MAX_ENTRY_BYTES = 64 * 1024
 #: The longest value of an indexed text field (subject, trace id), in UTF-8
@@ -44,7 +45,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-class EntryRejected(ValueError):
+class EntryRejected(InvalidInput, ValueError):
     """An entry the log refuses to store; the message says why."""
 
 

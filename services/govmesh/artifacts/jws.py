@@ -30,12 +30,13 @@ from govmesh.artifacts.canonical import (
     b64url_decode,
     json_depth,
 )
+from govmesh.runtime.errors import InvalidInput
 
 #: The longest artifact accepted, in characters (the engine's own limit).
 MAX_TOKEN_CHARS = 16 * 1024
 
 
-class TokenError(ValueError):
+class TokenError(InvalidInput, ValueError):
     """A token that is not a well-formed compact JWS, or whose signature does not verify."""
 
 

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import re
 
+from govmesh.runtime.errors import InvalidInput
+
 MAX_ACTION_CHARS = 256
 MAX_RESOURCE_CHARS = 1024
 
@@ -69,7 +71,7 @@ _MEANINGFUL = {
 }
 
 
-class InvalidName(ValueError):
+class InvalidName(InvalidInput, ValueError):
     """An action or resource outside govmesh's name grammar; the message says why."""
 
 

@@ -39,7 +39,7 @@ from joserfc.jwk import OKPKey
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.artifacts.jws import TokenError, parse_compact
 from govmesh.artifacts.keys import PRIVATE_MEMBERS, jwk_thumbprint
-from govmesh.runtime.errors import ConfigurationError
+from govmesh.runtime.errors import ConfigurationError, PermissionRefused
 
 BUNDLE_TYP = "govmesh-policy-bundle+jwt"
 ACTIVATION_TYP = "govmesh-policy-activation+jwt"
@@ -50,7 +50,7 @@ ACTIVATION_MAX_AGE_S = 300
 ACTIVATION_MAX_FUTURE_S = 60
 
 
-class SignatureRejected(ValueError):
+class SignatureRejected(PermissionRefused, ValueError):
     """A signature that does not come from a trusted policy admin, or does not fit."""
 
 

@@ -52,7 +52,7 @@ from typing import Any
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 
 from govmesh.artifacts.canonical import b64url_decode
-from govmesh.runtime.errors import ConfigurationError
+from govmesh.runtime.errors import ConfigurationError, InvalidInput
 
 #: The JWS algorithms govmesh verifies.
 SIGNATURE_ALGS = frozenset({"EdDSA", "ES256", "RS256"})
@@ -181,7 +181,7 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise TrustFileError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
-class KeyCostError(ValueError):
+class KeyCostError(InvalidInput, ValueError):
     """A key whose parameters put the cost of verifying with it out of bounds."""
 
 

@@ -57,7 +57,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from govmesh.cli.devsetup import write_dev_setup
 from govmesh.cli.paths import data_dir, dev_setup
 from govmesh.runtime.db import upgrade_database
-from govmesh.runtime.errors import ConfigurationError
+from govmesh.runtime.errors import ConfigurationError, Unavailable
 from govmesh.runtime.logs import configure_logging
 
 logger = logging.getLogger("govmesh.up")
@@ -127,7 +127,7 @@ def metrics_ports(first: int | None, engines: int = 1) -> dict[str, int]:
     return ports
 
 
-class CrashLoop(Exception):
+class CrashLoop(Unavailable):
     """A supervised service exits too often to be worth starting again."""
 
 

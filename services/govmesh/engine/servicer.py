@@ -9,22 +9,20 @@ import time
 import uuid
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from govmesh.engine.admission import Admission, Refusal, Refused
 from govmesh.engine.core import Engine
 from govmesh.engine.metrics import EngineMetrics
 from govmesh.engine.requests import UnreadableRequest
+from govmesh.runtime.status import to_rpc_status
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-#: The google.rpc.ErrorInfo domain and reasons of an admission refusal; the
-#: client reads them to tell a busy engine from a request too large to send.
-ERROR_DOMAIN = "govmesh.dev"
+#: The google.rpc.ErrorInfo reasons of an admission refusal (govmesh.runtime.status);
+#: the client reads them to tell a busy engine from a request too large to send.
 REFUSAL_REASONS = {
     Refusal.QUEUE_FULL: "ADMISSION_QUEUE_FULL",
     Refusal.DEADLINE: "ADMISSION_DEADLINE_TOO_SHORT",
@@ -108,27 +106,21 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
 
 
 def refusal_status(refused: Refused) -> grpc.Status:
-    """RESOURCE_EXHAUSTED with a google.rpc.Status naming why and when to try again."""
-    info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(
+    """RESOURCE_EXHAUSTED with a google.rpc.Status naming why and when to try again.
+
+    Refused is an Exhausted error; its reason depends on why it was refused,
+    and the caller learns how long it would have waited.
+    """
+    status: grpc.Status = rpc_status.to_status(
+        to_rpc_status(
+            refused,
+            message=f"engine busy: {refused.why.value}",
             reason=REFUSAL_REASONS[refused.why],
-            domain=ERROR_DOMAIN,
             metadata={
                 "expected_wait_ms": f"{refused.expected_wait_s * 1000:.0f}",
                 "queued": str(refused.queued),
             },
-        )
-    )
-    delay = duration_pb2.Duration()
-    delay.FromNanoseconds(int(refused.expected_wait_s * 1e9))
-    retry = any_pb2.Any()
-    retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(
-            code=code_pb2.RESOURCE_EXHAUSTED,
-            message=f"engine busy: {refused.why.value}",
-            details=[info, retry],
+            retry_delay=refused.expected_wait_s,
         )
     )
     return status

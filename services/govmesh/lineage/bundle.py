@@ -25,11 +25,12 @@ from typing import Any
 from govmesh.lineage import merkle
 from govmesh.lineage.core import EntryRejected, check_entry
 from govmesh.lineage.notes import NoteError, VerifierKey, open_checkpoint
+from govmesh.runtime.errors import InvalidInput
 
 FORMAT = "govmesh-lineage-proof/v1"
 
 
-class BundleError(ValueError):
+class BundleError(InvalidInput, ValueError):
     """A bundle that is malformed or does not prove what it claims."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 # The leaf hash is shared with every receipt check; the tree is built here.
 from govmesh.artifacts.receipts import leaf_hash as leaf_hash
+from govmesh.runtime.errors import OutOfRange
 
 HASH_SIZE = 32
 
@@ -34,7 +35,7 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 Range = tuple[int, int]
 
 
-class ProofError(ValueError):
+class ProofError(OutOfRange, ValueError):
     """A proof that does not verify, or a request for one that cannot exist."""
 
 

@@ -25,6 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from govmesh.runtime.errors import InvalidInput
+
 #: Signature type of plain Ed25519 note signatures (the log's checkpoints).
 ED25519 = 0x01
 #: Signature type of timestamped Ed25519 cosignatures (witnesses).
@@ -38,7 +40,7 @@ _SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
 _MAX_SIZE = (1 << 63) - 1
 
 
-class NoteError(ValueError):
+class NoteError(InvalidInput, ValueError):
     """A note, key or checkpoint that is malformed or does not verify."""
 
 

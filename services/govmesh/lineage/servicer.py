@@ -1,14 +1,14 @@
 """The gRPC edge of the lineage service: protobuf in, core and store calls, protobuf out.
 
-Errors map to status codes in one place (`_status`): a refused entry is an
-answer (its `error` field), a log that contradicts its own checkpoints is
-FAILED_PRECONDITION, an unreachable database is UNAVAILABLE.
+A refused entry in a batch is an answer (its `error` field); every other
+error ends the call with the status of its kind (govmesh.runtime.status), an
+unreachable database as DatabaseUnavailable. `_refusal` holds the few
+wordings that are the edge's own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -22,7 +22,6 @@ from google.protobuf import timestamp_pb2
 
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
-from govmesh.lineage.floor import FloorError
 from govmesh.lineage.metrics import LineageMetrics
 from govmesh.lineage.notes import (
     Checkpoint,
@@ -30,10 +29,19 @@ from govmesh.lineage.notes import (
     VerifierKey,
     parse_note,
 )
-from govmesh.lineage.sequencer import Sequencer, SequencerStopped
+from govmesh.lineage.sequencer import Sequencer
 from govmesh.lineage.store import LogCorrupted, LogStore, StoredCheckpoint, StoredEntry
 from govmesh.lineage.watch import CommitWatch
-from govmesh.runtime.streams import answer_batches
+from govmesh.runtime.db import DatabaseUnavailable
+from govmesh.runtime.errors import (
+    InvalidInput,
+    NotFound,
+    OutOfRange,
+    PermissionRefused,
+    PreconditionFailed,
+)
+from govmesh.runtime.status import abort_with, to_rpc_status
+from govmesh.runtime.streams import BatchSizeError, answer_batches
 from govmesh.v1 import common_pb2, lineage_pb2, lineage_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -51,39 +59,58 @@ PAGE_BYTES = 2 * 1024 * 1024
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class _Invalid(Exception):
-    """A request the service cannot answer as asked."""
+#: What a caller reads when lineage fails in a way it did not mean to.
+INTERNAL_MESSAGE = "lineage failed"
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+
+class UnknownEntry(NotFound):
+    """No entry has that index or decision id."""
+
+
+class UnknownCheckpoint(NotFound):
+    """The log signed no such checkpoint."""
+
+
+class BeyondTheLog(OutOfRange):
+    """A tree size or index past what the log holds."""
+
+
+class BadRequest(InvalidInput):
+    """A request whose fields are malformed or do not fit together."""
+
+
+class NoWitnesses(PreconditionFailed):
+    """This log is configured to accept no cosignatures."""
+
+
+class UntrustedCosignature(PermissionRefused):
+    """No cosignature on the checkpoint is by a witness this log trusts."""
+
+
+def _refusal(exc: BaseException) -> tuple[BaseException, str | None]:
+    """The error a caller is told of, and its wording where the edge words it.
+
+    The driver's own errors become DatabaseUnavailable: their text could
+    disclose the database's address or schema.
+    """
+    if isinstance(exc, asyncpg.PostgresError | OSError | asyncpg.InterfaceError):
+        return DatabaseUnavailable("lineage store unavailable"), None
+    if isinstance(exc, LogCorrupted):
+        return exc, f"lineage refuses: {exc}"
+    return exc, None
 
 
 async def _abort(context: Context, exc: BaseException) -> NoReturn:
-    code, message = _status(exc)
-    await context.abort(code, message)
-    raise AssertionError("unreachable")
+    error, message = _refusal(exc)
+    await abort_with(context, error, message=message, internal_message=INTERNAL_MESSAGE)
 
 
-def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, _Invalid):
-        return exc.code, str(exc)
-    if isinstance(exc, LogCorrupted):
-        return grpc.StatusCode.FAILED_PRECONDITION, f"lineage refuses: {exc}"
-    if isinstance(exc, SequencerStopped | FloorError):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
-    if isinstance(exc, asyncpg.PostgresError | OSError | asyncpg.InterfaceError):
-        return grpc.StatusCode.UNAVAILABLE, "lineage store unavailable"
-    return grpc.StatusCode.INTERNAL, "lineage failed"
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """Turn ProofError and bad ids into _Invalid inside a handler."""
-    try:
-        yield
-    except merkle.ProofError as exc:
-        raise _Invalid(grpc.StatusCode.OUT_OF_RANGE, str(exc)) from None
+def _error_text(exc: BaseException) -> str:
+    """What a batch on a stream is answered with in place of the status a call would end with."""
+    error, message = _refusal(exc)
+    status = to_rpc_status(error, message=message, internal_message=INTERNAL_MESSAGE)
+    text: str = status.message
+    return text
 
 
 def _receipt(receipt: Receipt) -> common_pb2.LineageReceipt:
@@ -125,7 +152,7 @@ def _decision_uuid(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError:
-        raise _Invalid(grpc.StatusCode.INVALID_ARGUMENT, "decision_id is not a UUID") from None
+        raise BadRequest("decision_id is not a UUID") from None
 
 
 def _timestamp(message: Any, field: str) -> datetime | None:
@@ -199,16 +226,14 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
         except Exception as exc:
             await _abort(context, exc)
         if response.error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, response.error)
+            await _abort(context, EntryRejected(response.error))
         return response
 
     async def AppendBatch(
         self, request: lineage_pb2.AppendBatchRequest, context: Context
     ) -> lineage_pb2.AppendBatchResponse:
         if not 0 < len(request.entries) <= MAX_BATCH:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds 1..{MAX_BATCH} entries"
-            )
+            await _abort(context, BatchSizeError(MAX_BATCH, "entries"))
         try:
             results = await self._append(request.entries)
         except Exception as exc:
@@ -226,7 +251,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
             request: lineage_pb2.AppendBatchRequest,
         ) -> lineage_pb2.AppendBatchResponse:
             if not 0 < len(request.entries) <= MAX_BATCH:
-                error = f"a batch holds 1..{MAX_BATCH} entries"
+                error = str(BatchSizeError(MAX_BATCH, "entries"))
                 results = [
                     lineage_pb2.AppendResponse(decision_id=r.decision_id, error=error)
                     for r in request.entries
@@ -235,7 +260,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
                 try:
                     results = await self._append(request.entries)
                 except Exception as exc:
-                    _, error = _status(exc)
+                    error = _error_text(exc)
                     results = [
                         lineage_pb2.AppendResponse(decision_id=r.decision_id, error=error)
                         for r in request.entries
@@ -256,7 +281,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
             else:
                 stored = await self._store.latest_checkpoint(witnessed=request.witnessed)
             if stored is None:
-                raise _Invalid(grpc.StatusCode.NOT_FOUND, "no such checkpoint")
+                raise UnknownCheckpoint("no such checkpoint")
         except Exception as exc:
             await _abort(context, exc)
         return lineage_pb2.GetCheckpointResponse(
@@ -271,7 +296,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
         else:
             found = await self._store.entry_by_decision(_decision_uuid(decision_id))
         if found is None:
-            raise _Invalid(grpc.StatusCode.NOT_FOUND, "no such entry")
+            raise UnknownEntry("no such entry")
         return found
 
     async def GetEntry(
@@ -295,31 +320,30 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
         self, request: lineage_pb2.GetInclusionProofRequest, context: Context
     ) -> lineage_pb2.GetInclusionProofResponse:
         try:
-            with _translated():
-                index = request.index if request.HasField("index") else None
-                if request.tree_size or request.witnessed:
-                    found = await self._find(request.decision_id, index)
-                    size, stored = await self._tree_for(found.index, request)
-                else:
-                    # The newest checkpoint covers every entry: read both at once.
-                    found, stored = await asyncio.gather(
-                        self._find(request.decision_id, index), self._store.latest_checkpoint()
+            index = request.index if request.HasField("index") else None
+            if request.tree_size or request.witnessed:
+                found = await self._find(request.decision_id, index)
+                size, stored = await self._tree_for(found.index, request)
+            else:
+                # The newest checkpoint covers every entry: read both at once.
+                found, stored = await asyncio.gather(
+                    self._find(request.decision_id, index), self._store.latest_checkpoint()
+                )
+                if stored is None or stored.tree_size <= found.index:
+                    raise LogCorrupted(f"no checkpoint covers entry {found.index}")
+                size = stored.tree_size
+            hashes = await self._store.tree_hashes(merkle.inclusion_ranges(found.index, size))
+            if stored is not None:
+                # Never hand out a proof that the log's own signature contradicts.
+                try:
+                    merkle.verify_inclusion(
+                        found.index, size, found.leaf_hash, hashes, stored.root_hash
                     )
-                    if stored is None or stored.tree_size <= found.index:
-                        raise LogCorrupted(f"no checkpoint covers entry {found.index}")
-                    size = stored.tree_size
-                hashes = await self._store.tree_hashes(merkle.inclusion_ranges(found.index, size))
-                if stored is not None:
-                    # Never hand out a proof that the log's own signature contradicts.
-                    try:
-                        merkle.verify_inclusion(
-                            found.index, size, found.leaf_hash, hashes, stored.root_hash
-                        )
-                    except merkle.ProofError:
-                        raise LogCorrupted(
-                            f"stored hashes do not prove entry {found.index} "
-                            f"in the checkpoint of size {size}"
-                        ) from None
+                except merkle.ProofError:
+                    raise LogCorrupted(
+                        f"stored hashes do not prove entry {found.index} "
+                        f"in the checkpoint of size {size}"
+                    ) from None
         except Exception as exc:
             await _abort(context, exc)
         return lineage_pb2.GetInclusionProofResponse(
@@ -338,12 +362,9 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
         if request.tree_size:
             head, _ = await self._store.head()
             if request.tree_size > head:
-                raise _Invalid(grpc.StatusCode.OUT_OF_RANGE, f"the log has only {head} entries")
+                raise BeyondTheLog(f"the log has only {head} entries")
             if index >= request.tree_size:
-                raise _Invalid(
-                    grpc.StatusCode.OUT_OF_RANGE,
-                    f"entry {index} is not in the tree of size {request.tree_size}",
-                )
+                raise BeyondTheLog(f"entry {index} is not in the tree of size {request.tree_size}")
             return request.tree_size, await self._store.checkpoint(request.tree_size)
         stored = None
         if request.witnessed:
@@ -358,34 +379,29 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
         self, request: lineage_pb2.GetConsistencyProofRequest, context: Context
     ) -> lineage_pb2.GetConsistencyProofResponse:
         try:
-            with _translated():
-                first, second = request.first, request.second
-                if second == 0:
-                    latest = await self._store.latest_checkpoint()
-                    second = latest.tree_size if latest else 0
-                head, _ = await self._store.head()
-                if second > head:
-                    raise _Invalid(grpc.StatusCode.OUT_OF_RANGE, f"the log has only {head} entries")
-                if not 0 < first <= second:
-                    raise _Invalid(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"a consistency proof needs 0 < first <= second, got {first}, {second}",
-                    )
-                hashes, old, new = await asyncio.gather(
-                    self._store.tree_hashes(merkle.consistency_ranges(first, second)),
-                    self._store.checkpoint(first),
-                    self._store.checkpoint(second),
+            first, second = request.first, request.second
+            if second == 0:
+                latest = await self._store.latest_checkpoint()
+                second = latest.tree_size if latest else 0
+            head, _ = await self._store.head()
+            if second > head:
+                raise BeyondTheLog(f"the log has only {head} entries")
+            if not 0 < first <= second:
+                raise BadRequest(
+                    f"a consistency proof needs 0 < first <= second, got {first}, {second}"
                 )
-                if old is not None and new is not None:
-                    try:
-                        merkle.verify_consistency(
-                            first, second, old.root_hash, new.root_hash, hashes
-                        )
-                    except merkle.ProofError:
-                        raise LogCorrupted(
-                            f"stored hashes do not prove checkpoint {first} "
-                            f"consistent with {second}"
-                        ) from None
+            hashes, old, new = await asyncio.gather(
+                self._store.tree_hashes(merkle.consistency_ranges(first, second)),
+                self._store.checkpoint(first),
+                self._store.checkpoint(second),
+            )
+            if old is not None and new is not None:
+                try:
+                    merkle.verify_consistency(first, second, old.root_hash, new.root_hash, hashes)
+                except merkle.ProofError:
+                    raise LogCorrupted(
+                        f"stored hashes do not prove checkpoint {first} consistent with {second}"
+                    ) from None
         except Exception as exc:
             await _abort(context, exc)
         return lineage_pb2.GetConsistencyProofResponse(
@@ -449,10 +465,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
             until = _timestamp(request, "until")
             decision = _decision_uuid(request.decision_id) if request.decision_id else None
             if not (decision or request.trace_id or request.subject or since or until):
-                raise _Invalid(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "name a decision id, trace id, subject or time range",
-                )
+                raise BadRequest("name a decision id, trace id, subject or time range")
             limit = min(request.limit or DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT)
             after = request.after_index if request.HasField("after_index") else -1
             rows = await self._store.query(
@@ -500,26 +513,21 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
     ) -> lineage_pb2.AddCosignatureResponse:
         try:
             if not self._witnesses:
-                raise _Invalid(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "this log accepts no cosignatures (GOVMESH_LINEAGE_WITNESSES is empty)",
+                raise NoWitnesses(
+                    "this log accepts no cosignatures (GOVMESH_LINEAGE_WITNESSES is empty)"
                 )
             try:
                 note = parse_note(request.checkpoint)
                 checkpoint = Checkpoint.parse(note.text)
             except NoteError as exc:
-                raise _Invalid(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"not a checkpoint: {exc}"
-                ) from None
+                raise NoteError(f"not a checkpoint: {exc}") from None
             stored = await self._store.checkpoint(checkpoint.size)
             if stored is None or parse_note(stored.note).text != note.text:
-                raise _Invalid(grpc.StatusCode.NOT_FOUND, "the log signed no such checkpoint")
+                raise UnknownCheckpoint("the log signed no such checkpoint")
             added: list[str] = []
             for witness in self._witnesses:
-                try:
-                    signature = note.verified_by(witness)
-                except NoteError as exc:
-                    raise _Invalid(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                # A NoteError here is the caller's (INVALID_ARGUMENT): the note is theirs.
+                signature = note.verified_by(witness)
                 if signature is None:
                     continue
                 await self._store.add_cosignature(
@@ -527,9 +535,7 @@ class LineageServicer(lineage_pb2_grpc.LineageServicer):
                 )
                 added.append(witness.name)
             if not added:
-                raise _Invalid(
-                    grpc.StatusCode.PERMISSION_DENIED, "no cosignature by a witness this log trusts"
-                )
+                raise UntrustedCosignature("no cosignature by a witness this log trusts")
         except Exception as exc:
             await _abort(context, exc)
         return lineage_pb2.AddCosignatureResponse(tree_size=checkpoint.size, witnesses=added)

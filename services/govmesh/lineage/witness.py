@@ -33,11 +33,12 @@ from govmesh.lineage import merkle
 from govmesh.lineage.client import LineageClient, LineageError
 from govmesh.lineage.notes import Cosigner, NoteError, VerifierKey, open_checkpoint
 from govmesh.runtime.durable import durable_write
+from govmesh.runtime.errors import IntegrityError
 
 logger = logging.getLogger(__name__)
 
 
-class WitnessRefusal(Exception):
+class WitnessRefusal(IntegrityError):
     """The log showed something the witness must not cosign."""
 
 

@@ -39,6 +39,7 @@ from govmesh.policy.index import (
     action_ancestors,
     policy_scope,
 )
+from govmesh.runtime.errors import InvalidInput
 
 BUNDLE_FORMAT = "govmesh.policy-bundle/1"
 
@@ -53,7 +54,7 @@ SCHEMA_SUFFIXES = {".cedarschema": "cedar", ".cedarschema.json": "json"}
 _VERSION = re.compile(r"^[0-9a-f]{64}$")
 
 
-class BundleRejected(ValueError):
+class BundleRejected(InvalidInput, ValueError):
     """A bundle that cannot be published: the message says exactly why."""
 
 

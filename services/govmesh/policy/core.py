@@ -41,6 +41,7 @@ from govmesh.policy.entities import (
     request_entities,
     uid,
 )
+from govmesh.runtime.errors import InvalidInput
 
 #: Every integer up to this magnitude is exact in a double.
 MAX_EXACT_INTEGER = 2**53
@@ -48,7 +49,7 @@ _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 MAX_CONTEXT_DEPTH = 64
 
 
-class ContextError(ValueError):
+class ContextError(InvalidInput, ValueError):
     """A context value Cedar cannot faithfully receive."""
 
 
@@ -76,7 +77,7 @@ class PolicyDecision:
     errors: tuple[str, ...] = ()
 
 
-class _Refused(Exception):
+class _Refused(InvalidInput):
     """A context value refused; `path` is filled in on the way out (free when nothing fails)."""
 
     def __init__(self, problem: str) -> None:

@@ -14,21 +14,20 @@ from google.protobuf import json_format, timestamp_pb2
 from sqlalchemy.exc import SQLAlchemyError
 
 from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, clip_list, evaluate_answer_bound
-from govmesh.artifacts.signing import SignatureRejected
 from govmesh.policy.authority import Authority, NotReady
-from govmesh.policy.bundle import BundleRejected, CompiledBundle
+from govmesh.policy.bundle import CompiledBundle
 from govmesh.policy.core import PolicyDecision, PolicyRequest
 from govmesh.policy.metrics import PolicyMetrics
 from govmesh.policy.store import (
-    EpochConflict,
     EpochRecord,
     PolicyStore,
     ShadowRecord,
     StoredBundle,
-    StoreError,
     UnknownBundle,
 )
-from govmesh.runtime.streams import answer_batches
+from govmesh.runtime.db import DatabaseUnavailable
+from govmesh.runtime.status import abort_with
+from govmesh.runtime.streams import BatchSizeError, answer_batches
 from govmesh.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -39,15 +38,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 1000
 
-#: The one mapping from domain errors to gRPC status codes.
-_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (BundleRejected, grpc.StatusCode.INVALID_ARGUMENT),
-    (SignatureRejected, grpc.StatusCode.PERMISSION_DENIED),
-    (EpochConflict, grpc.StatusCode.ABORTED),
-    (UnknownBundle, grpc.StatusCode.NOT_FOUND),
-    (StoreError, grpc.StatusCode.FAILED_PRECONDITION),
-    (NotReady, grpc.StatusCode.UNAVAILABLE),
-)
+#: What a caller reads when the policy service fails in a way it did not mean to.
+INTERNAL_MESSAGE = "policy failed"
 
 
 async def _guarded(context: Context, call: Callable[[], Awaitable[T]]) -> T:
@@ -55,17 +47,16 @@ async def _guarded(context: Context, call: Callable[[], Awaitable[T]]) -> T:
         return await call()
     except (SQLAlchemyError, OSError, asyncpg.PostgresError) as exc:
         logger.warning("policy store unavailable: %s", exc)
-        await _abort(context, grpc.StatusCode.UNAVAILABLE, "the policy store is unavailable")
+        await _abort(context, DatabaseUnavailable("the policy store is unavailable"))
     except Exception as exc:
-        for kind, code in _STATUS:
-            if isinstance(exc, kind):
-                await _abort(context, code, str(exc))
-        raise
+        await _abort(context, exc)
 
 
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("abort returned")  # pragma: no cover
+async def _abort(context: Context, exc: BaseException) -> NoReturn:
+    # The status comes from the error's kind (govmesh.runtime.status); only
+    # the wording of a replica without a bundle is the edge's own.
+    message = f"no valid policy bundle: {exc}" if isinstance(exc, NotReady) else None
+    await abort_with(context, exc, message=message, internal_message=INTERNAL_MESSAGE)
 
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -156,22 +147,20 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
         await self._require_bundle(context)
         try:
             return self._evaluate(request)
-        except NotReady as exc:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no valid policy bundle: {exc}")
+        except Exception as exc:
+            await _abort(context, exc)
 
     async def EvaluateBatch(
         self, request: policy_pb2.EvaluateBatchRequest, context: Context
     ) -> policy_pb2.EvaluateBatchResponse:
         if not 0 < len(request.requests) <= MAX_BATCH:
-            await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds 1..{MAX_BATCH} requests"
-            )
+            await _abort(context, BatchSizeError(MAX_BATCH, "requests"))
         await self._require_bundle(context)
         try:
             # No await between the evaluations: the whole batch sees one snapshot.
             answers = [self._evaluate(r) for r in request.requests]
-        except NotReady as exc:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no valid policy bundle: {exc}")
+        except Exception as exc:
+            await _abort(context, exc)
         return policy_pb2.EvaluateBatchResponse(responses=answers)
 
     async def EvaluateStream(
@@ -183,7 +172,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
             # What EvaluateBatch would end with as its status is the batch's error.
             response = policy_pb2.EvaluateBatchResponse(sequence=request.sequence)
             if not 0 < len(request.requests) <= MAX_BATCH:
-                response.error = f"a batch holds 1..{MAX_BATCH} requests"
+                response.error = str(BatchSizeError(MAX_BATCH, "requests"))
             elif self._authority.snapshot is None:
                 response.error = f"no valid policy bundle loaded: {self._authority.problem}"
             else:
@@ -204,10 +193,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyAuthorityServicer):
 
     async def _require_bundle(self, context: Context) -> None:
         if self._authority.snapshot is None:
-            await _abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"no valid policy bundle loaded: {self._authority.problem}",
+            problem = self._authority.problem
+            await abort_with(
+                context, NotReady(problem), message=f"no valid policy bundle loaded: {problem}"
             )
 
     def _evaluate(self, request: policy_pb2.EvaluateRequest) -> policy_pb2.EvaluateResponse:

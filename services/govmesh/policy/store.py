@@ -39,6 +39,7 @@ from govmesh.artifacts.canonical import CanonicalizationError, canonical_json
 from govmesh.artifacts.signing import Activation, SignedActivation
 from govmesh.policy.transitions import next_epoch
 from govmesh.runtime.db import libpq_database_url
+from govmesh.runtime.errors import Conflict, NotFound, PreconditionFailed
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,11 @@ NOTIFY_CHANNEL = "govmesh_policy"
 _EPOCH_LOCK = 0x676D2D706F6C
 
 
-class StoreError(Exception):
+class StoreError(PreconditionFailed):
     """The store refused or failed a request; the message says why."""
 
 
-class EpochConflict(StoreError):
+class EpochConflict(Conflict):
     """The statement's epoch is not the next one: someone else changed the state first."""
 
     def __init__(self, wanted: int, current: int) -> None:
@@ -64,7 +65,7 @@ class EpochConflict(StoreError):
         self.current = current
 
 
-class UnknownBundle(StoreError, LookupError):
+class UnknownBundle(NotFound, LookupError):
     """No bundle, or more than one, has that version or prefix."""
 
 

@@ -12,13 +12,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from govmesh.runtime.errors import ConfigurationError
+from govmesh.runtime.errors import ConfigurationError, Unavailable
 
 logger = logging.getLogger(__name__)
 
 
 class DatabaseUrlError(ConfigurationError, ValueError):
     """A GOVMESH_DATABASE_URL that does not name a Postgres database."""
+
+
+class DatabaseUnavailable(Unavailable):
+    """Postgres did not answer or failed the statement; the same call may succeed later.
+
+    An edge raises it in place of the driver's own error, whose text could
+    disclose the database's address or schema.
+    """
 
 
 def async_database_url(url: str) -> str:

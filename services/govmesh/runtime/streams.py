@@ -15,8 +15,17 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from govmesh.runtime.errors import InvalidInput
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+class BatchSizeError(InvalidInput):
+    """A batch with no items, or with more than its RPC takes."""
+
+    def __init__(self, limit: int, items: str) -> None:
+        super().__init__(f"a batch holds 1..{limit} {items}")
 
 
 async def answer_batches(

@@ -12,7 +12,8 @@ from google.protobuf import json_format, struct_pb2
 
 from govmesh.artifacts.answers import MAX_MESSAGE_TEXT_BYTES, clip, verify_answer_bound
 from govmesh.artifacts.structs import struct_to_dict
-from govmesh.runtime.streams import answer_batches
+from govmesh.runtime.status import abort_with
+from govmesh.runtime.streams import BatchSizeError, answer_batches
 from govmesh.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 from govmesh.verification.core import VerificationInput, VerificationResult, Verifier
 from govmesh.verification.metrics import VerificationMetrics
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 DEADLINE_MARGIN_S = 0.002
 #: The most requests one VerifyBatch may carry.
 MAX_BATCH = 1024
+#: What a caller reads when verification fails in a way it did not mean to.
+INTERNAL_MESSAGE = "verification failed"
 
 
 def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -115,7 +118,10 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             verification_pb2.VerifyRequest, verification_pb2.VerifyResponse
         ],
     ) -> verification_pb2.VerifyResponse:
-        return await self._verify(request, _timeout(context))
+        try:
+            return await self._verify(request, _timeout(context))
+        except Exception as exc:
+            await abort_with(context, exc, internal_message=INTERNAL_MESSAGE)
 
     async def VerifyBatch(
         self,
@@ -125,12 +131,12 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         ],
     ) -> verification_pb2.VerifyBatchResponse:
         if not 0 < len(request.requests) <= MAX_BATCH:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"a batch holds 1..{MAX_BATCH} requests"
-            )
-        return verification_pb2.VerifyBatchResponse(
-            responses=await self._verify_all(request.requests, _timeout(context))
-        )
+            await abort_with(context, BatchSizeError(MAX_BATCH, "requests"))
+        try:
+            responses = await self._verify_all(request.requests, _timeout(context))
+        except Exception as exc:
+            await abort_with(context, exc, internal_message=INTERNAL_MESSAGE)
+        return verification_pb2.VerifyBatchResponse(responses=responses)
 
     async def VerifyStream(
         self,
@@ -144,7 +150,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         ) -> verification_pb2.VerifyBatchResponse:
             response = verification_pb2.VerifyBatchResponse(sequence=request.sequence)
             if not 0 < len(request.requests) <= MAX_BATCH:
-                response.error = f"a batch holds 1..{MAX_BATCH} requests"
+                response.error = str(BatchSizeError(MAX_BATCH, "requests"))
                 return response
             # The caller's wait, as a unary call's deadline would bound it.
             timeout = max(0.0, request.timeout_ms / 1000 - DEADLINE_MARGIN_S)
@@ -156,7 +162,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                 )
             except Exception:
                 logger.exception("verification batch failed")
-                response.error = "verification failed"
+                response.error = INTERNAL_MESSAGE
             return response
 
         async for response in answer_batches(request_iterator, answer):
