@@ -22,7 +22,7 @@ from google.protobuf import timestamp_pb2
 
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
-from govmesh.lineage.floor import FloorError
+from govmesh.lineage.floor import StateFileError
 from govmesh.lineage.metrics import LineageMetrics
 from govmesh.lineage.notes import (
     Checkpoint,
@@ -70,7 +70,7 @@ def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code, str(exc)
     if isinstance(exc, LogCorrupted):
         return grpc.StatusCode.FAILED_PRECONDITION, f"lineage refuses: {exc}"
-    if isinstance(exc, SequencerStopped | FloorError):
+    if isinstance(exc, SequencerStopped | StateFileError):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, asyncpg.PostgresError | OSError | asyncpg.InterfaceError):
         return grpc.StatusCode.UNAVAILABLE, "lineage store unavailable"
