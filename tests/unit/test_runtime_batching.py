@@ -320,7 +320,13 @@ async def test_a_queue_never_started_refuses() -> None:
 
 
 @pytest.mark.parametrize(
-    "options", [{"max_items": 0}, {"max_in_flight": 0}, {"limits": [Limit(0, len)]}]
+    "options",
+    [
+        {"max_items": 0},
+        {"max_in_flight": 0},
+        {"limits": [Limit(0, len)]},
+        {"limits": [Limit(9, len)] * 3},
+    ],
 )
 def test_a_queue_without_room_for_one_item_is_refused(options: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="test"):
