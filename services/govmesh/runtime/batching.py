@@ -119,11 +119,6 @@ class BatchQueue(Generic[Item, Result]):
         """Whether items are accepted: started, not stopping, flusher alive."""
         return self._accepting and self._flusher is not None and not self._flusher.done()
 
-    @property
-    def depth(self) -> int:
-        """Items queued and not yet in a batch (some may have been given up)."""
-        return len(self._queue)
-
     def start(self) -> None:
         """Start the flusher (in the running event loop)."""
         self._accepting = True
