@@ -44,7 +44,7 @@ from govmesh.engine.lineage import BatchingLineage
 from govmesh.engine.peers import GrpcLineage, open_channel
 from govmesh.lineage.client import LineageClient
 from govmesh.lineage.core import check_entry
-from govmesh.lineage.floor import SignedFloor
+from govmesh.lineage.floor import StateFile
 from govmesh.lineage.keys import DEFAULT_ORIGIN, load_log_signer
 from govmesh.lineage.sequencer import Sequencer
 from govmesh.lineage.store import LogStore
@@ -118,7 +118,7 @@ async def bulk_load(url: str, keys_dir: Path, count: int) -> None:
         store=store,
         signer=load_log_signer(keys_dir, DEFAULT_ORIGIN),
         origin=DEFAULT_ORIGIN,
-        floor=SignedFloor(keys_dir.parent / "state" / "bulk-load.floor"),
+        state_file=StateFile(keys_dir.parent / "state" / "bulk-load.floor"),
         max_batch=10_000,
     )
     await sequencer.start()

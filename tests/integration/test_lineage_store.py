@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from govmesh.artifacts.canonical import canonical_json
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt, check_entry
-from govmesh.lineage.floor import FloorError, SignedFloor, SignedTree
+from govmesh.lineage.floor import SignedTree, StateFile, StateFileError
 from govmesh.lineage.notes import Checkpoint, NoteSigner, open_checkpoint
 from govmesh.lineage.sequencer import Sequencer
 from govmesh.lineage.store import LogCorrupted, LogStore
@@ -47,15 +47,15 @@ def signer() -> NoteSigner:
     return NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
 
 
-FloorAt = Callable[..., SignedFloor]
+StateFileAt = Callable[..., StateFile]
 
 
 @pytest.fixture
-def floor_at(tmp_path: Path) -> FloorAt:
+def state_file_at(tmp_path: Path) -> StateFileAt:
     """The state file of one lineage process, by name (a restarted process reuses its name)."""
 
-    def make(name: str = "lineage") -> SignedFloor:
-        return SignedFloor(tmp_path / "state" / f"{name}.floor")
+    def make(name: str = "lineage") -> StateFile:
+        return StateFile(tmp_path / "state" / f"{name}.floor")
 
     return make
 
@@ -69,9 +69,9 @@ async def store(database_url: str) -> AsyncIterator[LogStore]:
 
 @pytest.fixture
 async def sequencer(
-    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+    store: LogStore, signer: NoteSigner, state_file_at: StateFileAt
 ) -> AsyncIterator[Sequencer]:
-    seq = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    seq = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await seq.start()
     yield seq
     await seq.close()
@@ -144,9 +144,11 @@ async def test_concurrent_appends_are_grouped_into_few_transactions(
 
 
 async def test_a_transaction_never_holds_more_than_the_batch_bound(
-    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+    store: LogStore, signer: NoteSigner, state_file_at: StateFileAt
 ) -> None:
-    seq = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at(), max_batch=8)
+    seq = Sequencer(
+        store=store, signer=signer, origin=ORIGIN, state_file=state_file_at(), max_batch=8
+    )
     await seq.start()
     try:
         results = await asyncio.gather(*(seq.append([make_entry(i)]) for i in range(50)))
@@ -163,11 +165,11 @@ async def test_a_transaction_never_holds_more_than_the_batch_bound(
 
 
 async def test_two_writers_on_one_database_keep_indices_contiguous_and_checkpoints_consistent(
-    database_url: str, signer: NoteSigner, floor_at: FloorAt
+    database_url: str, signer: NoteSigner, state_file_at: StateFileAt
 ) -> None:
     stores = [await LogStore.open(database_url) for _ in range(2)]
     writers = [
-        Sequencer(store=s, signer=signer, origin=ORIGIN, floor=floor_at(f"writer-{i}"))
+        Sequencer(store=s, signer=signer, origin=ORIGIN, state_file=state_file_at(f"writer-{i}"))
         for i, s in enumerate(stores)
     ]
     for w in writers:
@@ -225,10 +227,12 @@ async def test_a_failed_append_leaves_no_trace_and_no_gap(
 
 
 async def test_the_locked_path_appends_when_the_head_moved_under_a_writer(
-    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+    store: LogStore, signer: NoteSigner, state_file_at: StateFileAt
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at("first"))
-    second = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at("second"))
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at("first"))
+    second = Sequencer(
+        store=store, signer=signer, origin=ORIGIN, state_file=state_file_at("second")
+    )
     await first.start()
     await second.start()
     try:
@@ -267,13 +271,13 @@ async def test_proofs_from_stored_hashes_hold_for_every_tree_size(
 
 
 async def test_a_restarted_sequencer_continues_the_same_tree(
-    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+    store: LogStore, signer: NoteSigner, state_file_at: StateFileAt
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await first.start()
     receipts(await first.append([make_entry(i) for i in range(7)]))
     await first.close()
-    second = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await second.start()
     got = receipts(await second.append([make_entry(7)]))
     await second.close()
@@ -307,23 +311,23 @@ async def test_a_new_writer_refuses_to_sign_over_a_tampered_head(
     signer: NoteSigner,
     database_url: str,
     tamper: Callable[[], tuple[str, ...]],
-    floor_at: FloorAt,
+    state_file_at: StateFileAt,
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await first.start()
     receipts(await first.append([make_entry(i) for i in range(4)]))
     await first.close()
     await execute(database_url, *tamper())
 
-    second = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    second = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     with pytest.raises(LogCorrupted):
         await second.start()
 
 
 async def test_a_database_rolled_back_behind_the_state_file_is_never_signed_over(
-    store: LogStore, signer: NoteSigner, database_url: str, floor_at: FloorAt
+    store: LogStore, signer: NoteSigner, database_url: str, state_file_at: StateFileAt
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await first.start()
     receipts(await first.append([make_entry(i) for i in range(4)]))
     later = receipts(await first.append([make_entry(i) for i in range(4, 7)]))
@@ -332,7 +336,7 @@ async def test_a_database_rolled_back_behind_the_state_file_is_never_signed_over
 
     # The restored log is a valid, signed prefix: a process without the state
     # file would take it and sign a second, different checkpoint of size 7.
-    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     with pytest.raises(LogCorrupted, match="went back in time: it holds 4 entries"):
         await restarted.start()
     assert await store.head() == (4, (await store.checkpoint(4)).root_hash)  # type: ignore[union-attr]
@@ -341,58 +345,65 @@ async def test_a_database_rolled_back_behind_the_state_file_is_never_signed_over
 
 @pytest.mark.parametrize("fork_size", [7, 9])
 async def test_a_forked_log_of_equal_or_larger_size_is_refused(
-    store: LogStore, signer: NoteSigner, database_url: str, floor_at: FloorAt, fork_size: int
+    store: LogStore,
+    signer: NoteSigner,
+    database_url: str,
+    state_file_at: StateFileAt,
+    fork_size: int,
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await first.start()
     receipts(await first.append([make_entry(i) for i in range(4)]))
     receipts(await first.append([make_entry(i) for i in range(4, 7)]))
     await first.close()
     await roll_back_lineage(database_url, 4)
     # Another process, with no record of what was signed, grows the restored log.
-    other = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at("other"))
+    other = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at("other"))
     await other.start()
     receipts(await other.append([make_entry(i) for i in range(4, fork_size)]))
     await other.close()
 
-    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     expected = "another root" if fork_size == 7 else "not consistent with size 7"
     with pytest.raises(LogCorrupted, match=expected):
         await restarted.start()
 
 
 async def test_a_log_that_grew_under_another_writer_is_accepted_after_restart(
-    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+    store: LogStore, signer: NoteSigner, state_file_at: StateFileAt
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await first.start()
     receipts(await first.append([make_entry(i) for i in range(3)]))
     await first.close()
-    other = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at("other"))
+    other = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at("other"))
     await other.start()
     receipts(await other.append([make_entry(i) for i in range(3, 8)]))
     await other.close()
 
-    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    restarted = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await restarted.start()
     got = receipts(await restarted.append([make_entry(8)]))
     await restarted.close()
     assert got[0].index == 8
-    recorded = floor_at()
+    recorded = state_file_at()
     assert recorded.open() == SignedTree(ORIGIN, 9, merkle.reference_root(await all_leaves(store)))
     recorded.close()
 
 
 async def test_a_state_file_of_another_log_is_refused(
-    store: LogStore, signer: NoteSigner, floor_at: FloorAt
+    store: LogStore, signer: NoteSigner, state_file_at: StateFileAt
 ) -> None:
-    first = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor_at())
+    first = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file_at())
     await first.start()
     receipts(await first.append([make_entry(0)]))
     await first.close()
     other_signer = NoteSigner("other.govmesh.local/lineage", Ed25519PrivateKey.generate())
     other = Sequencer(
-        store=store, signer=other_signer, origin="other.govmesh.local/lineage", floor=floor_at()
+        store=store,
+        signer=other_signer,
+        origin="other.govmesh.local/lineage",
+        state_file=state_file_at(),
     )
     with pytest.raises(LogCorrupted, match="belongs to the log"):
         await other.start()
@@ -401,13 +412,15 @@ async def test_a_state_file_of_another_log_is_refused(
 async def test_no_receipt_leaves_before_the_signed_tree_is_recorded(
     sequencer: Sequencer, store: LogStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full_disk(self: SignedFloor, tree: object) -> None:
-        raise FloorError(f"cannot record the signed tree in {self.path}: No space left on device")
+    def full_disk(self: StateFile, tree: object) -> None:
+        raise StateFileError(
+            f"cannot record the signed tree in {self.path}: No space left on device"
+        )
 
     receipts(await sequencer.append([make_entry(0)]))
     with monkeypatch.context() as patched:
-        patched.setattr(SignedFloor, "record", full_disk)
-        with pytest.raises(FloorError, match="No space left"):
+        patched.setattr(StateFile, "record", full_disk)
+        with pytest.raises(StateFileError, match="No space left"):
             await sequencer.append([make_entry(1)])
     # Once the disk takes writes again, the log goes on from the committed tree.
     got = receipts(await sequencer.append([make_entry(2)]))
@@ -510,7 +523,7 @@ async def test_the_database_refuses_changes_to_the_log_even_for_replicas(
 
 
 async def test_the_writer_role_may_only_insert_and_select(
-    sequencer: Sequencer, database_url: str, signer: NoteSigner, floor_at: FloorAt
+    sequencer: Sequencer, database_url: str, signer: NoteSigner, state_file_at: StateFileAt
 ) -> None:
     receipts(await sequencer.append([make_entry(0)]))
     role = f"lineage_svc_{uuid.uuid4().hex[:8]}"
@@ -522,7 +535,9 @@ async def test_the_writer_role_may_only_insert_and_select(
         as_service = url.render_as_string(hide_password=False)
         limited = await LogStore.open(as_service)
         try:
-            seq = Sequencer(store=limited, signer=signer, origin=ORIGIN, floor=floor_at("limited"))
+            seq = Sequencer(
+                store=limited, signer=signer, origin=ORIGIN, state_file=state_file_at("limited")
+            )
             await seq.start()
             got = receipts(await seq.append([make_entry(1)]))
             await seq.close()
@@ -549,7 +564,7 @@ async def test_the_writer_role_may_only_insert_and_select(
         await execute(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
 
 
-class _SlowFloor(SignedFloor):
+class _SlowStateFile(StateFile):
     """A state file whose first durable write waits until released (a slow fdatasync)."""
 
     def __init__(self, path: Path) -> None:
@@ -568,11 +583,11 @@ class _SlowFloor(SignedFloor):
 async def test_the_next_batch_commits_while_the_state_file_is_written_but_no_receipt_leaves_early(
     store: LogStore, signer: NoteSigner, tmp_path: Path
 ) -> None:
-    floor = _SlowFloor(tmp_path / "state" / "slow.floor")
-    seq = Sequencer(store=store, signer=signer, origin=ORIGIN, floor=floor)
+    state_file = _SlowStateFile(tmp_path / "state" / "slow.floor")
+    seq = Sequencer(store=store, signer=signer, origin=ORIGIN, state_file=state_file)
     await seq.start()
     try:
-        floor.writes.clear()  # the start-up record is not the one held
+        state_file.writes.clear()  # the start-up record is not the one held
         first = asyncio.ensure_future(seq.append([make_entry(1)]))
         await asyncio.sleep(0.3)
         second = asyncio.ensure_future(seq.append([make_entry(2)]))
@@ -584,12 +599,12 @@ async def test_the_next_batch_commits_while_the_state_file_is_written_but_no_rec
         assert len(await all_leaves(store)) == 2
         # ...but no receipt leaves before a tree that holds it is durable.
         assert not first.done() and not second.done()
-        floor.release.set()
+        state_file.release.set()
         [a], [b] = receipts(await first), receipts(await second)
     finally:
-        floor.release.set()
+        state_file.release.set()
         await seq.close()
     assert (a.index, b.index) == (0, 1)
-    assert floor.tree is not None and floor.tree.size == 2
+    assert state_file.floor is not None and state_file.floor.size == 2
     # State-file writes stayed one at a time and in order.
-    assert floor.writes == [-1, 1, 2]
+    assert state_file.writes == [-1, 1, 2]

@@ -22,21 +22,23 @@ the deadline of its members: the one request that caused the refusal fails
 alone. A peer that is down or late (PeerUnavailable, PeerTimeout) fails the
 batch at once; asking it again would only spend the budget.
 
-This holds whatever carries the batch: the batcher sees only `send`.
+This holds whatever carries the batch: the batcher sees only `send`. The
+queue, the batch cuts and the in-flight slots are the shared core in
+`govmesh.runtime.batching`; what is the engine's own (deadlines, halving,
+peer errors, metrics) is here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from govmesh.engine.core import PeerError, PeerRejected, PeerTimeout, PeerUnavailable
 from govmesh.engine.metrics import PeerCallMetrics
+from govmesh.runtime.batching import BatchQueue, Limit, Pending, fail
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +56,12 @@ ANSWER_FRAMING_BYTES = 8
 SendBatch = Callable[[list[Req], float], Awaitable[Sequence[Resp]]]
 
 
-@dataclass
-class _Pending(Generic[Req, Resp]):
+class _Timed(NamedTuple, Generic[Req]):
     request: Req
-    future: asyncio.Future[Resp]
     deadline: float
+
+
+_Batch = list[Pending[_Timed[Req], Resp]]
 
 
 class Batcher(Generic[Req, Resp]):
@@ -83,107 +86,49 @@ class Batcher(Generic[Req, Resp]):
             raise ValueError("a batcher needs room for one request and one batch")
         self._name = name
         self._send_batch = send
-        self._max_batch = max_batch
-        self._max_bytes = max_batch_bytes
-        self._size = size
-        self._answer_size = answer_size
-        self._max_answer_bytes = max_answer_bytes
-        self._linger = linger
         self._monotonic = monotonic
         self._metrics = metrics
-        self._queue: list[_Pending[Req, Resp]] = []
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._flusher: asyncio.Task[None] | None = None
+        # Up to max_batch requests, max_batch_bytes of them and max_answer_bytes
+        # of their answers' bounds (at least one request): one caller's large
+        # requests, or requests whose answers would be large, never push a
+        # batch past what a message carries and so fail everybody else's.
+        limits: list[Limit[_Timed[Req]]] = []
+        if size is not None:
+            limits.append(Limit(max_batch_bytes, lambda timed: size(timed.request)))
+        if answer_size is not None:
+            limits.append(
+                Limit(
+                    max_answer_bytes,
+                    lambda timed: answer_size(timed.request) + ANSWER_FRAMING_BYTES,
+                )
+            )
+        self._batches: BatchQueue[_Timed[Req], Resp] = BatchQueue(
+            name=f"{name} batcher",
+            flush=self._send,
+            error=PeerUnavailable,
+            max_items=max_batch,
+            limits=limits,
+            linger=linger,
+            max_in_flight=max_in_flight,
+        )
 
     def start(self) -> None:
         """Start the background flusher."""
-        self._flusher = asyncio.create_task(self._flush_forever(), name=f"{self._name}-batcher")
+        self._batches.start()
 
     async def close(self) -> None:
         """Stop; whatever is still queued or in flight fails (its callers deny)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        in_flight = list(self._tasks)
-        for task in in_flight:
-            task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(PeerUnavailable("engine stopping"))
-        self._queue.clear()
+        await self._batches.stop()
 
     async def submit(self, request: Req, *, timeout: float) -> Resp:
         """Queue `request`; returns its answer, or raises PeerError for the batch's failure."""
-        if self._flusher is None or self._flusher.done():
-            raise PeerUnavailable(f"{self._name} batcher is not running")
-        future: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(request, future, self._monotonic() + timeout))
-        self._wake.set()
-        return await future
+        return await self._batches.submit(_Timed(request, self._monotonic() + timeout))
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            if self._linger > 0 and len(self._queue) < self._max_batch:
-                await asyncio.sleep(self._linger)
-            # Wait for a slot before taking the batch: requests that arrive
-            # meanwhile join it.
-            await self._slots.acquire()
-            self._wake.clear()
-            batch = self._take()
-            if self._queue:
-                self._wake.set()
-            if not batch:
-                self._slots.release()
-                continue
-            task = asyncio.create_task(self._send(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    async def _send(self, batch: _Batch[Req, Resp], slot: int) -> None:
+        # Every slot is alike here: a batch call takes whichever channel is free.
+        await self._deliver(batch)
 
-    def _take(self) -> list[_Pending[Req, Resp]]:
-        # Up to max_batch requests, max_batch_bytes of them and
-        # max_answer_bytes of their answers' bounds (at least one request):
-        # one caller's large requests, or requests whose answers would be
-        # large, never push a batch past what a message carries and so fail
-        # everybody else's. Callers that gave up are not sent: their decision
-        # is already a DENY.
-        batch: list[_Pending[Req, Resp]] = []
-        taken = used = answered = 0
-        for pending in self._queue:
-            if len(batch) == self._max_batch:
-                break
-            if not pending.future.done():
-                cost = self._size(pending.request) if self._size else 0
-                answer = (
-                    self._answer_size(pending.request) + ANSWER_FRAMING_BYTES
-                    if self._answer_size
-                    else 0
-                )
-                if batch and (
-                    used + cost > self._max_bytes or answered + answer > self._max_answer_bytes
-                ):
-                    break
-                used += cost
-                answered += answer
-                batch.append(pending)
-            taken += 1
-        del self._queue[:taken]
-        return batch
-
-    async def _send(self, batch: list[_Pending[Req, Resp]]) -> None:
-        try:
-            await self._deliver(batch)
-        except asyncio.CancelledError:
-            _fail(batch, PeerUnavailable(f"{self._name}: engine stopping"))
-            raise
-        finally:
-            self._slots.release()
-
-    async def _deliver(self, batch: list[_Pending[Req, Resp]]) -> None:
+    async def _deliver(self, batch: _Batch[Req, Resp]) -> None:
         """Send `batch`; if the peer refuses it as a whole, send its halves instead.
 
         The halves go concurrently, under the slot of the batch they came
@@ -194,7 +139,7 @@ class Batcher(Generic[Req, Resp]):
         if not batch:
             return
         try:
-            timeout = max(p.deadline for p in batch) - self._monotonic()
+            timeout = max(p.item.deadline for p in batch) - self._monotonic()
             if timeout <= 0:
                 raise PeerUnavailable(f"{self._name}: no time left to send")
             answers = await self._call(batch, timeout)
@@ -207,7 +152,7 @@ class Batcher(Generic[Req, Resp]):
                     pending.future.set_result(answer)
         except PeerRejected as exc:
             if len(batch) == 1:
-                _fail(batch, exc)
+                fail(batch, exc)
                 return
             logger.warning(
                 "%s refused a batch of %d (%s); sending it in halves", self._name, len(batch), exc
@@ -215,19 +160,20 @@ class Batcher(Generic[Req, Resp]):
             middle = len(batch) // 2
             await asyncio.gather(self._deliver(batch[:middle]), self._deliver(batch[middle:]))
         except PeerError as exc:
-            _fail(batch, exc)
+            fail(batch, exc)
         except Exception as exc:
             logger.exception("%s batch failed", self._name)
-            _fail(batch, PeerUnavailable(repr(exc)))
+            fail(batch, PeerUnavailable(repr(exc)))
 
-    async def _call(self, batch: list[_Pending[Req, Resp]], timeout: float) -> Sequence[Resp]:
+    async def _call(self, batch: _Batch[Req, Resp], timeout: float) -> Sequence[Resp]:
+        requests = [p.item.request for p in batch]
         metrics = self._metrics
         if metrics is None:
-            return await self._send_batch([p.request for p in batch], timeout)
+            return await self._send_batch(requests, timeout)
         started = self._monotonic()
         error: BaseException | None = None
         try:
-            return await self._send_batch([p.request for p in batch], timeout)
+            return await self._send_batch(requests, timeout)
         except BaseException as exc:
             error = exc
             raise
@@ -239,9 +185,3 @@ def _outcome(error: BaseException | None) -> str:
     if error is None:
         return "ok"
     return "timeout" if isinstance(error, PeerTimeout | TimeoutError) else "unavailable"
-
-
-def _fail(batch: Sequence[_Pending[Req, Resp]], error: PeerError) -> None:
-    for pending in batch:
-        if not pending.future.done():
-            pending.future.set_exception(error)

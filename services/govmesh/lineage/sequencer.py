@@ -1,8 +1,9 @@
 """Group commit: appends become contiguous leaves under one signed checkpoint per batch.
 
 `Sequencer.append` queues a group of checked entries (one RPC's worth) and
-waits. A single committer task takes every queued group, up to `max_batch`
-entries, and commits them in one transaction:
+waits. One batch at a time (the shared core in `govmesh.runtime.batching`
+with a single in-flight slot), the committer takes every queued group, up to
+`max_batch` entries, and commits them in one transaction:
 
 1. Lock the counter row; read the committed size and root.
 2. If another writer moved the head (or a commit's outcome was unknown),
@@ -16,7 +17,7 @@ entries, and commits them in one transaction:
 5. Sign one checkpoint for the new tree: it extends the trusted tree by
    construction, so the log never signs two inconsistent checkpoints.
 6. Insert rows and checkpoint, advance the counter row, commit.
-7. Record the new tree in the state file (floor.py), durably.
+7. Record the new tree in the state file (floor.py) as the floor, durably.
 8. Only then hand out receipts.
 
 Steps 7 and 8 of one batch run beside steps 1 to 6 of the next: the next
@@ -26,8 +27,9 @@ in order, and each records the newest committed tree, so a batch's receipts
 leave only once a tree that holds it is durable in the state file.
 
 At start the stored head is verified as in step 2, and it must also extend
-the newest tree recorded in the state file: a database that went back in time
-(a restored backup, a rolled-back owner) is refused, never signed over.
+the floor, the newest tree recorded in the state file: a database that went
+back in time (a restored backup, a rolled-back owner) is refused, never
+signed over.
 
 A failed transaction leaves nothing behind: its checkpoint is discarded
 unseen, and the next batch starts from the head again.
@@ -47,9 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 from govmesh.lineage import merkle
 from govmesh.lineage.core import Entry, EntryRejected, Receipt
-from govmesh.lineage.floor import SignedFloor, SignedTree
+from govmesh.lineage.floor import SignedTree, StateFile
 from govmesh.lineage.notes import Checkpoint, NoteError, NoteSigner, open_checkpoint
-from govmesh.lineage.store import LogCorrupted, LogStore, LogTransaction
+from govmesh.lineage.store import AppendOutcome, LogCorrupted, LogStore, LogTransaction
+from govmesh.runtime.batching import BatchQueue, Limit, Pending, fail
+from govmesh.runtime.errors import Unavailable
 
 if TYPE_CHECKING:
     from govmesh.lineage.metrics import LineageMetrics
@@ -57,7 +61,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class SequencerStopped(Exception):
+class SequencerStopped(Unavailable):
     """The sequencer is closed; nothing more is appended."""
 
 
@@ -84,10 +88,8 @@ class _Plan:
     placed: list[int | EntryRejected]
 
 
-@dataclass
-class _Group:
-    entries: Sequence[Entry]
-    future: asyncio.Future[list[Receipt | EntryRejected]]
+#: One queued append: a group of entries (one RPC's worth) and its caller's answer.
+_Group = Pending[Sequence[Entry], list[Receipt | EntryRejected]]
 
 
 class Sequencer:
@@ -99,7 +101,7 @@ class Sequencer:
         store: LogStore,
         signer: NoteSigner,
         origin: str,
-        floor: SignedFloor,
+        state_file: StateFile,
         max_batch: int = 2048,
         linger: float = 0.0,
         clock: Callable[[], float] = time.time,
@@ -108,20 +110,21 @@ class Sequencer:
         self._store = store
         self._signer = signer
         self._origin = origin
-        self._floor = floor
-        self._max_batch = max_batch
-        self._linger = linger
+        self._state_file = state_file
         self._clock = clock
-        self._queue: list[_Group] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # One batch at a time: each commit extends the tree the one before built.
+        self._batches: BatchQueue[Sequence[Entry], list[Receipt | EntryRejected]] = BatchQueue(
+            name="lineage",
+            flush=self._commit_groups,
+            error=SequencerStopped,
+            limits=[Limit(max_batch, len)],
+            linger=linger,
+            max_in_flight=1,
+        )
         self._trusted: TrustedTree | None = None
         self._listeners: list[Callable[[int], None]] = []
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._stopping = False
         self._publishing: set[asyncio.Task[None]] = set()
-        self._floor_lock = asyncio.Lock()
+        self._state_file_lock = asyncio.Lock()
         self._metrics = metrics
         self.batches = 0
         #: When (clock time) the newest trusted tree was committed here or verified at start.
@@ -137,87 +140,53 @@ class Sequencer:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        """Verify the stored log head against the state file, then start committing."""
-        recorded = await asyncio.to_thread(self._floor.open)
+        """Verify the stored log head against the floor in the state file, then start committing."""
+        floor = await asyncio.to_thread(self._state_file.open)
         try:
-            await self._start(recorded)
+            await self._start(floor)
         except BaseException:
-            self._floor.close()
+            self._state_file.close()
             raise
-        self._task = asyncio.create_task(self._run(), name="lineage-sequencer")
+        self._batches.start()
 
-    async def _start(self, recorded: SignedTree | None) -> None:
-        if recorded is not None and recorded.origin != self._origin:
+    async def _start(self, floor: SignedTree | None) -> None:
+        if floor is not None and floor.origin != self._origin:
             raise LogCorrupted(
-                f"the state file {self._floor.path} belongs to the log {recorded.origin!r}, "
+                f"the state file {self._state_file.path} belongs to the log {floor.origin!r}, "
                 f"not {self._origin!r}"
             )
         async with self._store.transaction() as tx:
             size, root = await tx.lock_head()
-            if recorded is not None and size < recorded.size:
+            if floor is not None and size < floor.size:
                 raise LogCorrupted(
                     f"the database went back in time: it holds {size} entries, but this log "
-                    f"signed a checkpoint of {recorded.size} (recorded in {self._floor.path})"
+                    f"signed a checkpoint of {floor.size} (recorded in {self._state_file.path})"
                 )
-            # Verified as an extension of the recorded tree, like any moved head.
-            previous = None if recorded is None else (recorded.size, recorded.root)
+            # Verified as an extension of the floor, like any moved head.
+            previous = None if floor is None else (floor.size, floor.root)
             self._trusted = await self._establish(tx, size, root, previous)
         await self._record()
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop taking appends, let queued ones commit for up to `grace` seconds, then stop."""
-        self._stopping = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
-        for task in [t for t in (self._task,) if t is not None] + list(self._publishing):
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
+        await self._batches.stop(grace)
+        # Committed batches still owe their state-file write and receipts.
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=max(0.0, until - loop.time()))
+        for task in list(self._publishing):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for group in self._queue:
-            if not group.future.done():
-                group.future.set_exception(SequencerStopped("lineage is stopping"))
-        self._queue.clear()
-        self._floor.close()
+        self._state_file.close()
 
     async def append(self, entries: Sequence[Entry]) -> list[Receipt | EntryRejected]:
         """Commit `entries`; in order, a receipt for each one or why it was refused."""
-        if self._stopping or self._task is None or self._task.done():
-            raise SequencerStopped("lineage is not accepting appends")
-        future: asyncio.Future[list[Receipt | EntryRejected]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._queue.append(_Group(entries, future))
-        self._idle.clear()
-        self._wake.set()
-        return await future
+        return await self._batches.submit(entries)
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                if self._linger > 0 and sum(len(g.entries) for g in self._queue) < self._max_batch:
-                    await asyncio.sleep(self._linger)
-                batch: list[_Group] = []
-                count = 0
-                while self._queue and (
-                    not batch or count + len(self._queue[0].entries) <= self._max_batch
-                ):
-                    group = self._queue.pop(0)
-                    if group.future.done():  # the caller gave up; its entries are not sent
-                        continue
-                    batch.append(group)
-                    count += len(group.entries)
-                if batch:
-                    await self._commit_groups(batch)
-            self._settle()
-
-    def _settle(self) -> None:
-        if not self._queue and not self._publishing:
-            self._idle.set()
-
-    async def _commit_groups(self, batch: list[_Group]) -> None:
-        entries = [e for g in batch for e in g.entries]
+    async def _commit_groups(self, batch: list[_Group], slot: int) -> None:
+        entries = [e for g in batch for e in g.item]
         started = time.perf_counter()
         try:
             results = await self._commit(entries)
@@ -232,17 +201,13 @@ class Sequencer:
         # 7 and 8 beside the next batch's commit.
         task = asyncio.create_task(self._publish(batch, results))
         self._publishing.add(task)
-        task.add_done_callback(self._published)
-
-    def _published(self, task: asyncio.Task[None]) -> None:
-        self._publishing.discard(task)
-        self._settle()
+        task.add_done_callback(self._publishing.discard)
 
     async def _publish(self, batch: list[_Group], results: list[Receipt | EntryRejected]) -> None:
         try:
             # 7. Durable in the state file before any receipt leaves: the
             # newest committed tree, which holds this batch (writes in order).
-            async with self._floor_lock:
+            async with self._state_file_lock:
                 size = await self._record()
         except asyncio.CancelledError:
             self._fail(batch, SequencerStopped("lineage is stopping"))
@@ -253,8 +218,8 @@ class Sequencer:
         # 8. Receipts.
         offset = 0
         for group in batch:
-            part = results[offset : offset + len(group.entries)]
-            offset += len(group.entries)
+            part = results[offset : offset + len(group.item)]
+            offset += len(group.item)
             if not group.future.done():
                 group.future.set_result(part)
         if size is not None:
@@ -267,9 +232,7 @@ class Sequencer:
             logger.error("lineage refuses to sign: %s", exc)
         elif not isinstance(exc, SequencerStopped):
             logger.warning("lineage batch failed", extra={"error": repr(exc)})
-        for group in batch:
-            if not group.future.done():
-                group.future.set_exception(exc)
+        fail(batch, exc)
 
     async def _commit(self, entries: Sequence[Entry]) -> list[Receipt | EntryRejected]:
         now = datetime.fromtimestamp(self._clock(), UTC)
@@ -286,7 +249,7 @@ class Sequencer:
                 outcome = await self._store.append_if_head(
                     trusted.size, trusted.root, plan.rows, plan.frontier.size, plan.root, note
                 )
-                if outcome == "appended":
+                if outcome is AppendOutcome.APPENDED:
                     return self._committed(plan, note)
         return await self._commit_locked(entries, now)
 
@@ -362,12 +325,12 @@ class Sequencer:
         ]
 
     async def _record(self) -> int | None:
-        """Record the newest committed tree durably; returns its size."""
+        """Record the newest committed tree durably as the floor; returns its size."""
         trusted = self._trusted
         if trusted is None:
             return None
         tree = SignedTree(self._origin, trusted.size, trusted.root)
-        await asyncio.to_thread(self._floor.record, tree)
+        await asyncio.to_thread(self._state_file.record, tree)
         return trusted.size
 
     async def _establish(

@@ -10,7 +10,7 @@ import logging
 import grpc
 
 from govmesh.lineage.config import LineageSettings
-from govmesh.lineage.floor import SignedFloor
+from govmesh.lineage.floor import StateFile
 from govmesh.lineage.keys import load_log_signer, parse_vkeys
 from govmesh.lineage.metrics import LineageMetrics
 from govmesh.lineage.notes import COSIGNATURE_V1
@@ -60,7 +60,7 @@ class LineageService:
             store=self._store,
             signer=signer,
             origin=s.lineage_origin,
-            floor=SignedFloor(s.state_file()),
+            state_file=StateFile(s.state_file()),
             max_batch=s.lineage_commit_max,
             linger=s.lineage_commit_linger_ms / 1000,
             metrics=self._metrics,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import enum
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import asyncpg
 from govmesh.lineage import merkle
 from govmesh.lineage.merkle import Range
 from govmesh.runtime.db import libpq_database_url
+from govmesh.runtime.errors import PreconditionFailed
 
 #: The channel every committed batch is announced on (payload: the new size).
 CHANNEL = "govmesh_lineage"
@@ -47,8 +49,19 @@ ENTRY_COLUMNS = (
 )
 
 
-class LogCorrupted(Exception):
+class LogCorrupted(PreconditionFailed):
     """The stored log contradicts itself or its signed checkpoints; nothing is signed."""
+
+
+class AppendOutcome(enum.StrEnum):
+    """What `lineage_append_if_head` answered (the SQL function returns this text)."""
+
+    #: The rows and the checkpoint are committed.
+    APPENDED = "appended"
+    #: The head is no longer the tree given; nothing was written.
+    MOVED = "moved"
+    #: A decision id is already logged; nothing was written.
+    TAKEN = "taken"
 
 
 @dataclass(frozen=True)
@@ -250,9 +263,9 @@ class LogStore(_Reads):
         new_size: int,
         new_root: bytes,
         note: str,
-    ) -> str:
+    ) -> AppendOutcome:
         """Append `rows` and publish `note` in one statement, if the head is (size, root)
-        and no row's decision id is logged; "appended", else why nothing was written."""
+        and no row's decision id is logged; APPENDED, else why nothing was written."""
         columns = list(zip(*rows, strict=True))
         outcome: str = await self._pool.fetchval(
             "SELECT lineage_append_if_head($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
@@ -273,7 +286,10 @@ class LogStore(_Reads):
             new_root,
             note,
         )
-        return outcome
+        try:
+            return AppendOutcome(outcome)
+        except ValueError:
+            raise LogCorrupted(f"the database answered an append with {outcome!r}") from None
 
     # --- reads ---------------------------------------------------------------
 

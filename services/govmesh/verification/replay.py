@@ -14,7 +14,9 @@ together); only when every committer is busy do nonces wait, and then they
 form the next, larger batch. Under load the database sees a few hundred
 commits per second instead of thousands; at rest a nonce waits for exactly
 one round trip. Concurrent batches that hold the same key are decided by
-the primary key like two replicas are: one insert returns the row.
+the primary key like two replicas are: one insert returns the row. The
+queue and the committer slots are the shared core in
+`govmesh.runtime.batching`; each slot keeps a connection of its own here.
 
 A nonce counts as fresh only after its batch committed; any error, or no
 answer in time, fails every nonce of the batch (the caller denies: an
@@ -42,11 +44,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import asyncpg
 
+from govmesh.runtime.batching import BatchQueue, Pending, fail
 from govmesh.runtime.db import libpq_database_url
 from govmesh.verification.core import (
     ProofWindowClosed,
@@ -97,11 +99,9 @@ _CLEANUP = """
 """
 
 
-@dataclass
-class _Waiting:
+class _Nonce(NamedTuple):
     key: bytes
     expires_at: float
-    future: asyncio.Future[bool]
 
 
 class PostgresReplayStore:
@@ -130,20 +130,19 @@ class PostgresReplayStore:
         # One connection per committer slot: checking one out of the pool for
         # every batch would double the CPU cost of a commit.
         self._committers: list[asyncpg.Connection | None] = [None] * max_in_flight
-        self._free: asyncio.Queue[int] = asyncio.Queue()
-        for slot in range(max_in_flight):
-            self._free.put_nowait(slot)
-        self._commits: set[asyncio.Task[None]] = set()
-        self._max_batch = max_batch
-        self._linger_s = linger_s
+        self._batches: BatchQueue[_Nonce, bool] = BatchQueue(
+            name="the replay store",
+            flush=self._commit,
+            error=ReplayStoreUnavailable,
+            max_items=max_batch,
+            linger=linger_s,
+            max_in_flight=max_in_flight,
+        )
         self._flush_timeout_s = flush_timeout_s
         self._cleanup_interval_s = cleanup_interval_s
         self._cleanup_margin_s = cleanup_margin_s
         self._cleanup_chunk = cleanup_chunk
-        self._pending: list[_Waiting] = []
-        self._wakeup = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closed = False
+        self._cleanup_task: asyncio.Task[None] | None = None
         self._metrics = metrics
         #: Counters for the logs and the benchmark.
         self.batches = 0
@@ -151,21 +150,16 @@ class PostgresReplayStore:
 
     async def start(self) -> None:
         """Start the committer and the cleanup task."""
-        self._tasks = [
-            asyncio.create_task(self._commit_loop(), name="replay-commit"),
-            asyncio.create_task(self._cleanup_loop(), name="replay-cleanup"),
-        ]
+        self._batches.start()
+        self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="replay-cleanup")
 
     async def close(self) -> None:
         """Stop the background tasks; nonces still waiting fail (their requests deny)."""
-        self._closed = True
-        for task in [*self._tasks, *self._commits]:
-            task.cancel()
-        for task in [*self._tasks, *self._commits]:
+        await self._batches.stop()
+        if self._cleanup_task is not None:
+            self._cleanup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._fail(self._pending, ReplayStoreUnavailable("verification is stopping"))
-        self._pending = []
+                await self._cleanup_task
         for slot in range(len(self._committers)):
             await self._drop_committer(slot)
         if self._pool is not None:
@@ -215,11 +209,7 @@ class PostgresReplayStore:
         database's clock: a key the cleanup may already have deleted is
         never fresh again.
         """
-        if self._closed or not self._tasks:
-            raise ReplayStoreUnavailable("the replay store is not running")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Waiting(key, expires_at, future))
-        self._wakeup.set()
+        future = self._batches.submit(_Nonce(key, expires_at))
         try:
             async with asyncio.timeout(timeout):
                 return await future
@@ -251,40 +241,14 @@ class PostgresReplayStore:
 
     # -- group commit -------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self._linger_s > 0:
-                await asyncio.sleep(self._linger_s)
-            while self._pending:
-                # A free committer first: nonces that arrive meanwhile join the batch.
-                slot = await self._free.get()
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                task = asyncio.create_task(self._commit_in(slot, batch))
-                self._commits.add(task)
-                task.add_done_callback(self._commits.discard)
-
-    async def _commit_in(self, slot: int, batch: list[_Waiting]) -> None:
-        try:
-            await self._commit(slot, batch)
-        except asyncio.CancelledError:
-            self._fail(batch, ReplayStoreUnavailable("verification is stopping"))
-            raise
-        except Exception as exc:  # the committer must outlive any one batch
-            logger.exception("replay store commit crashed")
-            self._fail(batch, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
-        finally:
-            self._free.put_nowait(slot)
-
-    async def _commit(self, slot: int, batch: list[_Waiting]) -> None:
+    async def _commit(self, batch: list[Pending[_Nonce, bool]], slot: int) -> None:
+        """Insert one batch on the committer connection of `slot`; answer each nonce."""
         waiting = [w for w in batch if not w.future.done()]
         if not waiting:
             return
         unique: dict[bytes, float] = {}
-        for item in waiting:
-            unique.setdefault(item.key, item.expires_at)
+        for pending in waiting:
+            unique.setdefault(pending.item.key, pending.item.expires_at)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._flush_timeout_s):
@@ -296,35 +260,30 @@ class PostgresReplayStore:
                 self._metrics.replay_commit.observe(time.perf_counter() - started)
         except TimeoutError:
             await self._drop_committer(slot)  # its state is unknown after a cancelled statement
-            self._fail(waiting, ReplayStoreTimeout("the commit did not finish in time"))
+            fail(waiting, ReplayStoreTimeout("the commit did not finish in time"))
             return
         except Exception as exc:
             await self._drop_committer(slot)
             logger.warning("replay store commit failed", extra={"error": repr(exc)})
-            self._fail(waiting, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
+            fail(waiting, ReplayStoreUnavailable(f"{exc.__class__.__name__}: {exc}"))
             return
         self.batches += 1
         self.inserted += len(inserted)
         first: set[bytes] = set()
-        for item in waiting:
-            if item.future.done():
+        for pending in waiting:
+            if pending.future.done():
                 continue
-            if item.key in closed:
-                item.future.set_exception(
+            key = pending.item.key
+            if key in closed:
+                pending.future.set_exception(
                     ProofWindowClosed("the replay store's clock is past the proof's window")
                 )
                 continue
             # Within one batch the first request with a key gets the insert;
             # a second one with the same key is a replay of it.
-            fresh = item.key in inserted and item.key not in first
-            first.add(item.key)
-            item.future.set_result(fresh)
-
-    @staticmethod
-    def _fail(items: list[_Waiting], error: ReplayStoreUnavailable) -> None:
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(error)
+            fresh = key in inserted and key not in first
+            first.add(key)
+            pending.future.set_result(fresh)
 
     async def size(self) -> int:
         """Nonces in the store: exact up to SIZE_EXACT_UP_TO, Postgres' estimate beyond."""
