@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from govmesh.verification.claims import (
     binding_satisfied,
@@ -116,8 +116,7 @@ class VerificationConfig:
     replay_timeout_s: float = 1.0
 
 
-@dataclass(frozen=True)
-class Examination:
+class Examination(NamedTuple):
     """Steps 1 to 10 under one trust state: what each found, and the proof they read."""
 
     state: TrustState

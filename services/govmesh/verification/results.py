@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from govmesh.artifacts.checks import REQUIRED_CHECKS, Check, Reason, primary_reason
 from govmesh.v1 import common_pb2
@@ -53,13 +53,13 @@ class CheckOutcome:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What one step found about its check: it held when nothing was found wrong.
 
     A step returns its check's Verdict once it has evaluated it; a check no
     step returned a Verdict for fails (see `outcomes`), so nothing passes by
-    default.
+    default. (A named tuple: one is made per check per request, and it is the
+    cheapest immutable record to make.)
     """
 
     check: Check

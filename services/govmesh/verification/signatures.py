@@ -12,7 +12,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from govmesh.artifacts import ATTESTATION_TYP, MANDATE_TYP, PROOF_TYP
 from govmesh.artifacts.answers import quoted
@@ -40,8 +40,7 @@ PROOF_KEY_CACHE_SIZE = 1024
 # --- the tokens as presented ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Presented:
+class Presented(NamedTuple):
     """One token as the request presents it: parsed, or why it could not be.
 
     `verified_before` is True when it came from the verified-token cache of
