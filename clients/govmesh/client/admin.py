@@ -17,7 +17,7 @@ from typing import Self, TypeVar
 
 import grpc
 
-from govmesh.client.channel import ChannelClient
+from govmesh.runtime.channel import ChannelClient
 from govmesh.runtime.errors import (
     Conflict,
     GovmeshError,

@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from opentelemetry import propagate
 
 from govmesh.artifacts.canonical import CanonicalizationError, request_digest
-from govmesh.client.channel import ChannelClient
+from govmesh.runtime.channel import ChannelClient
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 1.0

@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
+from govmesh.runtime.channel import ChannelClient
 from govmesh.runtime.errors import Unavailable
 from govmesh.v1 import lineage_pb2, lineage_pb2_grpc
 
@@ -40,11 +40,11 @@ def _error(exc: grpc.aio.AioRpcError) -> LineageError:
     return LineageError(code, f"lineage: {code.name if code else 'error'}: {exc.details()}")
 
 
-class LineageClient:
+class LineageClient(ChannelClient):
     """One channel to a lineage service; every call raises LineageError on failure."""
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float) -> None:
-        self._channel = channel
+        super().__init__(channel)
         self._stub = lineage_pb2_grpc.LineageStub(channel)
         self._timeout = timeout
 
@@ -64,20 +64,6 @@ class LineageClient:
             await channel.close()
             raise
         return cls(channel, timeout=timeout)
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> LineageClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
