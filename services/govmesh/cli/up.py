@@ -115,15 +115,12 @@ def metrics_ports(first: int | None, engines: int = 1) -> dict[str, int]:
     if not 0 < first <= 65535 - len(ports):
         raise ConfigurationError(f"--metrics-port {first} leaves no room for {len(ports)} ports")
     for name, port in ports.items():
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"the {name} metrics port 127.0.0.1:{port} is taken ({exc.strerror}): "
-                    "pass --metrics-port with another first port, 0 for any free ones, "
-                    "or --no-metrics"
-                ) from None
+        if (why := _bind_error(port)) is not None:
+            raise ConfigurationError(
+                f"the {name} metrics port 127.0.0.1:{port} is taken ({why}): "
+                "pass --metrics-port with another first port, 0 for any free ones, "
+                "or --no-metrics"
+            )
     return ports
 
 
@@ -423,16 +420,21 @@ def _check_engine_port_free(port: int) -> None:
     # Engines sharing a port would as well share it with anything else there
     # that asked for SO_REUSEPORT, e.g. the engines of another `govmesh up`:
     # a plain bind fails on any taken port, so it finds those first.
-    if port == 0:
-        return
+    if port != 0 and (why := _bind_error(port)) is not None:
+        raise ConfigurationError(
+            f"the engine port 127.0.0.1:{port} is taken ({why}): "
+            "pass --engine-port with another port"
+        )
+
+
+def _bind_error(port: int) -> str | None:
+    """Why 127.0.0.1:`port` cannot be bound now; None when it is free."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as exc:
-            raise ConfigurationError(
-                f"the engine port 127.0.0.1:{port} is taken ({exc.strerror}): "
-                "pass --engine-port with another port"
-            ) from None
+            return exc.strerror or str(exc)
+    return None
 
 
 def _engine_ids(engines: int) -> list[Callable[[], dict[str, str]]]:
