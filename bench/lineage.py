@@ -198,12 +198,12 @@ async def latency(address: str, *, rate: float, seconds: float, stream: bool) ->
     channel = open_channel(address)
     batcher: StreamingLineage | BatchingLineage
     if stream:
-        batcher = StreamingLineage(channel, max_batch=256, linger=0.001)
+        batcher = StreamingLineage(channel, max_batch=256, linger_s=0.001)
         how = "AppendStream, batches of <= 256 after <= 1 ms"
     else:
         # The engine's own settings (EngineSettings defaults).
         batcher = BatchingLineage(
-            transport=GrpcLineage(channel), max_batch=256, linger=0.001, max_in_flight=8
+            transport=GrpcLineage(channel), max_batch=256, linger_s=0.001, max_in_flight=8
         )
         batcher.start()
         how = "the engine's unary AppendBatch batcher (<= 256 after <= 1 ms, 8 in flight)"

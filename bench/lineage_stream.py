@@ -36,7 +36,7 @@ def checked_receipt(entry: bytes, answer: lineage_pb2.AppendResponse) -> common_
 class StreamingLineage:
     """Appends entries over an AppendStream, coalescing concurrent appends into batches.
 
-    An append waits at most `linger` for company; a batch holds at most
+    An append waits at most `linger_s` for company; a batch holds at most
     `max_batch` entries; at most `max_in_flight` batches await their answers.
     Its `append` has the shape of the engine's lineage sink: it returns the
     entry's receipt once committed, checked against the bytes it sent.
@@ -52,7 +52,7 @@ class StreamingLineage:
         channel: grpc.aio.Channel,
         *,
         max_batch: int = 256,
-        linger: float = 0.001,
+        linger_s: float = 0.001,
         max_in_flight: int = 8,
         max_stream_age: float = 60.0,
     ) -> None:
@@ -60,7 +60,7 @@ class StreamingLineage:
         # Bounding the batches in flight lets batches grow when lineage is busy.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._max_batch = max_batch
-        self._linger = linger
+        self._linger_s = linger_s
         self._max_stream_age = max_stream_age
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -112,8 +112,8 @@ class StreamingLineage:
     async def _flush_forever(self) -> None:
         while True:
             await self._wake.wait()
-            if len(self._queue) < self._max_batch and self._linger > 0:
-                await asyncio.sleep(self._linger)
+            if len(self._queue) < self._max_batch and self._linger_s > 0:
+                await asyncio.sleep(self._linger_s)
             self._wake.clear()
             while self._queue:
                 await self._slots.acquire()

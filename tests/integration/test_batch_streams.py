@@ -191,7 +191,7 @@ async def test_streams_are_replaced_after_their_age_without_losing_answers(
     state, open_stream = peer
     now = [0.0]
     stream: BatchStream[Req, Resp] = BatchStream(
-        peer="peer", open_stream=open_stream, streams=1, max_age=10.0, monotonic=lambda: now[0]
+        peer="peer", open_stream=open_stream, streams=1, max_age_s=10.0, monotonic=lambda: now[0]
     )
     assert _digests(await stream.call(_batch("a"), 5.0)) == ["a"]
     now[0] = 11.0

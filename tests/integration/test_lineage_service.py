@@ -262,7 +262,7 @@ async def test_the_append_stream_answers_each_concurrent_append_after_commit(
     channel = grpc.aio.insecure_channel(lineage.address)
     # The engine's own appends: batches on AppendStream.
     transport = GrpcLineage(channel)
-    stream = BatchingLineage(transport=transport, max_batch=32, linger=0.002)
+    stream = BatchingLineage(transport=transport, max_batch=32, linger_s=0.002)
     stream.start()
     try:
         entries = [decision(i) for i in range(300)]
@@ -339,13 +339,13 @@ async def test_two_replicas_share_one_contiguous_log_and_tail_each_others_commit
 class ShortLivedStreams:
     """The engine's AppendStream transport, its streams replaced every `max_age` seconds."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, max_age: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, max_age_s: float) -> None:
         self._stream: BatchStream[lineage_pb2.AppendBatchRequest, lineage_pb2.AppendBatchResponse]
         self._stream = BatchStream(
             peer="lineage",
             open_stream=lineage_pb2_grpc.LineageStub(channel).AppendStream,
             streams=1,
-            max_age=max_age,
+            max_age_s=max_age_s,
         )
 
     async def append_batch(
@@ -363,8 +363,8 @@ class ShortLivedStreams:
 
 async def test_the_append_stream_rotates_without_losing_an_append(lineage: ServiceProcess) -> None:
     channel = grpc.aio.insecure_channel(lineage.address)
-    transport = ShortLivedStreams(channel, max_age=0.1)
-    stream = BatchingLineage(transport=transport, max_batch=8, linger=0.001)
+    transport = ShortLivedStreams(channel, max_age_s=0.1)
+    stream = BatchingLineage(transport=transport, max_batch=8, linger_s=0.001)
     stream.start()
     try:
         receipts = []

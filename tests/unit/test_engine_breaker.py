@@ -44,7 +44,7 @@ def breaker(
             changes.append((peer, old.name, new.name))
 
     return CircuitBreaker(
-        peer="verification", failure_threshold=3, cool_down=2.0, monotonic=clock, on_change=record
+        peer="verification", failure_threshold=3, cool_down_s=2.0, monotonic=clock, on_change=record
     )
 
 
@@ -160,7 +160,7 @@ def test_the_state_is_exported_as_a_gauge_per_peer() -> None:
     b = CircuitBreaker(
         peer="policy",
         failure_threshold=1,
-        cool_down=1.0,
+        cool_down_s=1.0,
         monotonic=clock,
         on_change=metrics.on_breaker_change,
     )
@@ -184,7 +184,7 @@ def test_the_state_is_exported_as_a_gauge_per_peer() -> None:
 def test_nonsense_settings_are_refused(threshold: int, cool_down: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         CircuitBreaker(
-            peer="p", failure_threshold=threshold, cool_down=cool_down, monotonic=time.monotonic
+            peer="p", failure_threshold=threshold, cool_down_s=cool_down, monotonic=time.monotonic
         )
 
 

@@ -79,7 +79,7 @@ class MemoryTransport:
 
 async def test_concurrent_appends_travel_in_batches_and_each_gets_its_own_receipt() -> None:
     transport = MemoryTransport()
-    batcher = BatchingLineage(transport=transport, max_batch=64, linger=0.005)
+    batcher = BatchingLineage(transport=transport, max_batch=64, linger_s=0.005)
     batcher.start()
     try:
         entries = [entry(n=n) for n in range(200)]
@@ -97,7 +97,7 @@ async def test_concurrent_appends_travel_in_batches_and_each_gets_its_own_receip
 
 
 async def test_a_receipt_for_other_bytes_is_refused() -> None:
-    batcher = BatchingLineage(transport=MemoryTransport(corrupt_receipts=True), linger=0)
+    batcher = BatchingLineage(transport=MemoryTransport(corrupt_receipts=True), linger_s=0)
     batcher.start()
     try:
         data, did = entry()
@@ -109,7 +109,7 @@ async def test_a_receipt_for_other_bytes_is_refused() -> None:
 
 async def test_a_batch_answered_with_missing_results_fails_every_caller() -> None:
     batcher = BatchingLineage(
-        transport=MemoryTransport(drop_last_result=True), max_batch=8, linger=0.01
+        transport=MemoryTransport(drop_last_result=True), max_batch=8, linger_s=0.01
     )
     batcher.start()
     try:
@@ -124,7 +124,7 @@ async def test_a_batch_answered_with_missing_results_fails_every_caller() -> Non
 
 async def test_a_transport_failure_fails_the_whole_batch() -> None:
     batcher = BatchingLineage(
-        transport=MemoryTransport(fail=PeerUnavailable("down")), max_batch=8, linger=0.01
+        transport=MemoryTransport(fail=PeerUnavailable("down")), max_batch=8, linger_s=0.01
     )
     batcher.start()
     try:
@@ -139,7 +139,7 @@ async def test_a_transport_failure_fails_the_whole_batch() -> None:
 
 async def test_a_refused_entry_fails_only_its_caller() -> None:
     transport = MemoryTransport()
-    batcher = BatchingLineage(transport=transport, max_batch=8, linger=0.01)
+    batcher = BatchingLineage(transport=transport, max_batch=8, linger_s=0.01)
     batcher.start()
     try:
         duplicate = entry()
@@ -159,7 +159,7 @@ async def test_a_refused_entry_fails_only_its_caller() -> None:
 
 async def test_callers_that_gave_up_are_not_sent() -> None:
     transport = MemoryTransport()
-    batcher = BatchingLineage(transport=transport, max_batch=8, linger=0.05)
+    batcher = BatchingLineage(transport=transport, max_batch=8, linger_s=0.05)
     batcher.start()
     try:
         abandoned = asyncio.ensure_future(batcher.append(*entry(), timeout=5))
@@ -174,7 +174,7 @@ async def test_callers_that_gave_up_are_not_sent() -> None:
 
 
 async def test_closing_fails_what_is_still_queued() -> None:
-    batcher = BatchingLineage(transport=MemoryTransport(), linger=10)
+    batcher = BatchingLineage(transport=MemoryTransport(), linger_s=10)
     batcher.start()
     pending = asyncio.ensure_future(batcher.append(*entry(), timeout=5))
     await asyncio.sleep(0.01)

@@ -76,7 +76,7 @@ async def test_a_lone_item_waits_out_the_linger_and_company_within_it_joins(
 ) -> None:
     recorder = Recorder()
     recorder.release.set()
-    queue = queue_of(recorder, linger=0.1, max_items=10)
+    queue = queue_of(recorder, linger_s=0.1, max_items=10)
 
     started = time.monotonic()
     first = queue.submit(1)
@@ -92,7 +92,7 @@ async def test_a_lone_item_waits_out_the_linger_and_company_within_it_joins(
 async def test_a_full_batch_does_not_wait_out_the_linger(queue_of: QueueOf) -> None:
     recorder = Recorder()
     recorder.release.set()
-    queue = queue_of(recorder, linger=5.0, max_items=3)
+    queue = queue_of(recorder, linger_s=5.0, max_items=3)
 
     answers = await asyncio.wait_for(_settled([queue.submit(n) for n in range(3)]), 1.0)
 

@@ -77,7 +77,7 @@ class Batcher(Generic[Req, Resp]):
         size: Callable[[Req], int] | None = None,
         answer_size: Callable[[Req], int] | None = None,
         max_answer_bytes: int = MAX_BATCH_BYTES,
-        linger: float = 0.0,
+        linger_s: float = 0.0,
         max_in_flight: int = 4,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: PeerCallMetrics | None = None,
@@ -108,7 +108,7 @@ class Batcher(Generic[Req, Resp]):
             error=PeerUnavailable,
             max_items=max_batch,
             limits=limits,
-            linger=linger,
+            linger_s=linger_s,
             max_in_flight=max_in_flight,
         )
 

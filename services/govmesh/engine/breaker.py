@@ -4,7 +4,7 @@ Pure logic over an injected monotonic clock, no gRPC. The engine asks
 `admit()` before each call to a peer and reports how the call went. After
 `failure_threshold` consecutive failures the breaker opens: calls are refused
 at once, so a decision denies PEER_UNAVAILABLE without spending its deadline
-on a peer that is down. After `cool_down` seconds one call, the probe, is let
+on a peer that is down. After `cool_down_s` seconds one call, the probe, is let
 through (half-open); every other call is still refused until the probe's
 outcome is known. A probe that gets a usable answer closes the breaker; one
 that fails opens it for another cool-down.
@@ -52,17 +52,17 @@ class CircuitBreaker:
         *,
         peer: str,
         failure_threshold: int,
-        cool_down: float,
+        cool_down_s: float,
         monotonic: Callable[[], float],
         on_change: StateHook | None = None,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
-        if cool_down <= 0:
-            raise ValueError("cool_down must be positive")
+        if cool_down_s <= 0:
+            raise ValueError("cool_down_s must be positive")
         self.peer = peer
         self._threshold = failure_threshold
-        self._cool_down = cool_down
+        self._cool_down_s = cool_down_s
         self._monotonic = monotonic
         self._on_change = on_change
         self._state = BreakerState.CLOSED
@@ -84,7 +84,7 @@ class CircuitBreaker:
         if self._state is BreakerState.CLOSED:
             return Permit(self._generation, probe=False)
         if self._state is BreakerState.OPEN:
-            if self._monotonic() - self._opened_at < self._cool_down:
+            if self._monotonic() - self._opened_at < self._cool_down_s:
                 return None
             self._change(BreakerState.HALF_OPEN)
         # Half-open: exactly one probe at a time; everyone else waits it out.

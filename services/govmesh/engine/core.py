@@ -141,7 +141,7 @@ class Engine:
             peer: CircuitBreaker(
                 peer=peer,
                 failure_threshold=config.breaker_failures,
-                cool_down=config.breaker_cool_down_s,
+                cool_down_s=config.breaker_cool_down_s,
                 monotonic=monotonic,
                 on_change=on_breaker_change,
             )

@@ -61,7 +61,7 @@ class BatchingLineage:
         *,
         transport: LineageTransport,
         max_batch: int = 256,
-        linger: float = 0.0,
+        linger_s: float = 0.0,
         max_in_flight: int = 8,
         metrics: PeerCallMetrics | None = None,
     ) -> None:
@@ -70,7 +70,7 @@ class BatchingLineage:
             send=lambda requests, timeout: transport.append_batch(requests, timeout=timeout),
             size=lineage_pb2.AppendRequest.ByteSize,
             max_batch=max_batch,
-            linger=linger,
+            linger_s=linger_s,
             max_in_flight=max_in_flight,
             metrics=metrics,
         )
@@ -419,8 +419,8 @@ class FileSpool:
             return  # appended by an earlier, interrupted drain
         check_receipt(amendment, response)
 
-    async def run(self, transport: LineageTransport, *, interval: float) -> None:
-        """Drain forever, every `interval` seconds."""
+    async def run(self, transport: LineageTransport, *, interval_s: float) -> None:
+        """Drain forever, every `interval_s` seconds."""
         while True:
             if self._unwritten or self.pending():
                 try:
@@ -433,4 +433,4 @@ class FileSpool:
                     # The drainer must outlive any one bad drain: it is the
                     # only way spooled denies reach the log.
                     logger.exception("spool drain failed; retrying")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval_s)

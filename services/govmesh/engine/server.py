@@ -124,7 +124,7 @@ class EngineService:
         self._batcher = BatchingLineage(
             transport=transport,
             max_batch=s.lineage_batch_max,
-            linger=s.lineage_linger_ms / 1000,
+            linger_s=s.lineage_linger_ms / 1000,
             max_in_flight=s.lineage_max_in_flight,
             metrics=metrics.peer("lineage") if metrics else None,
         )
@@ -133,7 +133,7 @@ class EngineService:
             verification_transport,
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
-            linger=s.peer_linger_ms / 1000,
+            linger_s=s.peer_linger_ms / 1000,
             metrics=metrics.peer("verification") if metrics else None,
         )
         self._verification.start()
@@ -141,7 +141,7 @@ class EngineService:
             policy_transport,
             max_batch=s.peer_batch_max,
             max_in_flight=s.peer_max_in_flight,
-            linger=s.peer_linger_ms / 1000,
+            linger_s=s.peer_linger_ms / 1000,
             metrics=metrics.peer("policy") if metrics else None,
         )
         self._policy.start()
@@ -159,7 +159,7 @@ class EngineService:
             self._floor.run(interval_s=s.policy_floor_interval_s), name="policy-floor"
         )
         self._drainer = asyncio.create_task(
-            spool.run(spool_transport, interval=s.spool_retry_s), name="spool-drainer"
+            spool.run(spool_transport, interval_s=s.spool_retry_s), name="spool-drainer"
         )
         engine = Engine(
             verification=self._verification,

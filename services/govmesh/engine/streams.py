@@ -11,7 +11,7 @@ Failure stays local and closed: an answer that never comes is PeerTimeout for
 its batch alone; a stream that breaks fails the batches it carried with
 PeerUnavailable (PeerRejected when a status says the call, not the peer, was
 at fault) and the next batch opens another; an answer to a sequence
-number never sent breaks the stream. Streams are replaced after `max_age`
+number never sent breaks the stream. Streams are replaced after `max_age_s`
 seconds (the old one half-closed, answering what it carries), because
 servers age connections out.
 """
@@ -81,7 +81,7 @@ class BatchStream(Generic[BatchReq, BatchResp]):
         peer: str,
         open_stream: OpenStream,
         streams: int = 2,
-        max_age: float = 60.0,
+        max_age_s: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if streams < 1:
@@ -91,7 +91,7 @@ class BatchStream(Generic[BatchReq, BatchResp]):
         self._slots: list[_Stream[BatchResp] | None] = [None] * streams
         self._turn = itertools.cycle(range(streams))
         self._sequence = itertools.count(1)
-        self._max_age = max_age
+        self._max_age_s = max_age_s
         self._monotonic = monotonic
         self._retired: set[_Stream[BatchResp]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,7 +147,7 @@ class BatchStream(Generic[BatchReq, BatchResp]):
         slot = next(self._turn)
         stream = self._slots[slot]
         now = self._monotonic()
-        if stream is not None and (stream.broken or now - stream.opened > self._max_age):
+        if stream is not None and (stream.broken or now - stream.opened > self._max_age_s):
             self._slots[slot] = None
             if not stream.broken:
                 self._retire(stream)

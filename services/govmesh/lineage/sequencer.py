@@ -103,7 +103,7 @@ class Sequencer:
         origin: str,
         state_file: StateFile,
         max_batch: int = 2048,
-        linger: float = 0.0,
+        linger_s: float = 0.0,
         clock: Callable[[], float] = time.time,
         metrics: LineageMetrics | None = None,
     ) -> None:
@@ -118,7 +118,7 @@ class Sequencer:
             flush=self._commit_groups,
             error=SequencerStopped,
             limits=[Limit(max_batch, len)],
-            linger=linger,
+            linger_s=linger_s,
             max_in_flight=1,
         )
         self._trusted: TrustedTree | None = None

@@ -62,7 +62,7 @@ class LineageService:
             origin=s.lineage_origin,
             state_file=StateFile(s.state_file()),
             max_batch=s.lineage_commit_max,
-            linger=s.lineage_commit_linger_ms / 1000,
+            linger_s=s.lineage_commit_linger_ms / 1000,
             metrics=self._metrics,
         )
         try:

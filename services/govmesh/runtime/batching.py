@@ -84,7 +84,7 @@ class BatchQueue(Generic[Item, Result]):
         error: Callable[[str], Exception],
         max_items: int | None = None,
         limits: Sequence[Limit[Item]] = (),
-        linger: float = 0.0,
+        linger_s: float = 0.0,
         max_in_flight: int = 1,
     ) -> None:
         if max_in_flight < 1 or (max_items is not None and max_items < 1):
@@ -104,7 +104,7 @@ class BatchQueue(Generic[Item, Result]):
         self._mosts = (
             (limits[0].most, limits[1].most if len(limits) > 1 else sys.maxsize) if limits else None
         )
-        self._linger = linger
+        self._linger_s = linger_s
         self._queue: list[Pending[Item, Result]] = []
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -164,8 +164,8 @@ class BatchQueue(Generic[Item, Result]):
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if self._linger > 0 and not self._holds_a_full_batch():
-                await asyncio.sleep(self._linger)
+            if self._linger_s > 0 and not self._holds_a_full_batch():
+                await asyncio.sleep(self._linger_s)
             # A free slot before the batch is cut: items that arrive meanwhile join it.
             await self._slots.acquire()
             self._wake.clear()

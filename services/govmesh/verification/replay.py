@@ -135,7 +135,7 @@ class PostgresReplayStore:
             flush=self._commit,
             error=ReplayStoreUnavailable,
             max_items=max_batch,
-            linger=linger_s,
+            linger_s=linger_s,
             max_in_flight=max_in_flight,
         )
         self._flush_timeout_s = flush_timeout_s
