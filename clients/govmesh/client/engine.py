@@ -17,12 +17,10 @@ from opentelemetry import propagate
 
 from govmesh.artifacts.canonical import CanonicalizationError, request_digest
 from govmesh.runtime.channel import ChannelClient
+from govmesh.runtime.status import ERROR_DOMAIN
 from govmesh.v1 import common_pb2, engine_pb2, engine_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 1.0
-
-#: The google.rpc.ErrorInfo domain of govmesh's errors (govmesh.runtime.status).
-ERROR_DOMAIN = "govmesh.dev"
 
 #: The ErrorInfo reasons of the engine's admission refusals (engine.servicer):
 #: the engine was too busy to decide, and the same request may be sent again.
