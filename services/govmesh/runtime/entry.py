@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from govmesh.runtime.errors import ConfigurationError
+from govmesh.runtime.errors import ConfigurationError, Unavailable
 from govmesh.runtime.logs import configure_logging
 from govmesh.runtime.settings import ServerSettings, load_settings
 from govmesh.runtime.tracing import configure_tracing, shutdown_tracing
@@ -42,7 +42,9 @@ def run_service(
     """Parse flags, load settings, configure logging and run the service.
 
     Returns the process exit code: 0 after a graceful stop, 2 for unusable
-    settings or files (with a one-paragraph message on stderr, no traceback).
+    settings or files, 1 when something the service needs to start is not
+    there (an Unavailable error: a supervisor may start it again); both with
+    a one-paragraph message on stderr and no traceback.
     """
     parser = argparse.ArgumentParser(prog=f"govmesh serve {name}")
     service_arguments(parser)
@@ -66,6 +68,9 @@ def run_service(
     except ConfigurationError as exc:
         print(f"govmesh {name}: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:
+        print(f"govmesh {name}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     return 0
