@@ -29,6 +29,8 @@ FLOOD_DEADLINES = {
     "GOVMESH_POLICY_TIMEOUT_MS": "200",
     "GOVMESH_LINEAGE_TIMEOUT_MS": "400",
     "GOVMESH_DECISION_BUDGET_MS": "1000",
+    # Callers that can wait get up to eight times these through a stall.
+    "GOVMESH_DECISION_BUDGET_MAX_MS": "8000",
 }
 
 

@@ -107,6 +107,8 @@ TIGHT = {
     "GOVMESH_POLICY_TIMEOUT_MS": "300",
     "GOVMESH_LINEAGE_TIMEOUT_MS": "1000",
     "GOVMESH_DECISION_BUDGET_MS": "1500",
+    # Not stretched for a caller that can wait: the budget is the bound here.
+    "GOVMESH_DECISION_BUDGET_MAX_MS": "1500",
 }
 
 
@@ -139,6 +141,45 @@ async def test_a_hanging_peer_denies_peer_timeout_within_the_budget(
         result.decision_id,
     )
     assert json.loads(rows[0]["entry"])["reason"] == "PEER_TIMEOUT"
+
+
+STRETCHY = {
+    "GOVMESH_VERIFICATION_TIMEOUT_MS": "100",
+    "GOVMESH_POLICY_TIMEOUT_MS": "100",
+    "GOVMESH_LINEAGE_TIMEOUT_MS": "150",
+    "GOVMESH_DECISION_BUDGET_MS": "300",
+    "GOVMESH_DECISION_BUDGET_MAX_MS": "6000",
+}
+
+
+@pytest.mark.parametrize("peer", ["verification", "policy", "lineage"])
+async def test_a_peer_stalled_past_its_deadline_allows_a_caller_that_can_wait(
+    start_mesh: Callable[..., Mesh], peer: str
+) -> None:
+    # A stall of the machine: the peer process does not run for 0.6 s, six
+    # times its configured deadline. A caller that gives the engine 10 s gets
+    # its ALLOW once the peer runs again; one that gives it 0.6 s is denied
+    # in time, with the reason, before its own deadline.
+    mesh = start_mesh(engine_env=STRETCHY)
+    stalled = getattr(mesh, peer)
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        assert (await engine.authorize(**mesh.request())).decision == "ALLOW"  # warm
+
+        stalled.pause()
+        asyncio.get_running_loop().call_later(0.6, stalled.resume)
+        patient = await engine.authorize(**mesh.request(), timeout=10)
+
+        stalled.pause()
+        asyncio.get_running_loop().call_later(0.6, stalled.resume)
+        hurried = await engine.authorize(**mesh.request(), timeout=0.6)
+        await asyncio.sleep(0.7)
+
+    assert patient.decision == "ALLOW", patient.message
+    assert patient.grant
+    assert hurried.decision == "DENY"
+    assert hurried.answered, "the engine's DENY came after the caller's deadline"
+    expected = "LINEAGE_UNAVAILABLE" if peer == "lineage" else "PEER_TIMEOUT"
+    assert hurried.reason == expected, hurried.message
 
 
 async def test_no_lineage_no_allow_and_the_deny_is_appended_when_lineage_returns(

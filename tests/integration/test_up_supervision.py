@@ -33,6 +33,8 @@ DEADLINES = {
     "GOVMESH_VERIFICATION_TIMEOUT_MS": "500",
     "GOVMESH_POLICY_TIMEOUT_MS": "500",
     "GOVMESH_LINEAGE_TIMEOUT_MS": "800",
+    # The bound the denies below are held to, however long their callers can wait.
+    "GOVMESH_DECISION_BUDGET_MAX_MS": "1000",
 }
 BUDGET_S = 1.0
 #: On top of the budget: a deny that lineage could not take is made durable

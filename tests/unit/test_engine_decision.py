@@ -313,6 +313,87 @@ async def test_with_the_default_deadlines_a_hanging_peer_is_denied_within_the_bu
     assert elapsed < config.budget_s + 0.1
 
 
+# --- deadlines that follow the caller ---------------------------------------------
+
+STRETCHY = DecisionConfig(
+    verification_timeout_s=0.05,
+    policy_timeout_s=0.05,
+    lineage_timeout_s=0.1,
+    budget_s=0.2,
+    budget_max_s=1.6,
+)
+
+
+@pytest.mark.parametrize(
+    ("time_remaining", "stretch"),
+    [
+        (None, 1.0),  # unknown: the configured deadlines
+        (0.01, 1.0),  # a caller in a hurry never gets less than the configured budget
+        (0.25, 1.0),  # 0.25 s less the reply margin is the configured budget
+        (0.45, 2.0),  # 0.4 s of budget: every deadline doubled
+        (30.0, 8.0),  # a patient caller: up to the ceiling and no further
+        (math.inf, 8.0),  # no deadline at all
+    ],
+)
+def test_a_decision_stretches_to_what_its_caller_can_wait_within_the_ceiling(
+    time_remaining: float | None, stretch: float
+) -> None:
+    assert STRETCHY.stretch(time_remaining) == pytest.approx(stretch)
+
+
+@pytest.mark.parametrize("ceiling", [None, 0.1, 0.2])
+def test_no_ceiling_above_the_budget_means_no_stretch(ceiling: float | None) -> None:
+    config = DecisionConfig(
+        verification_timeout_s=0.05,
+        policy_timeout_s=0.05,
+        lineage_timeout_s=0.1,
+        budget_s=0.2,
+        budget_max_s=ceiling,
+    )
+    assert config.stretch(math.inf) == 1.0
+
+
+@pytest.mark.parametrize("peer", ["verification", "policy"])
+async def test_a_peer_stalled_past_its_deadline_still_allows_a_caller_that_can_wait(
+    peer: str,
+) -> None:
+    # The stall (0.15 s) is three times the peer's configured deadline: a
+    # caller with 5 s to spare gets the answer, one with 0.2 s a PEER_TIMEOUT.
+    h = build_engine(config=STRETCHY)
+    getattr(h, peer).delay = 0.15
+    patient = await h.engine.authorize(authorize_request(), time_remaining=5.0)
+    hurried = await h.engine.authorize(authorize_request(), time_remaining=0.2)
+
+    assert patient.decision == ALLOW, patient.message
+    assert hurried.decision == DENY
+    assert reason(hurried) == "PEER_TIMEOUT"
+    assert list(hurried.failed_checks) == [peer]
+
+
+async def test_a_hanging_peer_is_still_cut_off_at_the_stretched_budget() -> None:
+    h = build_engine(config=STRETCHY)
+    h.policy.delay = 3600
+    started = time.monotonic()
+    response = await h.engine.authorize(authorize_request(), time_remaining=math.inf)
+    elapsed = time.monotonic() - started
+
+    assert reason(response) == "PEER_TIMEOUT"
+    # The policy deadline stretched eightfold (0.4 s), and never past the ceiling.
+    assert 0.4 <= elapsed < (STRETCHY.budget_max_s or 0) + 0.1
+    assert h.lineage.decoded()[-1]["decision"] == "DENY"
+
+
+async def test_a_lineage_stall_past_its_deadline_still_allows_a_caller_that_can_wait() -> None:
+    h = build_engine(config=STRETCHY)
+    h.lineage.delay = 0.25
+    patient = await h.engine.authorize(authorize_request(), time_remaining=5.0)
+    hurried = await h.engine.authorize(authorize_request(), time_remaining=0.2)
+
+    assert patient.decision == ALLOW, patient.message
+    assert hurried.decision == DENY
+    assert reason(hurried) == "LINEAGE_UNAVAILABLE"
+
+
 async def test_an_unexpected_exception_in_a_peer_adapter_denies_internal_error() -> None:
     h = build_engine()
     h.verification.error = RuntimeError("bug")

@@ -413,7 +413,8 @@ def _bound_s(peer: str, settings: dict[str, str]) -> float:
         given = settings.get(f"GOVMESH_{name.upper()}")
         return float(given) if given is not None else float(fields[name].default)
 
-    bound = setting("decision_budget_ms") / 1000
+    # A bench caller can wait: its decisions get the stretched budget.
+    bound = max(setting("decision_budget_ms"), setting("decision_budget_max_ms")) / 1000
     if peer == "lineage":
         bound += setting("spool_timeout_s")
     return bound

@@ -55,6 +55,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: What a stretched budget leaves of the caller's deadline for the answer to reach it.
+REPLY_MARGIN_S = 0.05
+
+
 @dataclass(frozen=True)
 class DecisionConfig:
     """Deadlines of one decision, in seconds, and its peers' circuit breakers."""
@@ -72,6 +76,29 @@ class DecisionConfig:
     breaker_failures: int = 5
     #: How long an open breaker refuses calls before it lets one probe through.
     breaker_cool_down_s: float = 1.0
+    #: The longest budget a caller that can wait may get (None: budget_s).
+    #: The deadlines above are what a decision gets when its caller's own
+    #: deadline leaves no more; a caller that can wait longer gets all of
+    #: them stretched in proportion, up to this budget (see stretch).
+    budget_max_s: float | None = None
+
+    def stretch(self, time_remaining: float | None) -> float:
+        """The factor, from 1 up, by which one decision's deadlines are stretched.
+
+        `time_remaining` is what is left of the caller's deadline once the
+        decision starts (math.inf: no deadline; None: unknown, no stretch).
+        A machine that stalls a peer for a few hundred milliseconds (a busy
+        core, a slow commit) must not turn into denies of valid requests
+        whose callers would have waited: the budget follows the caller's
+        deadline, less a margin for the answer to travel back, between
+        budget_s and budget_max_s. A caller in a hurry keeps the short
+        deadlines, and its DENY PEER_TIMEOUT arrives before its own deadline.
+        """
+        ceiling = max(self.budget_s, self.budget_max_s or self.budget_s)
+        if time_remaining is None or ceiling <= self.budget_s:
+            return 1.0
+        budget = min(ceiling, max(self.budget_s, time_remaining - REPLY_MARGIN_S))
+        return budget / self.budget_s
 
 
 @dataclass
@@ -80,6 +107,8 @@ class _Decision:
     seq: int
     digest: str
     started: float
+    #: This decision's deadlines are the configured ones times this (>= 1).
+    stretch: float = 1.0
     failures: list[Failure] = field(default_factory=list)
     claimed: Claimed | None = None
     verified: verification_pb2.VerifiedClaims | None = None
@@ -149,7 +178,10 @@ class Engine:
         }
 
     async def authorize(
-        self, request: engine_pb2.AuthorizeRequest | UnreadableRequest
+        self,
+        request: engine_pb2.AuthorizeRequest | UnreadableRequest,
+        *,
+        time_remaining: float | None = None,
     ) -> engine_pb2.AuthorizeResponse:
         """Decide one request, fail-closed.
 
@@ -169,6 +201,10 @@ class Engine:
            decision id and the receipt.
 
         Any exception on this path ends in DENY INTERNAL_ERROR, never in ALLOW.
+
+        `time_remaining` is what is left of the caller's deadline, in seconds
+        (math.inf: none): a caller that can wait gets longer deadlines, up to
+        the configured ceiling (DecisionConfig.stretch).
         """
         # Every decision takes its place in this engine's counter once, here:
         # the auditor reads a missing number as a decision that was lost.
@@ -177,6 +213,7 @@ class Engine:
             seq=next(self._sequence),
             digest="",
             started=self._monotonic(),
+            stretch=self._config.stretch(time_remaining),
         )
         if isinstance(request, UnreadableRequest):
             # 1. Validate: not even a protobuf.
@@ -210,7 +247,7 @@ class Engine:
             return await self._finish_safely(decision, action, resource)
 
     def _remaining(self, decision: _Decision) -> float:
-        return decision.started + self._config.budget_s - self._monotonic()
+        return decision.started + self._config.budget_s * decision.stretch - self._monotonic()
 
     async def _call(
         self,
@@ -221,7 +258,7 @@ class Engine:
         use: Callable[[T], bool],
     ) -> None:
         """Ask `peer` through its breaker; `use` takes the answer and says if it held together."""
-        timeout = min(cap, self._remaining(decision))
+        timeout = min(cap * decision.stretch, self._remaining(decision))
         if timeout <= 0:
             decision.fail(peer, common_pb2.PEER_TIMEOUT, f"{peer}: no time left in the budget")
             return
@@ -445,7 +482,7 @@ class Engine:
         """Append the entry within the budget: its receipt, or None and why not."""
         receipt: common_pb2.LineageReceipt | None = None
         unrecorded = "the decision could not be recorded"
-        timeout = min(self._config.lineage_timeout_s, self._remaining(decision))
+        timeout = min(self._config.lineage_timeout_s * decision.stretch, self._remaining(decision))
         breaker = self.breakers["lineage"]
         permit = breaker.admit() if timeout > 0 else None
         if timeout > 0 and permit is None:

@@ -236,7 +236,9 @@ class EngineService:
             # batchers and the spool that are closed only after them.
             s = self._settings
             await self._servicer.drain(
-                timeout=s.decision_budget_ms / 1000 + s.spool_timeout_s + 1.0
+                timeout=max(s.decision_budget_ms, s.decision_budget_max_ms) / 1000
+                + s.spool_timeout_s
+                + 1.0
             )
         if self._spool is not None:
             await self._spool.flush()

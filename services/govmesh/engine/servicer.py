@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 import uuid
 
@@ -81,9 +82,15 @@ class EngineServicer(engine_pb2_grpc.AuthorizationEngineServicer):
             # Not decided, so not answered with a decision: an error the
             # client reads as DENY, never a partial decision.
             await context.abort_with_status(refusal_status(refused))
-        # The decision's budget starts inside authorize, now that it is admitted.
+        # The decision's budget starts inside authorize, now that it is admitted,
+        # and stretches to what the caller's deadline leaves (none: as far as it goes).
+        remaining = context.time_remaining()
         started = time.perf_counter()
-        decision = asyncio.ensure_future(self._engine.authorize(request))
+        decision = asyncio.ensure_future(
+            self._engine.authorize(
+                request, time_remaining=math.inf if remaining is None else remaining
+            )
+        )
         self._in_flight.add(decision)
         decision.add_done_callback(self._in_flight.discard)
         decision.add_done_callback(lambda _: slot.release())

@@ -66,6 +66,7 @@ class Deadlines:
             "GOVMESH_POLICY_TIMEOUT_MS": str(self.policy_ms),
             "GOVMESH_LINEAGE_TIMEOUT_MS": str(self.lineage_ms),
             "GOVMESH_DECISION_BUDGET_MS": str(self.budget_ms),
+            "GOVMESH_DECISION_BUDGET_MAX_MS": str(self.budget_ms),
             "GOVMESH_SPOOL_TIMEOUT_S": str(self.spool_timeout_s),
         }
 
