@@ -280,3 +280,46 @@ def test_an_engine_sharing_its_port_listens_only_once_it_knows_the_newest_epoch(
     finally:
         engine.send_signal(signal.SIGTERM)
         engine.wait(30)
+
+
+def test_an_engine_waiting_for_the_newest_epoch_stops_at_once_on_sigterm(
+    dev_setup: DevSetup, tmp_path: Path
+) -> None:
+    log = tmp_path / "engine.log"
+    env = {
+        **os.environ,
+        "GOVMESH_LISTEN": "127.0.0.1:0",
+        "GOVMESH_PORT_FILE": str(tmp_path / "engine.addr"),
+        "GOVMESH_REUSE_PORT": "1",
+        "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+        "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
+        "GOVMESH_SPOOL_DIR": str(tmp_path / "spool"),
+        "GOVMESH_VERIFICATION_TARGET": "127.0.0.1:1",
+        "GOVMESH_POLICY_TARGET": f"127.0.0.1:{_free_port()}",  # no policy: no epoch, ever
+        "GOVMESH_LINEAGE_TARGET": "127.0.0.1:1",
+        "GOVMESH_POLICY_FLOOR_INTERVAL_S": "0.2",
+        "GOVMESH_LOG_FORMAT": "text",
+    }
+    with log.open("wb") as out:
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "govmesh.engine"], env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "not serving until the newest policy epoch is known" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            assert engine.poll() is None, log.read_text()
+            time.sleep(0.05)
+        engine.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = engine.wait(25)  # the wait for the epoch alone lasts 30 s
+        elapsed = time.monotonic() - started
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
+
+    assert code == 0, log.read_text()
+    assert elapsed < 10, f"stopped after {elapsed:.1f} s"
+    assert "stopped before serving" in log.read_text()
+    assert "Traceback" not in log.read_text()

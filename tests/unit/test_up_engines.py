@@ -118,3 +118,44 @@ def test_each_start_of_an_engine_logs_under_an_id_of_its_own() -> None:
     assert first != second
     assert first.startswith("engine-a/") and second.startswith("engine-a/")
     assert instance_id(None).startswith(socket.gethostname() + "/")
+
+
+class _Waiting(_Nothing):
+    """A service whose start waits for something that never comes (the policy epoch, say)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = False
+        self.closed = False
+
+    async def start(self, health: Health) -> None:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_stop_while_the_service_is_still_starting_ends_serve_at_once(
+    tmp_path: Path,
+) -> None:
+    service, stop = _Waiting(), asyncio.Event()
+    serving = asyncio.create_task(
+        serve(
+            service,
+            listen="127.0.0.1:0",
+            grace_period_s=0.1,
+            port_file=str(tmp_path / "addr"),
+            stop=stop,
+        )
+    )
+    await asyncio.wait_for(service.started.wait(), 10)
+    stop.set()  # what SIGTERM does
+    await asyncio.wait_for(serving, 5)
+
+    assert service.cancelled and service.closed
+    assert not (tmp_path / "addr").exists()  # it never listened

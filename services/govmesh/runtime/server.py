@@ -9,6 +9,7 @@ service. The process then exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -146,7 +147,9 @@ async def serve(
     traced = TracedRegistrar(server).server()
 
     try:
-        await service.start(status)
+        if not await _start_unless_stopped(service, status, stop):
+            logger.info("stopped before serving")
+            return
         service.register(traced)
         port = server.add_insecure_port(listen)
         if port == 0:
@@ -176,6 +179,28 @@ async def serve(
         if exporter is not None:
             await asyncio.to_thread(exporter.stop)
     logger.info("stopped")
+
+
+async def _start_unless_stopped(service: Service, status: Health, stop: asyncio.Event) -> bool:
+    """Start `service`; False, with its start cancelled, when `stop` comes first.
+
+    A start may wait (an engine on a shared port waits for the newest policy
+    epoch); SIGTERM meanwhile ends the process then, not after the wait.
+    """
+    starting = asyncio.ensure_future(service.start(status))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+    if not starting.done() or starting.cancelled():
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return False
+    starting.result()  # its exception, if it failed
+    return True
 
 
 def _settle_garbage_collection() -> None:
