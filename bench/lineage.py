@@ -206,7 +206,7 @@ async def latency(address: str, *, rate: float, seconds: float, stream: bool) ->
             transport=GrpcLineage(channel), max_batch=256, linger_s=0.001, max_in_flight=8
         )
         batcher.start()
-        how = "the engine's unary AppendBatch batcher (<= 256 after <= 1 ms, 8 in flight)"
+        how = "the engine's batcher on AppendStream (<= 256 after <= 1 ms, 8 in flight)"
     maker = Entries(f"latency-engine-{stream}")
     samples: list[float] = []
     failures = 0
