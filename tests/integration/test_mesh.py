@@ -182,6 +182,47 @@ async def test_a_peer_stalled_past_its_deadline_allows_a_caller_that_can_wait(
     assert hurried.reason == expected, hurried.message
 
 
+@pytest.mark.parametrize("peer", ["verification", "policy", "lineage"])
+async def test_a_peer_back_from_a_stall_is_used_again_long_before_its_breaker_cools_down(
+    start_mesh: Callable[..., Mesh], peer: str
+) -> None:
+    mesh = start_mesh(
+        engine_env={
+            "GOVMESH_VERIFICATION_TIMEOUT_MS": "200",
+            "GOVMESH_POLICY_TIMEOUT_MS": "200",
+            "GOVMESH_LINEAGE_TIMEOUT_MS": "300",
+            "GOVMESH_DECISION_BUDGET_MS": "600",
+            "GOVMESH_DECISION_BUDGET_MAX_MS": "600",
+            "GOVMESH_BREAKER_FAILURES": "2",
+            # A cool-down far longer than this test: only the health checks end it.
+            "GOVMESH_BREAKER_COOL_DOWN_MS": "120000",
+        }
+    )
+    stalled = getattr(mesh, peer)
+    async with await EngineClient.connect(mesh.engine.address, timeout=10) as engine:
+        assert (await engine.authorize(**mesh.request())).decision == "ALLOW"  # warm
+
+        stalled.pause()
+        try:
+            for _ in range(6):
+                denied = await engine.authorize(**mesh.request())
+                assert denied.decision == "DENY"
+                if "circuit open" in denied.message:
+                    break
+            assert "circuit open" in denied.message, denied.message
+        finally:
+            stalled.resume()
+
+        deadline = time.monotonic() + 15
+        result = await engine.authorize(**mesh.request())
+        while result.decision != "ALLOW" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            result = await engine.authorize(**mesh.request())
+
+    assert result.decision == "ALLOW", result.message
+    assert f"{peer} answers its health check" in mesh.engine.log()
+
+
 async def test_no_lineage_no_allow_and_the_deny_is_appended_when_lineage_returns(
     start_mesh: Callable[..., Mesh], services: Callable[..., ServiceProcess]
 ) -> None:

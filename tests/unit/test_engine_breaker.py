@@ -153,6 +153,29 @@ def test_an_abandoned_probe_frees_the_slot_without_closing() -> None:
     assert b.admit() is None
 
 
+def test_a_peer_seen_answering_ends_the_cool_down_and_the_probe_still_decides() -> None:
+    clock = ManualClock()
+    b = breaker(clock)
+    b.peer_answered()  # closed: nothing to end
+    assert state_of(b) is BreakerState.CLOSED
+    fail_times(b, 3)
+    assert b.admit() is None
+
+    b.peer_answered()
+    # Still open until a call comes: that call is the one probe, everyone else waits.
+    assert state_of(b) is BreakerState.OPEN
+    probe = b.admit()
+    assert probe is not None and probe.probe
+    assert b.admit() is None
+    b.peer_answered()  # half-open: no second probe for it
+    assert b.admit() is None
+    b.failed(probe)
+    # A failed probe opens it for a full cool-down again.
+    assert state_of(b) is BreakerState.OPEN
+    clock.now += 1.9
+    assert b.admit() is None
+
+
 def test_the_state_is_exported_as_a_gauge_per_peer() -> None:
     clock = ManualClock()
     registry = CollectorRegistry()

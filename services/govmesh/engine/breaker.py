@@ -7,7 +7,8 @@ at once, so a decision denies PEER_UNAVAILABLE without spending its deadline
 on a peer that is down. After `cool_down_s` seconds one call, the probe, is let
 through (half-open); every other call is still refused until the probe's
 outcome is known. A probe that gets a usable answer closes the breaker; one
-that fails opens it for another cool-down.
+that fails opens it for another cool-down. A peer seen answering otherwise
+(`peer_answered`: its health check, see `recovery`) ends the cool-down early.
 
 A breaker only ever refuses calls: it never supplies an answer, so it cannot
 turn a decision into an ALLOW. A probe's answer is checked like any other,
@@ -122,6 +123,16 @@ class CircuitBreaker:
         """
         if permit.probe and permit.generation == self._generation:
             self._probing = False
+
+    def peer_answered(self) -> None:
+        """Something other than a call saw the peer answer (its health check): probe now.
+
+        Ends an open breaker's cool-down early, so that the next call is the
+        probe. Only the probe's answer, checked like any other, closes the
+        breaker: a health check never lets more than that one call through.
+        """
+        if self._state is BreakerState.OPEN:
+            self._opened_at = self._monotonic() - self._cool_down_s
 
     def _open(self) -> None:
         self._opened_at = self._monotonic()

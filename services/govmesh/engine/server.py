@@ -26,6 +26,7 @@ import grpc
 from govmesh.artifacts.keys import load_private_jwk
 from govmesh.artifacts.signing import load_admin_keys
 from govmesh.engine.admission import Admission
+from govmesh.engine.breaker import BreakerState
 from govmesh.engine.config import EngineSettings
 from govmesh.engine.consistency import EpochTracker
 from govmesh.engine.core import Engine
@@ -42,6 +43,7 @@ from govmesh.engine.peers import (
     SpoolLineage,
     open_channel,
 )
+from govmesh.engine.recovery import RecoveryWatch, health_check
 from govmesh.engine.servicer import SERVICE_NAME, EngineServicer, add_to_server
 from govmesh.runtime.entry import run_service
 from govmesh.runtime.errors import Unavailable
@@ -92,6 +94,7 @@ class EngineService:
         self._floor: PolicyFloor | None = None
         self._floor_task: asyncio.Task[None] | None = None
         self._health: Health | None = None
+        self._recovery: RecoveryWatch | None = None
 
     async def start(self, health: Health) -> None:
         s = self._settings
@@ -111,6 +114,13 @@ class EngineService:
             open_channel(t) for t in (s.verification_target, s.policy_target, s.lineage_target)
         )
         self._channels = [verification, policy, lineage]
+        self._recovery = RecoveryWatch(
+            {
+                "verification": health_check(verification),
+                "policy": health_check(policy),
+                "lineage": health_check(lineage),
+            }
+        )
         await self._connect(self._channels)
         transport = GrpcLineage(lineage)
         spool_transport = self._transport = SpoolLineage(lineage)
@@ -176,8 +186,9 @@ class EngineService:
             config=s.decision_config(),
             engine_id=instance_id(s.engine_id),
             epochs=epochs,
-            on_breaker_change=None if metrics is None else metrics.on_breaker_change,
+            on_breaker_change=self._on_breaker_change,
         )
+        self._recovery.attach(engine.breakers)
         self._servicer = EngineServicer(
             engine=engine,
             admission=Admission(
@@ -190,6 +201,12 @@ class EngineService:
         )
         if s.reuse_port:
             await self._await_floor(s.policy_floor_interval_s)
+
+    def _on_breaker_change(self, peer: str, old: BreakerState, new: BreakerState) -> None:
+        if self._metrics is not None:
+            self._metrics.on_breaker_change(peer, old, new)
+        if self._recovery is not None:
+            self._recovery.on_change(peer, old, new)
 
     async def _await_floor(self, interval_s: float) -> None:
         # Its health says NOT_SERVING until the floor is known, but on a shared
@@ -251,6 +268,8 @@ class EngineService:
                     "stopping with denies neither the disk nor lineage took: they are lost",
                     extra={"entries": self._spool.unwritten},
                 )
+        if self._recovery is not None:
+            await self._recovery.close()
         for task in (self._drainer, self._floor_task):
             if task is not None:
                 task.cancel()
