@@ -224,32 +224,10 @@ def test_an_engine_sharing_its_port_listens_only_once_it_knows_the_newest_epoch(
 ) -> None:
     policy_address = f"127.0.0.1:{_free_port()}"  # nothing listens there yet
     port_file = tmp_path / "engine.addr"
-    log = tmp_path / "engine.log"
-    env = {
-        **os.environ,
-        "GOVMESH_LISTEN": "127.0.0.1:0",
-        "GOVMESH_PORT_FILE": str(port_file),
-        "GOVMESH_REUSE_PORT": "1",
-        "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
-        "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
-        "GOVMESH_SPOOL_DIR": str(tmp_path / "spool"),
-        "GOVMESH_VERIFICATION_TARGET": "127.0.0.1:1",
-        "GOVMESH_POLICY_TARGET": policy_address,
-        "GOVMESH_LINEAGE_TARGET": "127.0.0.1:1",
-        "GOVMESH_POLICY_FLOOR_INTERVAL_S": "0.2",
-        "GOVMESH_LOG_FORMAT": "text",
-    }
-    with log.open("wb") as out:
-        engine = subprocess.Popen(
-            [sys.executable, "-m", "govmesh.engine"], env=env, stdout=out, stderr=out
-        )
+    engine, log = _engine_waiting_for_the_epoch(dev_setup, tmp_path, policy_address)
     try:
         # Past its first try for the epoch (after the peers' connect timeout),
         # where an engine alone on its port would start listening.
-        deadline = time.monotonic() + 30
-        while "not serving until the newest policy epoch is known" not in log.read_text():
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         time.sleep(2)
         # Without the epoch it would deny whatever the kernel hands it: not on the port yet.
         assert engine.poll() is None, log.read_text()
@@ -285,31 +263,9 @@ def test_an_engine_sharing_its_port_listens_only_once_it_knows_the_newest_epoch(
 def test_an_engine_waiting_for_the_newest_epoch_stops_at_once_on_sigterm(
     dev_setup: DevSetup, tmp_path: Path
 ) -> None:
-    log = tmp_path / "engine.log"
-    env = {
-        **os.environ,
-        "GOVMESH_LISTEN": "127.0.0.1:0",
-        "GOVMESH_PORT_FILE": str(tmp_path / "engine.addr"),
-        "GOVMESH_REUSE_PORT": "1",
-        "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
-        "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
-        "GOVMESH_SPOOL_DIR": str(tmp_path / "spool"),
-        "GOVMESH_VERIFICATION_TARGET": "127.0.0.1:1",
-        "GOVMESH_POLICY_TARGET": f"127.0.0.1:{_free_port()}",  # no policy: no epoch, ever
-        "GOVMESH_LINEAGE_TARGET": "127.0.0.1:1",
-        "GOVMESH_POLICY_FLOOR_INTERVAL_S": "0.2",
-        "GOVMESH_LOG_FORMAT": "text",
-    }
-    with log.open("wb") as out:
-        engine = subprocess.Popen(
-            [sys.executable, "-m", "govmesh.engine"], env=env, stdout=out, stderr=out
-        )
+    # No policy service: no epoch, ever.
+    engine, log = _engine_waiting_for_the_epoch(dev_setup, tmp_path, f"127.0.0.1:{_free_port()}")
     try:
-        deadline = time.monotonic() + 30
-        while "not serving until the newest policy epoch is known" not in log.read_text():
-            assert time.monotonic() < deadline, log.read_text()
-            assert engine.poll() is None, log.read_text()
-            time.sleep(0.05)
         engine.send_signal(signal.SIGTERM)
         started = time.monotonic()
         code = engine.wait(25)  # the wait for the epoch alone lasts 30 s
@@ -323,3 +279,36 @@ def test_an_engine_waiting_for_the_newest_epoch_stops_at_once_on_sigterm(
     assert elapsed < 10, f"stopped after {elapsed:.1f} s"
     assert "stopped before serving" in log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def _engine_waiting_for_the_epoch(
+    dev_setup: DevSetup, tmp_path: Path, policy_address: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """An engine process on a shared port, once it says it waits for the newest policy epoch."""
+    log = tmp_path / "engine.log"
+    env = {
+        **os.environ,
+        "GOVMESH_LISTEN": "127.0.0.1:0",
+        "GOVMESH_PORT_FILE": str(tmp_path / "engine.addr"),
+        "GOVMESH_REUSE_PORT": "1",
+        "GOVMESH_KEYS_DIR": str(dev_setup.keys_dir),
+        "GOVMESH_TRUST_FILE": str(dev_setup.trust_file),
+        "GOVMESH_SPOOL_DIR": str(tmp_path / "spool"),
+        "GOVMESH_VERIFICATION_TARGET": "127.0.0.1:1",
+        "GOVMESH_POLICY_TARGET": policy_address,
+        "GOVMESH_LINEAGE_TARGET": "127.0.0.1:1",
+        "GOVMESH_POLICY_FLOOR_INTERVAL_S": "0.2",
+        "GOVMESH_LOG_FORMAT": "text",
+    }
+    with log.open("wb") as out:
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "govmesh.engine"], env=env, stdout=out, stderr=out
+        )
+    deadline = time.monotonic() + 30
+    while "not serving until the newest policy epoch is known" not in log.read_text():
+        if time.monotonic() >= deadline or engine.poll() is not None:
+            engine.kill()
+            engine.wait()
+            pytest.fail(log.read_text())
+        time.sleep(0.05)
+    return engine, log
