@@ -9,6 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from govmesh.artifacts.canonical import b64url, canonical_json, request_digest
 from govmesh.artifacts.checks import REQUIRED_CHECKS
 from govmesh.artifacts.entries import entry_problem
 from govmesh.engine.config import EngineSettings
-from govmesh.engine.core import DecisionConfig
+from govmesh.engine.core import DecisionConfig, Engine
 from govmesh.engine.protocols import PeerTimeout, PeerUnavailable
 from govmesh.engine.requests import UnreadableRequest
 from govmesh.lineage.core import leaf_hash
@@ -1087,3 +1088,97 @@ async def test_an_unverified_callers_deny_is_the_same_whatever_policy_says(
     )
     if verification.error is not None:
         assert entries["forbids"]["reason"] == "POLICY_MISMATCH"
+
+
+# -- the company a lineage batch lingers for ------------------------------------------
+
+
+@dataclass
+class CountingLineage(FakeLineage):
+    """Notes how many decisions were still on their way to lineage at each append."""
+
+    engine: Engine | None = None
+    on_the_way: list[int] = field(default_factory=list)
+
+    async def append(
+        self, entry: bytes, decision_id: str, *, timeout: float
+    ) -> common_pb2.LineageReceipt:
+        assert self.engine is not None
+        self.on_the_way.append(self.engine.before_lineage)
+        return await super().append(entry, decision_id, timeout=timeout)
+
+
+@dataclass
+class GatedVerification(FakeVerification):
+    """The first request waits for `gate`; the others are answered at once."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def verify(
+        self, request: verification_pb2.VerifyRequest, *, timeout: float
+    ) -> verification_pb2.VerifyResponse:
+        first = not self.calls
+        self.calls.append(request)
+        if first:
+            await self.gate.wait()
+        return self.answer(request)
+
+
+async def test_a_lone_decision_counts_no_company_for_its_lineage_append() -> None:
+    lineage = CountingLineage()
+    h = build_engine(lineage=lineage)
+    lineage.engine = h.engine
+
+    response = await h.engine.authorize(authorize_request())
+
+    assert response.decision == ALLOW
+    assert lineage.on_the_way == [0]
+    assert h.engine.before_lineage == 0
+
+
+async def test_an_append_counts_the_decisions_still_on_their_way_to_lineage() -> None:
+    lineage = CountingLineage()
+    verification = GatedVerification()
+    h = build_engine(lineage=lineage, verification=verification)
+    lineage.engine = h.engine
+
+    slow = asyncio.create_task(h.engine.authorize(authorize_request(context={"n": 1})))
+    await asyncio.sleep(0)  # the slow one asks verification first
+    fast = await h.engine.authorize(authorize_request(context={"n": 2}))
+    assert fast.decision == ALLOW
+    assert lineage.on_the_way == [1]
+
+    verification.gate.set()
+    assert (await slow).decision == ALLOW
+    assert lineage.on_the_way == [1, 0]
+    assert h.engine.before_lineage == 0
+
+
+@pytest.mark.parametrize(
+    "case", ["unreadable", "malformed", "policy crashes", "lineage down", "caller gone"]
+)
+async def test_every_way_a_decision_ends_leaves_nothing_counted_on_its_way(case: str) -> None:
+    verification = GatedVerification()
+    verification.gate.set()
+    policy = FakePolicy(error=RuntimeError("bug")) if case == "policy crashes" else None
+    lineage = FakeLineage(error=PeerUnavailable("down")) if case == "lineage down" else None
+    h = build_engine(verification=verification, policy=policy, lineage=lineage)
+
+    if case == "caller gone":
+        verification.gate.clear()
+        task = asyncio.create_task(h.engine.authorize(authorize_request()))
+        await asyncio.sleep(0.05)  # it waits at verification's gate
+        assert verification.calls
+        assert h.engine.before_lineage == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    elif case == "unreadable":
+        assert (await h.engine.authorize(UnreadableRequest("junk"))).decision == DENY
+    elif case == "malformed":
+        response = await h.engine.authorize(authorize_request(resource="account:acme/Treasury"))
+        assert reason(response) == "MALFORMED_REQUEST"
+    else:
+        assert (await h.engine.authorize(authorize_request())).decision == DENY
+
+    assert h.engine.before_lineage == 0

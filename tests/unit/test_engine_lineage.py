@@ -173,6 +173,29 @@ async def test_callers_that_gave_up_are_not_sent() -> None:
     assert transport.batches == [1]
 
 
+async def test_an_append_lingers_only_while_other_decisions_are_on_their_way() -> None:
+    transport = MemoryTransport()
+    on_the_way = 0
+    batcher = BatchingLineage(transport=transport, linger_s=10, expected=lambda: on_the_way)
+    batcher.start()
+    try:
+        # Nobody else is coming: the append goes at once, not after 10 s.
+        alone = await asyncio.wait_for(batcher.append(*entry(), timeout=5), 1.0)
+        # One more decision is coming: the batch waits for it.
+        on_the_way = 1
+        first = asyncio.ensure_future(batcher.append(*entry(n=1), timeout=5))
+        await asyncio.sleep(0.05)
+        on_the_way = 0
+        second = await asyncio.wait_for(batcher.append(*entry(n=2), timeout=5), 1.0)
+        first_receipt = await asyncio.wait_for(first, 20.0)
+    finally:
+        await batcher.close()
+
+    assert alone.tree_size == 1
+    assert transport.batches == [1, 2]
+    assert sorted([first_receipt.index, second.index]) == [1, 2]
+
+
 async def test_closing_fails_what_is_still_queued() -> None:
     batcher = BatchingLineage(transport=MemoryTransport(), linger_s=10)
     batcher.start()

@@ -89,6 +89,40 @@ async def test_a_lone_item_waits_out_the_linger_and_company_within_it_joins(
     assert waited >= 0.09
 
 
+async def test_a_lone_item_does_not_linger_when_no_company_is_on_its_way(
+    queue_of: QueueOf,
+) -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    on_the_way = 0
+    queue = queue_of(recorder, linger_s=5.0, max_items=10, expected=lambda: on_the_way)
+
+    answer = await asyncio.wait_for(queue.submit(1), 1.0)
+
+    assert answer == 2
+    assert recorder.batches == [[1]]
+
+
+async def test_an_item_lingers_until_the_company_on_its_way_has_joined(
+    queue_of: QueueOf,
+) -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    on_the_way = 1
+    queue = queue_of(recorder, linger_s=10.0, max_items=10, expected=lambda: on_the_way)
+
+    first = queue.submit(1)
+    await asyncio.sleep(0.05)
+    assert not first.done()
+    on_the_way = 0
+    second = queue.submit(2)
+    # The last one expected is queued: the batch goes then, not after 10 s.
+    answers = await asyncio.wait_for(_settled([first, second]), 1.0)
+
+    assert answers == [2, 4]
+    assert recorder.batches == [[1, 2]]
+
+
 async def test_a_full_batch_does_not_wait_out_the_linger(queue_of: QueueOf) -> None:
     recorder = Recorder()
     recorder.release.set()

@@ -79,6 +79,7 @@ class Batcher(Generic[Req, Resp]):
         max_answer_bytes: int = MAX_BATCH_BYTES,
         linger_s: float = 0.0,
         max_in_flight: int = 4,
+        expected: Callable[[], int] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         metrics: PeerCallMetrics | None = None,
     ) -> None:
@@ -110,6 +111,7 @@ class Batcher(Generic[Req, Resp]):
             limits=limits,
             linger_s=linger_s,
             max_in_flight=max_in_flight,
+            expected=expected,
         )
 
     def start(self) -> None:

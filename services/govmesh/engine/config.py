@@ -124,7 +124,9 @@ class EngineSettings(ServerSettings):
     )
 
     # Concurrent decisions share peer calls: at most this many requests per
-    # batch call, and this many batch calls in flight per peer.
+    # batch call, and this many batch calls in flight per peer. An append
+    # lingers for company only while other decisions are on their way to
+    # lineage (Engine.before_lineage).
     peer_batch_max: int = Field(default=128, ge=1, le=1024)
     peer_max_in_flight: int = Field(default=4, ge=1, le=64)
     peer_linger_ms: float = Field(default=0.0, ge=0, le=100)

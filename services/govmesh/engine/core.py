@@ -114,6 +114,8 @@ class _Decision:
     verified: verification_pb2.VerifiedClaims | None = None
     trust_version: str = ""
     policy: policy_pb2.EvaluateResponse | None = None
+    #: Counted in Engine.before_lineage until its entry goes to lineage (or it ends).
+    on_the_way: bool = True
 
     def fail(self, check: str, reason: Reason, detail: str) -> None:
         self.failures.append(Failure(check, reason, detail))
@@ -164,6 +166,9 @@ class Engine:
         self._clock = clock
         self._monotonic = monotonic
         self._sequence = itertools.count()
+        #: Decisions begun whose entries have not gone to lineage yet: the
+        #: company a lineage batch may linger for (none: it goes at once).
+        self.before_lineage = 0
         self.epochs = epochs
         #: One circuit breaker per peer, read by metrics through `state`.
         self.breakers = {
@@ -215,6 +220,20 @@ class Engine:
             started=self._monotonic(),
             stretch=self._config.stretch(time_remaining),
         )
+        self.before_lineage += 1
+        try:
+            return await self._decide(decision, request)
+        finally:
+            self._left_for_lineage(decision)
+
+    def _left_for_lineage(self, decision: _Decision) -> None:
+        if decision.on_the_way:
+            decision.on_the_way = False
+            self.before_lineage -= 1
+
+    async def _decide(
+        self, decision: _Decision, request: engine_pb2.AuthorizeRequest | UnreadableRequest
+    ) -> engine_pb2.AuthorizeResponse:
         if isinstance(request, UnreadableRequest):
             # 1. Validate: not even a protobuf.
             decision.fail("request", common_pb2.MALFORMED_REQUEST, request.detail)
@@ -482,6 +501,8 @@ class Engine:
         """Append the entry within the budget: its receipt, or None and why not."""
         receipt: common_pb2.LineageReceipt | None = None
         unrecorded = "the decision could not be recorded"
+        # This decision no longer keeps a lineage batch waiting for it.
+        self._left_for_lineage(decision)
         timeout = min(self._config.lineage_timeout_s * decision.stretch, self._remaining(decision))
         breaker = self.breakers["lineage"]
         permit = breaker.admit() if timeout > 0 else None

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
@@ -53,7 +54,9 @@ class BatchingLineage:
     """Appends through AppendBatch calls shared by concurrent decisions.
 
     Each caller gets its own receipt, checked against the bytes it asked to
-    append.
+    append. `expected()` counts the decisions still on their way here (the
+    engine's `Engine.before_lineage`): a batch lingers for company only
+    while some are, so a decision alone never waits out the linger.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class BatchingLineage:
         max_batch: int = 256,
         linger_s: float = 0.0,
         max_in_flight: int = 8,
+        expected: Callable[[], int] | None = None,
         metrics: PeerCallMetrics | None = None,
     ) -> None:
         self._batcher: Batcher[lineage_pb2.AppendRequest, lineage_pb2.AppendResponse] = Batcher(
@@ -72,6 +76,7 @@ class BatchingLineage:
             max_batch=max_batch,
             linger_s=linger_s,
             max_in_flight=max_in_flight,
+            expected=expected,
             metrics=metrics,
         )
 

@@ -95,6 +95,7 @@ class EngineService:
         self._floor_task: asyncio.Task[None] | None = None
         self._health: Health | None = None
         self._recovery: RecoveryWatch | None = None
+        self._engine: Engine | None = None
 
     async def start(self, health: Health) -> None:
         s = self._settings
@@ -136,6 +137,7 @@ class EngineService:
             max_batch=s.lineage_batch_max,
             linger_s=s.lineage_linger_ms / 1000,
             max_in_flight=s.lineage_max_in_flight,
+            expected=self._decisions_before_lineage,
             metrics=metrics.peer("lineage") if metrics else None,
         )
         self._batcher.start()
@@ -188,6 +190,7 @@ class EngineService:
             epochs=epochs,
             on_breaker_change=self._on_breaker_change,
         )
+        self._engine = engine
         self._recovery.attach(engine.breakers)
         self._servicer = EngineServicer(
             engine=engine,
@@ -201,6 +204,9 @@ class EngineService:
         )
         if s.reuse_port:
             await self._await_floor(s.policy_floor_interval_s)
+
+    def _decisions_before_lineage(self) -> int:
+        return 0 if self._engine is None else self._engine.before_lineage
 
     def _on_breaker_change(self, peer: str, old: BreakerState, new: BreakerState) -> None:
         if self._metrics is not None:

@@ -8,6 +8,10 @@ every slot is busy do items wait, and then they form the next, larger batch.
 So at low load each item travels alone and at high load batches grow by
 themselves.
 
+An owner that knows how many items are on their way (`expected`) lingers
+only while some are, and no longer than until they are all queued: a lone
+item never waits for company that is not coming.
+
 A batch holds at most `max_items` items and at most `Limit.most` of each
 limit's cost (request bytes, answer bytes, entries; up to two limits), but
 always at least one item: an item larger than a limit travels alone rather
@@ -86,6 +90,7 @@ class BatchQueue(Generic[Item, Result]):
         limits: Sequence[Limit[Item]] = (),
         linger_s: float = 0.0,
         max_in_flight: int = 1,
+        expected: Callable[[], int] | None = None,
     ) -> None:
         if max_in_flight < 1 or (max_items is not None and max_items < 1):
             raise ValueError(f"{name}: a batch queue needs room for one item and one batch")
@@ -105,6 +110,9 @@ class BatchQueue(Generic[Item, Result]):
             (limits[0].most, limits[1].most if len(limits) > 1 else sys.maxsize) if limits else None
         )
         self._linger_s = linger_s
+        self._expected = expected
+        # Set while lingering; woken once no more company is expected.
+        self._lingering: asyncio.Event | None = None
         self._queue: list[Pending[Item, Result]] = []
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -138,6 +146,8 @@ class BatchQueue(Generic[Item, Result]):
         else:
             self._queue.append(Pending(item, future, (limits[0].cost(item), limits[1].cost(item))))
         self._wake.set()
+        if self._lingering is not None and not self._company_coming():
+            self._lingering.set()
         return future
 
     async def stop(self, grace: float = 0.0) -> None:
@@ -164,8 +174,8 @@ class BatchQueue(Generic[Item, Result]):
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if self._linger_s > 0 and not self._holds_a_full_batch():
-                await asyncio.sleep(self._linger_s)
+            if self._linger_s > 0 and self._company_coming() and not self._holds_a_full_batch():
+                await self._linger()
             # A free slot before the batch is cut: items that arrive meanwhile join it.
             await self._slots.acquire()
             self._wake.clear()
@@ -180,6 +190,20 @@ class BatchQueue(Generic[Item, Result]):
             task = asyncio.create_task(self._flush(batch, slot), name=f"{self.name}-flush")
             self._in_flight[task] = (batch, slot)
             task.add_done_callback(self._flushed)
+
+    async def _linger(self) -> None:
+        """Wait up to linger_s for company; with `expected`, only until it is all queued."""
+        self._lingering = arrived = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._linger_s):
+                    await arrived.wait()
+        finally:
+            self._lingering = None
+
+    def _company_coming(self) -> bool:
+        # Without an owner's count, company may always come.
+        return self._expected is None or self._expected() > 0
 
     def _holds_a_full_batch(self) -> bool:
         queue = self._queue
