@@ -226,6 +226,27 @@ async def test_a_failed_append_leaves_no_trace_and_no_gap(
     assert len(await store.entries(0)) == 2
 
 
+async def test_a_connection_given_back_after_a_failed_transaction_holds_no_lock(
+    store: LogStore, database_url: str
+) -> None:
+    # The pool gives connections back without asyncpg's reset query; what a
+    # failed block left open must still be rolled back before the next user.
+    async def fail_half_way() -> None:
+        async with store.transaction() as tx:
+            await tx.lock_head()
+            raise RuntimeError("the append failed half way")
+
+    other = await LogStore.open(database_url)
+    try:
+        for _ in range(3):  # more than one pooled connection takes its turn
+            with pytest.raises(RuntimeError):
+                await fail_half_way()
+            async with asyncio.timeout(5), other.transaction() as tx:
+                assert await tx.lock_head() == await store.head()
+    finally:
+        await other.close()
+
+
 async def test_the_locked_path_appends_when_the_head_moved_under_a_writer(
     store: LogStore, signer: NoteSigner, state_file_at: StateFileAt
 ) -> None:
