@@ -7,6 +7,7 @@ and attribution from verified artifacts (`consistency.check_verification`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,10 @@ from govmesh.v1 import engine_pb2
 MAX_SUBJECT_CHARS = 2048
 #: An issuer is a URL from the trust file; one this long is none of them.
 MAX_ISSUER_CHARS = 2048
+#: Readings of recent (mandate, attestation) pairs kept: an agent presents the
+#: same two with every request. With each artifact at most 16 Ki characters
+#: (requests.MAX_ARTIFACT_CHARS), they hold at most 8 MiB of token text.
+CLAIMS_MEMO_ENTRIES = 256
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,9 @@ class Claimed:
 
     Never trusted on its own: a decision uses it only when verification
     reports the same subject, issuer, environment and attribution from
-    verified artifacts.
+    verified artifacts. One reading is shared by every decision that
+    presents the same artifacts: `env` and `attribution` are read, never
+    changed.
     """
 
     subject: str
@@ -53,7 +60,14 @@ def claimed_inputs(request: engine_pb2.AuthorizeRequest) -> Claimed | None:
     present but unreadable: policy is then not asked, and the decision cannot
     be an ALLOW.
     """
-    mandate = _jws_payload(request.mandate) if request.mandate else None
+    return _claimed(request.mandate, request.attestation)
+
+
+@functools.lru_cache(maxsize=CLAIMS_MEMO_ENTRIES)
+def _claimed(mandate_token: str, attestation_token: str) -> Claimed | None:
+    # What the two tokens claim is a function of their text alone (nothing
+    # here is checked against a clock or a key), so a reading is kept.
+    mandate = _jws_payload(mandate_token) if mandate_token else None
     if mandate is None or not all(
         isinstance(mandate.get(name), str) and mandate[name] for name in ("sub", "iss")
     ):
@@ -62,8 +76,8 @@ def claimed_inputs(request: engine_pb2.AuthorizeRequest) -> Claimed | None:
     if not isinstance(attribution, dict):
         attribution = {}
     env: dict[str, Any] = {}
-    if request.attestation:
-        attestation = _jws_payload(request.attestation)
+    if attestation_token:
+        attestation = _jws_payload(attestation_token)
         if attestation is None:
             return None  # an attestation verification would not read is not an absent one
         observed = attestation.get("env")
