@@ -21,6 +21,7 @@ def test_bench_reports_each_phase_and_every_deny_reason(pg_server_url: str, tmp_
             *("--rate", "20", "--seconds", "1", "--capacity-share", "0"),
             *("--stop", "verification", "--stop-seconds", "0.5", "--stop-rate", "40"),
             *("--database-url", pg_server_url, "--json", str(figures_file)),
+            "--floor",
         ]
     )
     phases = {phase["mode"]: phase for phase in json.loads(figures_file.read_text())}
@@ -38,6 +39,12 @@ def test_bench_reports_each_phase_and_every_deny_reason(pg_server_url: str, tmp_
     assert SERVICES | {"postgres"} <= set(closed["cpu_us_per_decision"])
     assert set(closed["peak_rss_mib"]) == SERVICES
     assert closed["echo_calls_per_s"] > 0 and closed["ratio_to_echo"] > 0
+    # The same calls through the transport floor, in both of its shapes.
+    assert set(closed["floor"]) == {"3 peers", "lineage only"}
+    for floor in closed["floor"].values():
+        assert floor["calls_per_s"] > 0 and floor["ratio_to_echo"] > 0
+        assert floor["cpu_us_per_call"] > 0
+        assert set(floor["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
     stopped = phases["stopped verification"]["stopped"]
     # Every call sent while verification was stopped got an answer, and no deny an ALLOW.
     assert stopped["sent"] == 20 and stopped["unanswered"] == 0

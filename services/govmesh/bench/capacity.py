@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,15 +53,19 @@ from sqlalchemy.engine import make_url
 
 from govmesh.bench.cpu import BACKENDS, SHARED, CpuMeter
 from govmesh.bench.echo import echo_server
+from govmesh.bench.floor import floor_mesh
 from govmesh.bench.workload import DENIES, VALID, Planned, Workload
 from govmesh.cli.devsetup import DevSetup
 from govmesh.client import AuthorizationResult, EngineClient
-from govmesh.faults.mesh import PrivatePostgres
+from govmesh.faults.mesh import PrivatePostgres, free_port
 from govmesh.runtime.db import libpq_database_url
 
 PEERS = ("verification", "policy", "lineage")
 #: Service order in printed figures.
 SERVICES = ("engine", "verification", "policy", "lineage", BACKENDS)
+#: The transport floor's shapes: the design's three peers, and lineage alone (what
+#: is left when verification and policy answer inside the engine's process).
+FLOOR_SHAPES = {"3 peers": 3, "lineage only": 1}
 #: Requests in a 1-caller run at most: its proofs must stay inside the proof window.
 SINGLE_CALLER_MAX = 1000
 
@@ -90,6 +93,9 @@ class Phase:
     cpu_us: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     echo_calls_per_s: float | None = None
+    #: The same requests through the transport floor (`govmesh.bench.floor`), by
+    #: its shape: the phase and the CPU µs per call of each of its processes.
+    floors: dict[str, tuple[Phase, dict[str, float]]] = field(default_factory=dict)
     #: Stopped-peer phases: latency of the calls sent while the peer was stopped.
     stopped_latencies_s: list[float] = field(default_factory=list)
     stopped_unanswered: int = 0
@@ -141,6 +147,17 @@ class Phase:
         if self.echo_calls_per_s is not None:
             figures["echo_calls_per_s"] = round(self.echo_calls_per_s, 1)
             figures["ratio_to_echo"] = round(self.decisions_per_s / self.echo_calls_per_s, 3)
+        for shape, (floor, cpu_us) in self.floors.items():
+            figures.setdefault("floor", {})[shape] = {
+                "calls_per_s": round(floor.decisions_per_s, 1),
+                "latency_ms": _percentiles(floor.latencies_s),
+                "cpu_us_per_call": round(sum(cpu_us.values()), 1),
+                "cpu_us_per_call_by_process": {k: round(v, 1) for k, v in cpu_us.items()},
+            }
+            if self.echo_calls_per_s:
+                figures["floor"][shape]["ratio_to_echo"] = round(
+                    floor.decisions_per_s / self.echo_calls_per_s, 3
+                )
         if self.bound_s is not None:
             figures["stopped"] = {
                 "sent": len(self.stopped_latencies_s) + self.stopped_unanswered,
@@ -188,6 +205,15 @@ class Phase:
                 f"{'':30} echo, same client: {self.echo_calls_per_s:,.1f} calls/s;"
                 f" the mesh runs at {f['ratio_to_echo']:.2f} of it"
             )
+        for shape, floor in f.get("floor", {}).items():
+            line = f"{'':30} floor ({shape}), same client: {floor['calls_per_s']:,.1f} calls/s"
+            if "ratio_to_echo" in floor:
+                line += f" ({floor['ratio_to_echo']:.2f} of the echo)"
+            latency = floor["latency_ms"]
+            line += f"; p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms"
+            each = ", ".join(f"{k} {v:.0f}" for k, v in floor["cpu_us_per_call_by_process"].items())
+            line += f"; cpu µs/call {floor['cpu_us_per_call']:.0f} ({each})"
+            lines.append(line)
         if "stopped" in f:
             stopped = f["stopped"]
             lines.append(
@@ -327,12 +353,6 @@ class Driver:
 # -- the mesh under test --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _admin(server_url: str, statement: str) -> None:
     conn = await asyncpg.connect(libpq_database_url(server_url))
     try:
@@ -441,6 +461,8 @@ class Options:
     #: Engine processes sharing the engine port, and the client connections over them.
     engines: int = 1
     connections: int = 1
+    #: Drive the transport floor too, after each closed loop's echo.
+    floor: bool = False
 
 
 async def _measured(meter: CpuMeter, phase: Phase, work: Awaitable[None]) -> None:
@@ -514,6 +536,8 @@ async def _phases(
                     plan, callers, echo, tracked(f"echo, {callers} callers", count)
                 )
             phase.echo_calls_per_s = len(plan) / echo.elapsed_s
+            if options.floor:
+                await _floor(options, workload, phase, plan, tracked)
             phases.append(phase)
             print(phase.text(), flush=True)
 
@@ -535,6 +559,33 @@ async def _phases(
             phases.append(phase)
             print(phase.text(), flush=True)
     return phases
+
+
+async def _floor(
+    options: Options,
+    workload: Workload,
+    phase: Phase,
+    plan: list[Planned],
+    tracked: Callable[[str, int], Callable[[], None]],
+) -> None:
+    """The same requests and callers against the transport floor, in both shapes."""
+    callers = int(phase.load)
+    for shape, peers in FLOOR_SHAPES.items():
+        floor = Phase(f"floor ({shape})", "closed", callers)
+        with floor_mesh(peers) as mesh:
+            driver = Driver(mesh.target, workload, options.deadline_s, options.connections)
+            # Warm-up: connections and streams open, as the mesh's were.
+            warm = plan[: min(len(plan), 100)]
+            await driver.closed(warm, callers, Phase("warm-up", "closed", callers), _no_tick)
+            before = mesh.cpu_s()
+            await driver.closed(plan, callers, floor, tracked(f"floor ({shape})", len(plan)))
+            after = mesh.cpu_s()
+        calls = max(len(plan), 1)
+        phase.floors[shape] = (floor, {k: (after[k] - before[k]) / calls * 1e6 for k in after})
+
+
+def _no_tick() -> None:
+    pass
 
 
 async def _stopped(

@@ -23,12 +23,14 @@ import grpc
 from govmesh.v1 import common_pb2, engine_pb2
 
 _SERVICE = engine_pb2.DESCRIPTOR.services_by_name["AuthorizationEngine"].full_name
+#: What the echo answers every call with.
+ECHO_ANSWER = engine_pb2.AuthorizeResponse(
+    decision=common_pb2.DENY, reason=common_pb2.INTERNAL_ERROR, message="echo"
+)
 
 
 async def _serve(port: int) -> None:
-    answer = engine_pb2.AuthorizeResponse(
-        decision=common_pb2.DENY, reason=common_pb2.INTERNAL_ERROR, message="echo"
-    )
+    answer = ECHO_ANSWER
 
     async def authorize(request: bytes, context: object) -> bytes:
         return answer.SerializeToString()

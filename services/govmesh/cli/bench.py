@@ -4,7 +4,8 @@ Without --faults: the capacity benchmark (govmesh.bench.capacity). It starts
 the mesh on a Postgres of its own and prints, in one run, decisions/s against
 a no-op gRPC echo, latency percentiles, valid requests not ALLOWed by reason,
 CPU per decision and peak memory per process, for closed loops of 1 to 256
-callers, open loops, and each peer stopped under load.
+callers, open loops, and each peer stopped under load. With --floor, each
+closed loop is also run against the transport floor (govmesh.bench.floor).
 
 With --faults: starts the four services as separate processes on free ports, with a private
 Postgres (the embedded one) in a temporary folder, drives a paced load of
@@ -93,6 +94,7 @@ def _capacity(args: argparse.Namespace) -> int:
             metrics=args.metrics,
             engines=args.engines,
             connections=args.connections or (1 if args.engines == 1 else 8),
+            floor=args.floor,
         )
     )
     if args.json:
@@ -190,6 +192,12 @@ def register(commands: Any) -> None:
         "--connections",
         type=_at_least_one,
         help="client connections the load spreads over (1, or 8 with several engines)",
+    )
+    load.add_argument(
+        "--floor",
+        action="store_true",
+        help="after each closed loop's echo, drive the transport floor: the mesh's calls"
+        " and batched peer messages with no work behind them",
     )
     load.add_argument("--json", type=Path, help="write every figure to this file")
     soak = parser.add_argument_group("fault soak (--faults)")
