@@ -16,7 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -35,11 +36,23 @@ async def _serve(port: int) -> None:
     async def authorize(request: bytes, context: object) -> bytes:
         return answer.SerializeToString()
 
+    await serve_until_stopped(authorize_server(authorize), port)
+
+
+def authorize_server(
+    authorize: Callable[[bytes, Any], Awaitable[bytes]],
+) -> grpc.aio.Server:
+    """A bare grpc.aio server whose one method, Authorize, is `authorize` (bytes in and out)."""
     server = grpc.aio.server()
     handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(authorize)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(_SERVICE, {"Authorize": handler}),)
     )
+    return server
+
+
+async def serve_until_stopped(server: grpc.aio.Server, port: int) -> None:
+    """Serve on the loopback's `port` until SIGTERM."""
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()

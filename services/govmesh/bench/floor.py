@@ -39,14 +39,13 @@ from typing import Any
 import grpc
 import psutil
 
-from govmesh.bench.echo import ECHO_ANSWER
-from govmesh.engine.batching import Batcher
+from govmesh.bench.echo import ECHO_ANSWER, authorize_server, serve_until_stopped
+from govmesh.engine.batching import Batcher, SendBatch
 from govmesh.engine.config import EngineSettings
 from govmesh.engine.peers import GrpcLineage, GrpcPolicy, GrpcVerification, open_channel
 from govmesh.faults.mesh import free_port
 from govmesh.v1 import engine_pb2, lineage_pb2, policy_pb2, verification_pb2
 
-_ENGINE = engine_pb2.DESCRIPTOR.services_by_name["AuthorizationEngine"].full_name
 #: Each batch may take this long; the floor's peers answer at once, so only a
 #: machine stalled for seconds reaches it (the front then fails the call).
 PEER_TIMEOUT_S = 10.0
@@ -120,7 +119,7 @@ async def _peer(port: int) -> None:
             ),
         )
     )
-    await _serve(server, port)
+    await serve_until_stopped(server, port)
 
 
 # -- the front -------------------------------------------------------------------------
@@ -128,6 +127,17 @@ async def _peer(port: int) -> None:
 
 def _default(name: str) -> Any:
     return EngineSettings.model_fields[name].default
+
+
+def _peer_batcher(name: str, send: SendBatch[Any, Any]) -> Batcher[Any, Any]:
+    """A verification or policy batcher with the engine's default settings."""
+    return Batcher(
+        name=name,
+        send=send,
+        max_batch=_default("peer_batch_max"),
+        max_in_flight=_default("peer_max_in_flight"),
+        linger_s=_default("peer_linger_ms") / 1000,
+    )
 
 
 async def _front(port: int, lineage: str, checks: tuple[str, str] | None) -> None:
@@ -150,19 +160,13 @@ async def _front(port: int, lineage: str, checks: tuple[str, str] | None) -> Non
         channels += [open_channel(target) for target in checks]
         verifier, evaluator = GrpcVerification(channels[1]), GrpcPolicy(channels[2])
         transports += [verifier, evaluator]
-        verify: Batcher[Any, Any] = Batcher(
-            name="verification",
-            send=lambda requests, timeout: verifier.verify_batch(requests, timeout=timeout),
-            max_batch=_default("peer_batch_max"),
-            max_in_flight=_default("peer_max_in_flight"),
-            linger_s=_default("peer_linger_ms") / 1000,
+        verify = _peer_batcher(
+            "verification",
+            lambda requests, timeout: verifier.verify_batch(requests, timeout=timeout),
         )
-        evaluate: Batcher[Any, Any] = Batcher(
-            name="policy",
-            send=lambda requests, timeout: evaluator.evaluate_batch(requests, timeout=timeout),
-            max_batch=_default("peer_batch_max"),
-            max_in_flight=_default("peer_max_in_flight"),
-            linger_s=_default("peer_linger_ms") / 1000,
+        evaluate = _peer_batcher(
+            "policy",
+            lambda requests, timeout: evaluator.evaluate_batch(requests, timeout=timeout),
         )
         batchers += [verify, evaluate]
 
@@ -184,7 +188,7 @@ async def _front(port: int, lineage: str, checks: tuple[str, str] | None) -> Non
                 ),
             )
 
-    answer = ECHO_ANSWER.SerializeToString()
+    answer = ECHO_ANSWER
 
     async def authorize(raw: bytes, context: object) -> bytes:
         nonlocal before_lineage
@@ -196,19 +200,14 @@ async def _front(port: int, lineage: str, checks: tuple[str, str] | None) -> Non
             finally:
                 before_lineage -= 1
         await append.submit(lineage_pb2.AppendRequest(entry=raw), timeout=PEER_TIMEOUT_S)
-        return answer
+        return answer.SerializeToString()
 
     for transport in transports:
         transport.open()
     for batcher in batchers:
         batcher.start()
-    server = grpc.aio.server()
-    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(authorize)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(_ENGINE, {"Authorize": handler}),)
-    )
     try:
-        await _serve(server, port)
+        await serve_until_stopped(authorize_server(authorize), port)
     finally:
         for batcher in batchers:
             await batcher.close()
@@ -216,15 +215,6 @@ async def _front(port: int, lineage: str, checks: tuple[str, str] | None) -> Non
             await transport.close()
         for channel in channels:
             await channel.close()
-
-
-async def _serve(server: grpc.aio.Server, port: int) -> None:
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(1)
 
 
 # -- running it ------------------------------------------------------------------------
