@@ -188,8 +188,6 @@ async def _front(port: int, lineage: str, checks: tuple[str, str] | None) -> Non
                 ),
             )
 
-    answer = ECHO_ANSWER
-
     async def authorize(raw: bytes, context: object) -> bytes:
         nonlocal before_lineage
         request = engine_pb2.AuthorizeRequest.FromString(raw)
@@ -200,7 +198,7 @@ async def _front(port: int, lineage: str, checks: tuple[str, str] | None) -> Non
             finally:
                 before_lineage -= 1
         await append.submit(lineage_pb2.AppendRequest(entry=raw), timeout=PEER_TIMEOUT_S)
-        return answer.SerializeToString()
+        return ECHO_ANSWER.SerializeToString()
 
     for transport in transports:
         transport.open()
